@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - creates .venv if missing, installs everything, runs a small real sweep and its report
+#   make test   - the same set-up, then the test suite (what .ci/run calls)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint chaos clean
+
+install: $(STAMP)
+
+# Pinned CPU torch goes in first where no NVIDIA driver exists: a bare torch requirement
+# (DeepSpeed pulls one) would otherwise fetch a multi-GB CUDA build. A local CPU wheel (pip find-links)
+# is used when present, else PyTorch's CPU wheel index.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --quiet --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet --no-deps torch==$(TORCH_VERSION) \
+	       --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/ebtscale demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

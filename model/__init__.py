@@ -1,0 +1,22 @@
+"""Models of the study: Transformer++ and the Energy-Based Transformer. Knows nothing of Ray or MLflow."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from model.config import EBTConfig, ModelConfig
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model for cfg.family. Every model has `forward(tokens, targets) -> training loss` and
+    `eval_loss(tokens, targets) -> next-token cross-entropy of its final prediction`."""
+    if cfg.family == "ebt":
+        from model.ebt import EBT
+
+        return EBT(cfg)
+    from model.transformer_pp import TransformerPP
+
+    return TransformerPP(cfg)
+
+
+__all__ = ["EBTConfig", "ModelConfig", "build_model"]

@@ -1,0 +1,97 @@
+"""The transformer blocks shared by Transformer++ and the EBT: RMSNorm pre-norm, rotary attention, SwiGLU.
+
+Shapes: B batch, T sequence, d model width, H heads, h head dim (d = H*h).
+Positions are passed explicitly (not implied by the sequence index) because the EBT places a candidate
+at the position of the token it predicts, beside the observed stream.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (..., d) -> (..., d), normalised by the root-mean-square over d
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotary_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin tables for integer positions (T,) -> two (T, h/2) tensors, in float32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, h/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[..., :h/2], x[..., h/2:]) by the position angle. x: (B, H, T, h); cos/sin: (T, h/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary positions, via scaled_dot_product_attention, no biases."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, T, d). mask: None = causal, else a boolean (T, T) 'may attend' matrix."""
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x(B,H,T,h)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d))  # (B, T, d)
+
+
+class SwiGLU(nn.Module):
+    """LLaMA MLP: down(silu(gate(x)) * up(x)), hidden width cfg.ff_dim."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.ff_dim, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.ff_dim, bias=False)
+        self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def init_weights(module: nn.Module, std: float, n_layers: int) -> None:
+    """GPT-2/nanoGPT init: N(0, std) for linears and embeddings, output projections scaled by 1/sqrt(2L)."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue  # norm gains stay at 1
+        scale = (2 * n_layers) ** -0.5 if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 1.0
+        nn.init.normal_(p, mean=0.0, std=std * scale)

@@ -1,0 +1,88 @@
+"""Typed model configuration, shared by Transformer++ and the Energy-Based Transformer.
+
+Validated once at the edge (YAML -> pydantic); the model code receives a frozen object and trusts it.
+Defaults follow the EBT paper's System-1 recipe (../shared/ebt-method.md §4).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelFamily = Literal["transformer_pp", "ebt"]
+
+
+class FrozenModel(BaseModel):
+    """Base for every config: immutable, unknown keys rejected (typos fail loudly, naming the field)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EBTConfig(FrozenModel):
+    """Energy-minimisation hyper-parameters. Defaults: the authors' System-1 pretraining recipe."""
+
+    variant: Literal["time_embed", "default"] = "time_embed"
+    mcmc_steps: int = Field(2, ge=1, description="optimisation steps K during training")
+    mcmc_steps_random_max: int | None = Field(
+        None,
+        ge=1,
+        description="if set, each training step draws its step count uniformly from "
+        "[mcmc_steps, mcmc_steps_random_max]; extra steps reuse the last step index (System-2 recipe: 1 -> 3)",
+    )
+    step_size: float = Field(500.0, gt=0, description="initial step size alpha")
+    step_size_learnable: bool = True
+    step_size_lr_multiplier: float = Field(1500.0, gt=0)
+    step_size_min: float = Field(1e-4, gt=0, description="alpha is clamped to at least this")
+    step_size_random_scale: float = Field(
+        1.0, ge=1.0, description="per-position alpha drawn from [alpha/s, alpha*s] in training; 1 = off"
+    )
+    langevin_noise_std: float = Field(0.0, ge=0.0)
+    detach_between_steps: bool = True
+    truncate_to_last_step: bool = False
+    candidate_init: Literal["noise", "zeros"] = "noise"
+    candidate_init_std: float = Field(1.0, gt=0)
+    candidate_embedding: Literal["linear", "token_embedding"] = "linear"
+    replay_buffer_size: int = Field(0, ge=0, description="0 = off (System-2 recipe: 192)")
+
+    @model_validator(mode="after")
+    def _check_random_steps(self) -> EBTConfig:
+        if self.mcmc_steps_random_max is not None and self.mcmc_steps_random_max < self.mcmc_steps:
+            raise ValueError("mcmc_steps_random_max must be >= mcmc_steps")
+        return self
+
+
+class ModelConfig(FrozenModel):
+    """Architecture of one model. Both families share d_model/n_layers/n_heads/d_ff and the blocks."""
+
+    family: ModelFamily = "transformer_pp"
+    d_model: int = Field(128, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    d_ff: int | None = Field(None, ge=1, description="SwiGLU hidden width; default: 8/3*d_model rounded up to 32")
+    vocab_size: int = Field(4096, ge=2)
+    context_length: int = Field(256, ge=2)
+    tie_embeddings: bool = False
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    ebt: EBTConfig = EBTConfig()
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        if (self.d_model // self.n_heads) % 2 != 0:
+            raise ValueError("head dimension d_model/n_heads must be even (rotary embeddings)")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        """SwiGLU hidden width: explicit d_ff, else 8/3*d_model rounded up to a multiple of 32 (LLaMA)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return 32 * -(-(8 * self.d_model) // (3 * 32))

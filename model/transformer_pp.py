@@ -1,0 +1,42 @@
+"""Transformer++: the LLaMA-style decoder-only baseline of the EBT paper."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin
+from model.config import ModelConfig
+
+
+class TransformerPP(nn.Module):
+    """tokens (B, T) -> next-token logits (B, T, V); `forward(tokens, targets)` returns the mean CE loss."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg.init_std, cfg.n_layers)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def logits(self, tokens: Tensor) -> Tensor:
+        B, T = tokens.shape
+        cos, sin = rotary_cos_sin(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
+        x = self.embed(tokens)  # (B, T, d)
+        for block in self.blocks:
+            x = block(x, cos, sin)  # causal
+        return self.head(self.norm(x))  # (B, T, V)
+
+    def forward(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        """tokens, targets: (B, T) with targets[:, t] = tokens[:, t+1] -> scalar mean cross-entropy."""
+        logits = self.logits(tokens)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    @torch.no_grad()
+    def eval_loss(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        return self.forward(tokens, targets)

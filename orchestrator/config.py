@@ -1,0 +1,153 @@
+"""Typed configuration of one training trial: model, data, optimiser, DeepSpeed, training budget, resources.
+
+A trial config is what `ebtscale train CONFIG.yaml` reads and what a sweep expands into. Validation happens
+here, at the edge: an error names the offending field (pydantic's `loc`), and everything below receives a
+frozen object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from model.config import FrozenModel, ModelConfig
+from model.data import DataConfig
+
+
+class ConfigError(ValueError):
+    """A config or spec that cannot be used; the message names the field and the reason."""
+
+
+class OptimConfig(FrozenModel):
+    """AdamW with linear warmup and cosine decay to lr*min_lr_ratio (the EBT paper's shared settings)."""
+
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="warmup steps as a fraction of all steps")
+    weight_decay: float = Field(0.01, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0)
+
+
+class DeepSpeedConfig(FrozenModel):
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
+
+
+class TrainConfig(FrozenModel):
+    """The trial's budget and cadence. Steps are derived from the token budget, so D is exact."""
+
+    tokens: int = Field(..., gt=0, description="training tokens D")
+    global_batch_size: int = Field(16, ge=1, description="sequences per optimizer step, all workers")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per worker per forward pass")
+    eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
+    eval_batches: int = Field(4, ge=1)
+    checkpoint_every: int = Field(100, ge=1, description="optimizer steps between checkpoints")
+    log_every: int = Field(1, ge=1)
+    seed: int = 0
+    divergence_loss: float = Field(1e3, gt=0, description="a loss above this is treated as divergence")
+
+
+class ResourcesConfig(FrozenModel):
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+
+
+class TrialConfig(FrozenModel):
+    """Everything one trial needs. `output_dir` is resolved to an absolute path (Ray changes cwd)."""
+
+    name: str = "trial"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    train: TrainConfig
+    resources: ResourcesConfig = ResourcesConfig()
+    output_dir: str = "outputs"
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrialConfig:
+        per_step = self.train.micro_batch_size * self.resources.num_workers
+        if self.train.global_batch_size % per_step != 0:
+            raise ValueError(
+                f"train.global_batch_size ({self.train.global_batch_size}) must be a multiple of "
+                f"train.micro_batch_size x resources.num_workers ({per_step})"
+            )
+        if self.data.tokenizer == "byte" and self.model.vocab_size < 256:
+            raise ValueError("model.vocab_size must be >= 256 for the byte tokenizer")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.global_batch_size * self.model.context_length
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps for the token budget (at least one)."""
+        return max(1, self.train.tokens // self.tokens_per_step)
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.train.global_batch_size // (self.train.micro_batch_size * self.resources.num_workers)
+
+    def config_hash(self) -> str:
+        """Stable id of the resolved config (output_dir and name excluded: they do not change results)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir", "name"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line per problem: `field.path: reason` (what users need, not pydantic's internals)."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return f"invalid {source}:\n" + "\n".join(lines)
+
+
+def parse_trial_config(data: dict[str, Any], source: str = "config") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Safe YAML load of a mapping, with a clear error for a missing file or a non-mapping document."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def load_trial_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrialConfig:
+    """Load a trial YAML; relative output_dir is resolved against the current directory."""
+    data = load_yaml(path)
+    if overrides:
+        data = deep_merge(data, overrides)
+    cfg = parse_trial_config(data, source=str(path))
+    return cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).expanduser().resolve())})
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
