@@ -1,0 +1,457 @@
+"""One training trial: a DeepSpeed ZeRO engine over a fixed token budget, with validation, verified
+checkpoints, exact resume and MLflow tracking. The same code path trains both model families.
+
+Determinism: the batch of optimizer step s is a pure function of (seed, s) (model/data.py), and every
+random draw of the EBT is seeded per sample from `sample_ids` and per step from `step_seed`. Resuming
+therefore needs only the step counter plus DeepSpeed's model/optimizer/scheduler state, and a global batch
+split over W processes gives the same loss as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from model import build_model
+from model.data import TokenDataset, prepare_dataset
+from model.flops import count_params, train_flops_per_token
+from orchestrator import checkpoint, distributed
+from orchestrator.config import ConfigError, TrialConfig
+from orchestrator.second_order import SecondOrderSafe
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ID_SEED_SHIFT = 40  # sample id = seed << 40 | global sample index: unique per (seed, sample)
+VAL_ID_OFFSET = 1 << 39  # validation samples get ids disjoint from training ones
+
+
+@dataclass
+class TrackingContext:
+    """Where a trial reports: MLflow store, experiment, parent (sweep) run and tags for the child run."""
+
+    uri: str
+    experiment: str
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrialResult:
+    status: str  # "finished" | "diverged" | "interrupted"
+    reason: str
+    steps: int
+    tokens: int
+    final_val_loss: float | None
+    final_val_perplexity: float | None
+    train_time_s: float
+    run_id: str | None = None
+    losses: list[float] = field(default_factory=list)  # train loss per step run in this process
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TrialResult:
+        return cls(**json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+def lr_lambda(cfg: TrialConfig) -> Callable[[int], float]:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step (multiplies each group's lr)."""
+    total = cfg.total_steps
+    warmup = int(cfg.optim.warmup_fraction * total)
+    floor = cfg.optim.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; per-parameter lr multipliers (e.g. the EBT step size)."""
+    multipliers: dict[str, float] = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = cfg.optim.weight_decay if p.dim() >= 2 and name not in multipliers else 0.0
+        groups.setdefault((multipliers.get(name, 1.0), decay), []).append(p)
+    # base-lr groups first, so the reported lr is the base schedule
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] != 1.0, -kv[0][1]))
+    return [{"params": ps, "lr": cfg.optim.lr * mult, "weight_decay": wd} for (mult, wd), ps in ordered]
+
+
+def use_bf16(cfg: TrialConfig) -> bool:
+    if cfg.deepspeed.precision == "auto":
+        return os.environ.get("DS_ACCELERATOR") == "cuda"
+    return cfg.deepspeed.precision == "bf16"
+
+
+def deepspeed_config(cfg: TrialConfig) -> dict[str, Any]:
+    o = cfg.optim
+    return {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": o.lr,
+                "betas": [o.beta1, o.beta2],
+                "eps": o.eps,
+                "weight_decay": o.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": use_bf16(cfg)},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def wrap_for_deepspeed(model: nn.Module) -> nn.Module:
+    """Models that differentiate through their own gradients need SecondOrderSafe (see that module)."""
+    return SecondOrderSafe(model) if getattr(model, "second_order", False) else model
+
+
+def call_model(engine: Any, method: str, *args: Any, **kwargs: Any) -> Tensor:
+    """Run a model method through the engine's module (both wrapped and plain modules)."""
+    module = engine.module
+    if isinstance(module, SecondOrderSafe):
+        return module(*args, method=method, **kwargs)
+    return getattr(module, method)(*args, **kwargs)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+
+class Trial:
+    """Owns one trial's engine, data and tracker; `run()` trains to the token budget (or resumes)."""
+
+    def __init__(self, cfg: TrialConfig, trial_dir: Path, tracking: TrackingContext | None, progress: bool):
+        self.cfg = cfg
+        self.trial_dir = trial_dir
+        self.ckpt_dir = trial_dir / "checkpoints"
+        self.tracking = tracking
+        self.progress = progress
+        distributed.init_process_group()
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.world != cfg.resources.num_workers:
+            raise ConfigError(
+                f"resources.num_workers is {cfg.resources.num_workers} but {self.world} processes joined"
+            )
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        self.flops_per_token = train_flops_per_token(cfg.model)
+        self.params = count_params(cfg.model)
+        self.data: TokenDataset = prepare_dataset(
+            cfg.data, cfg.model.context_length, quiet=not (progress and self.rank == 0)
+        )
+        if self.data.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                f"vocabulary ({self.data.vocab_size}); set model.vocab_size >= {self.data.vocab_size}"
+            )
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg.model)
+        if self.device is not None:
+            self.model.to(self.device)
+        import deepspeed
+
+        deepspeed.utils.logger.setLevel(logging.WARNING)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=wrap_for_deepspeed(self.model),
+            model_parameters=param_groups(self.model, cfg),
+            config=deepspeed_config(cfg),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)),
+        )
+        self.tracker = None
+
+    # -- tracking (rank 0 only) ------------------------------------------------------------------------
+    def _start_tracker(self) -> None:
+        if self.tracking is None or self.rank != 0:
+            return
+        from orchestrator.tracking import RunTracker
+
+        run_file = self.trial_dir / "run.json"
+        resume_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+        t = self.tracking
+        self.tracker = RunTracker.start(
+            t.uri,
+            t.experiment,
+            self.cfg.name,
+            tags=t.tags,
+            parent_run_id=t.parent_run_id,
+            resume_run_id=resume_id,
+        )
+        if resume_id is None:
+            tmp = run_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run_id": self.tracker.run_id}))
+            os.replace(tmp, run_file)
+        self.tracker.log_params(
+            {
+                **self.cfg.model_dump(mode="json", exclude={"output_dir"}),
+                "n_params": self.params["total"],
+                "n_params_non_embedding": self.params["non_embedding"],
+                "tokens": self.cfg.total_steps * self.cfg.tokens_per_step,
+                "flops_per_token": self.flops_per_token,
+                "flops": self.flops_per_token * self.cfg.total_steps * self.cfg.tokens_per_step,
+                "total_steps": self.cfg.total_steps,
+                "trial_id": self.cfg.config_hash(),
+                "data_fingerprint": self.data.fingerprint,
+            }
+        )
+        self.tracker.set_tags({"ebtscale.status": "running", "ebtscale.trial_id": self.cfg.config_hash()})
+        self.tracker.log_artifact(self.trial_dir / "config.yaml")
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def _micro_batches(self, step: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """This rank's micro-batches of optimizer step `step`: rows [a*W*m + r*m, +m) of the global batch."""
+        cfg, m = self.cfg, self.cfg.train.micro_batch_size
+        G = cfg.train.global_batch_size
+        indices = self.data.train_indices(step, G, cfg.train.seed)
+        out = []
+        for a in range(cfg.grad_accum_steps):
+            rows = np.arange(a * self.world * m + self.rank * m, a * self.world * m + (self.rank + 1) * m)
+            x, y = self.data.windows("train", indices[rows])
+            ids = torch.as_tensor(
+                (cfg.train.seed << SAMPLE_ID_SEED_SHIFT) + step * G + rows, dtype=torch.int64
+            )
+            out.append((self._to(x), self._to(y), ids))
+        return out
+
+    def _to(self, t: Tensor) -> Tensor:
+        return t.to(self.device, non_blocking=True) if self.device is not None else t
+
+    def evaluate(self) -> float:
+        """Mean validation CE over fixed windows, sharded over ranks (all ranks run the same number)."""
+        m = self.cfg.train.micro_batch_size
+        n = self.cfg.train.eval_batches * m * self.world
+        indices = self.data.val_indices(n)
+        losses = []
+        self.engine.eval()
+        with torch.no_grad():
+            for b in range(self.cfg.train.eval_batches):
+                start = (b * self.world + self.rank) * m
+                rows = indices[start : start + m]
+                x, y = self.data.windows("val", rows)
+                ids = torch.as_tensor(VAL_ID_OFFSET + rows, dtype=torch.int64)
+                loss = call_model(self.engine, "eval_loss", self._to(x), self._to(y), sample_ids=ids)
+                losses.append(float(loss))
+        self.engine.train()
+        return distributed.all_reduce_mean(float(np.mean(losses)))
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self, stop_after_steps: int | None = None) -> TrialResult:
+        cfg = self.cfg
+        if self.rank == 0:
+            self.trial_dir.mkdir(parents=True, exist_ok=True)
+            (self.trial_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        distributed.barrier()
+        state = checkpoint.load_latest(self.engine, self.ckpt_dir) or {}
+        if state:
+            _set_rng_state(state["rng"])
+        start_step, elapsed = state.get("step", 0), state.get("train_time_s", 0.0)
+        self._start_tracker()
+        total, tokens_per_step = cfg.total_steps, cfg.tokens_per_step
+        end_step = total if stop_after_steps is None else min(total, start_step + stop_after_steps)
+        status, reason, losses = "finished", "", []
+        val_loss: float | None = state.get("val_loss")
+        bar = _progress_bar(self.progress and self.rank == 0, total, start_step, cfg.name)
+        try:
+            for step in range(start_step, end_step):
+                t0 = time.perf_counter()
+                loss = self._train_step(step)
+                elapsed += time.perf_counter() - t0
+                losses.append(loss)
+                if not math.isfinite(loss) or loss > cfg.train.divergence_loss:
+                    status, reason = "diverged", f"train loss {loss:.4g} at step {step}"
+                    break
+                done = step + 1
+                metrics = {
+                    "train_loss": loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens_per_step / (time.perf_counter() - t0),
+                    "tokens_seen": done * tokens_per_step,
+                    "flops_cumulative": done * tokens_per_step * self.flops_per_token,
+                }
+                if done % cfg.train.eval_every == 0 or done == total:
+                    val_loss = self.evaluate()
+                    metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
+                if done % cfg.train.log_every == 0 or "val_loss" in metrics:
+                    self._log(metrics, step=done)
+                if done % cfg.train.checkpoint_every == 0 and done < total:
+                    ckpt_state = {
+                        "step": done,
+                        "train_time_s": elapsed,
+                        "val_loss": val_loss,
+                        "rng": _rng_state(),
+                    }
+                    checkpoint.save(self.engine, self.ckpt_dir, done, ckpt_state)
+                bar.update(loss, val_loss)
+        except FloatingPointError as err:  # e.g. NonFiniteEnergyGradient from the EBT's inner loop
+            status, reason = "diverged", str(err)
+        finally:
+            bar.close()
+        steps_done = start_step + len(losses)
+        if status == "finished" and steps_done < total:
+            status, reason = "interrupted", f"stopped after step {steps_done} of {total}"
+        result = TrialResult(
+            status=status,
+            reason=reason,
+            steps=steps_done,
+            tokens=steps_done * tokens_per_step,
+            final_val_loss=val_loss if status == "finished" else None,
+            final_val_perplexity=math.exp(min(val_loss, 50.0)) if status == "finished" and val_loss else None,
+            train_time_s=elapsed,
+            run_id=self.tracker.run_id if self.tracker else None,
+            losses=losses,
+        )
+        self._finish(result)
+        return result
+
+    def _train_step(self, step: int) -> float:
+        """One optimizer step (all micro-batches); returns the global mean training loss."""
+        step_seed = (self.cfg.train.seed << SAMPLE_ID_SEED_SHIFT) + step
+        micro_losses = []
+        for x, y, ids in self._micro_batches(step):
+            try:
+                loss = self.engine(x, y, sample_ids=ids, step_seed=step_seed)
+                ok = True
+            except FloatingPointError:
+                ok = False
+            if distributed.all_reduce_any(not ok):  # every rank must skip backward together
+                raise FloatingPointError(f"non-finite energy gradient at step {step}")
+            self.engine.backward(loss)
+            self.engine.step()
+            micro_losses.append(loss.item())
+        return distributed.all_reduce_mean(float(np.mean(micro_losses)))
+
+    def _finish(self, result: TrialResult) -> None:
+        if self.rank == 0 and result.status != "interrupted":
+            result.save(self.trial_dir / "result.json")
+        if self.tracker is None:
+            return
+        final = {"train_time_s": result.train_time_s}
+        if result.final_val_loss is not None:
+            final.update(
+                final_val_loss=result.final_val_loss, final_val_perplexity=result.final_val_perplexity
+            )
+        self.tracker.log_metrics(final, step=result.steps, force=True)
+        self.tracker.set_tags({"ebtscale.status": result.status, "ebtscale.status_reason": result.reason})
+        if result.status != "interrupted":
+            self.tracker.log_artifact(self.trial_dir / "result.json")
+        self.tracker.end("KILLED" if result.status == "interrupted" else "FINISHED")
+
+
+def train_trial(
+    cfg: TrialConfig,
+    trial_dir: Path | None = None,
+    tracking: TrackingContext | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrialResult:
+    """Train (or resume) one trial in this process; the process group must span cfg.resources.num_workers.
+
+    A trial whose `result.json` exists is finished and is not trained again."""
+    trial_dir = Path(trial_dir or Path(cfg.output_dir) / "trials" / cfg.name).resolve()
+    done = trial_dir / "result.json"
+    if done.is_file():
+        return TrialResult.load(done)
+    trial = Trial(cfg, trial_dir, tracking, progress)
+    try:
+        return trial.run(stop_after_steps=stop_after_steps)
+    except BaseException:
+        if trial.tracker is not None:
+            trial.tracker.set_tags({"ebtscale.status": "failed"})
+            trial.tracker.end("FAILED")
+        raise
+
+
+class _progress_bar:
+    """A rich progress bar on rank 0 (no-op elsewhere or when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, start: int, name: str) -> None:
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
+            TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task(name, total=total, completed=start, loss="-", val="-")
+        self.progress.start()
+
+    def update(self, loss: float, val: float | None) -> None:
+        if self.progress is not None:
+            val_text = f"{val:.3f}" if val is not None else "-"
+            self.progress.update(self.task, advance=1, loss=f"{loss:.3f}", val=val_text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _spawned_trial(
+    cfg: TrialConfig, trial_dir: Path, tracking: TrackingContext | None, progress: bool
+) -> None:
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    train_trial(cfg, trial_dir, tracking, progress=progress)
+
+
+def launch_trial(
+    cfg: TrialConfig, tracking: TrackingContext | None = None, progress: bool = True
+) -> TrialResult:
+    """Run a trial outside Ray: in this process if it has one worker, else in `num_workers` local gloo/NCCL
+    processes (rank 0 writes result.json, which is returned)."""
+    trial_dir = (Path(cfg.output_dir) / "trials" / cfg.name).resolve()
+    if cfg.resources.num_workers == 1:
+        return train_trial(cfg, trial_dir, tracking, progress=progress)
+    distributed.spawn(_spawned_trial, cfg.resources.num_workers, args=(cfg, trial_dir, tracking, progress))
+    return TrialResult.load(trial_dir / "result.json")
