@@ -38,13 +38,22 @@ def _client(uri: str) -> Any:  # mlflow is imported lazily (slow import)
     return MlflowClient(tracking_uri=uri)
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """For a sqlite store, artifacts go beside the database (MLflow's default is ./mlruns under whatever
+    the current directory is, which Ray changes per trial). Servers manage their own artifact store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "artifacts" / experiment).resolve().as_uri()
+
+
 def get_or_create_experiment(uri: str, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
     except Exception:  # another process created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -354,6 +354,7 @@ class Trial:
     def _train_step(self, step: int) -> float:
         """One optimizer step (all micro-batches); returns the global mean training loss."""
         step_seed = (self.cfg.train.seed << SAMPLE_ID_SEED_SHIFT) + step
+        skipped_before = self.engine.skipped_steps
         micro_losses = []
         for x, y, ids in self._micro_batches(step):
             try:
@@ -366,6 +367,10 @@ class Trial:
             self.engine.backward(loss)
             self.engine.step()
             micro_losses.append(loss.item())
+        if self.engine.skipped_steps > skipped_before:
+            # Without fp16 loss scaling a skipped update means non-finite gradients: the run has diverged
+            # (DeepSpeed would otherwise carry on silently with frozen weights).
+            raise FloatingPointError(f"non-finite gradients at step {step}: DeepSpeed skipped the update")
         return distributed.all_reduce_mean(float(np.mean(micro_losses)))
 
     def _finish(self, result: TrialResult) -> None:
