@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+from orchestrator.sweep_cli import sweep_app  # noqa: E402 - after `app`, so the module order reads top-down
+
+app.add_typer(sweep_app, name="sweep")
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field, e.g. --set model.d_model=128 (repeatable)."),

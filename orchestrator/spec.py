@@ -13,11 +13,13 @@ axis (each axis is its own fit) and `unique_trials` gives what the orchestrator 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,7 +32,7 @@ from pydantic import (
 
 from model.config import ModelFamily
 from model.flops import count_params, train_flops_per_token
-from orchestrator.config import ConfigError, TrialConfig, deep_merge, load_yaml
+from orchestrator.config import ConfigError, TrialConfig, deep_merge
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
 FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
@@ -101,8 +103,10 @@ def _points(integer: bool):
             try:
                 values = LogRange.model_validate({k: _number(v) for k, v in value.items()})
             except ValidationError as err:
-                raise _Problems([(tuple(loc), msg) for loc, msg in _problems_of(err)]) from None
+                raise _Problems([((loc,), msg) for loc, msg in _problems_of(err)]) from None
             out = values.values()
+            if not all(math.isfinite(v) for v in out):
+                raise _Problems([((), "range values overflow")])
             return [math.floor(v + 0.5) for v in out] if integer else out
         if isinstance(value, list | tuple):
             return [_number(v) for v in value]
@@ -319,10 +323,14 @@ def _check_bases(spec: SweepSpec) -> list[tuple[Loc, str]]:
     """The base (then base + override) must be a valid TrialConfig for every family, with >= 1 step."""
     problems: list[tuple[Loc, str]] = []
     for family in spec.families:
-        layers: list[tuple[Loc, dict[str, Any]]] = [(("base",), {})]
+        # base alone first (a family patch must not hide `model: 5`), then with the family, then override
+        layers: list[tuple[Loc, dict[str, Any]]] = [
+            (("base",), {}),
+            (("base",), {"model": {"family": family}}),
+        ]
         if family in spec.family_overrides:
             layers.append((("family_overrides", family), spec.family_overrides[family]))  # type: ignore[index]
-        data = deep_merge(spec.base, {"model": {"family": family}})
+        data = spec.base
         for loc, patch in layers:
             data = deep_merge(data, patch)
             try:
@@ -412,6 +420,7 @@ def _axis_points(spec: SweepSpec, family: str, axis: str) -> list[_Point]:
 def _check_points(spec: SweepSpec) -> list[tuple[Loc, str]]:
     """Every axis point must give a valid TrialConfig (rules aside: they need FLOP counts; see expand)."""
     problems: list[tuple[Loc, str]] = []
+    invalid: dict[tuple[Loc, str], list[str]] = {}  # (point, reasons) -> families it fails for
     for family in spec.families:
         for axis in spec.axes.present():
             try:
@@ -424,8 +433,8 @@ def _check_points(spec: SweepSpec) -> list[tuple[Loc, str]]:
                 try:
                     cfg = TrialConfig.model_validate(_trial_dict(spec, family, p.patch, spec.seeds[0]))
                 except ValidationError as err:
-                    reasons = "; ".join(_validation_problems(err))
-                    problems.append((p.loc, f"{p.value} gives an invalid {family} trial: {reasons}"))
+                    reasons = f"{p.value} gives an invalid trial: " + "; ".join(_validation_problems(err))
+                    invalid.setdefault((p.loc, reasons), []).append(family)
                     continue
                 if axis in ("data", "batch", "depth") and cfg.train.tokens < cfg.tokens_per_step:
                     problems.append(
@@ -446,6 +455,9 @@ def _check_points(spec: SweepSpec) -> list[tuple[Loc, str]]:
                             )
                         )
                     rungs.setdefault(key, p.loc)
+    for (loc, reasons), families in invalid.items():
+        only = "" if len(families) == len(spec.families) else f" ({', '.join(families)})"
+        problems.append((loc, reasons + only))
     return problems
 
 
@@ -453,7 +465,7 @@ def _check_points(spec: SweepSpec) -> list[tuple[Loc, str]]:
 # parsing
 
 
-_MESSAGES = {
+_MESSAGES = {  # pydantic error type -> what a spec author needs to read
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
     "less_than": "must be < {lt}",
@@ -462,6 +474,19 @@ _MESSAGES = {
     "missing": "required field is missing",
     "literal_error": "must be one of {expected}",
     "finite_number": "must be a finite number",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "list_type": "must be a list (or a {{start, stop, num}} range where numbers are swept)",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_pattern_mismatch": "must match {pattern} (lowercase letters, digits, '.', '_', '-')",
 }
 
 
@@ -475,7 +500,9 @@ def _message(e: dict[str, Any]) -> str:
         return f"unknown axis (expected one of {', '.join(AXES)})"
     if kind in _MESSAGES:
         try:
-            return _MESSAGES[kind].format(**ctx)
+            return _MESSAGES[kind].format(
+                **{k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
+            )
         except (KeyError, IndexError):
             pass
     if kind == "value_error" and "error" in ctx:
@@ -504,15 +531,37 @@ def parse_spec(data: Any, source: str = "sweep spec") -> SweepSpec:
         raise SpecError(_problems_of(err), source) from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e5` and `2.0e9` as strings, the most common
+    way to write token counts and FLOP budgets."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Safe-load and validate a spec file; a relative output_dir is resolved against the current directory."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError([("(file)", "not found")], str(p))
     try:
-        data = load_yaml(path)
-    except SpecError:
-        raise
-    except ConfigError as err:
-        raise SpecError([("(file)", str(err))], str(path)) from None
-    spec = parse_spec(data, source=str(path))
+        data = yaml.load(p.read_text(), Loader=_SpecLoader)
+    except yaml.YAMLError as err:
+        raise SpecError([("(file)", f"not valid YAML: {' '.join(str(err).split())}")], str(p)) from None
+    if not isinstance(data, dict):
+        raise SpecError([("(file)", "expected a mapping at the top level")], str(p))
+    spec = parse_spec(data, source=str(p))
     return spec.model_copy(update={"output_dir": str(Path(spec.output_dir).expanduser().resolve())})
 
 
@@ -557,16 +606,17 @@ class PlannedTrial:
 
 def si(n: float) -> str:
     """200000 -> '200K', 2.5e9 -> '2.5B' (3 significant digits): short enough for trial names."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    n = float(f"{n:.3g}")  # round first, so 999_948_288 becomes '1B', not '1e+03M'
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.3g}"
 
 
 def budget_tag(c: float) -> str:
-    """1e12 -> '1e12', 3.5e18 -> '3.5e18'."""
-    mantissa, exponent = f"{c:.3g}".split("e") if "e" in f"{c:.3g}" else (f"{c:.3g}", "0")
-    return f"{mantissa}e{int(exponent)}"
+    """1e12 -> '1e12', 3.5e18 -> '3.5e18' (3 significant digits)."""
+    mantissa, exponent = f"{c:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def trial_name(cfg: TrialConfig, axis: str, flops_budget: float | None = None) -> str:
@@ -599,6 +649,13 @@ def _resolve(
         ) from None
 
 
+def _power(x: float, exponent: float) -> float:
+    try:
+        return x**exponent
+    except OverflowError:
+        return math.inf
+
+
 def _rule_patch(spec: SweepSpec, cfg: TrialConfig, point: _Point) -> dict[str, Any]:
     lr_rule, batch_rule = spec.rules.lr, spec.rules.batch
     if isinstance(lr_rule, FixedRule) and (isinstance(batch_rule, FixedRule) or point.axis == "batch"):
@@ -606,13 +663,13 @@ def _rule_patch(spec: SweepSpec, cfg: TrialConfig, point: _Point) -> dict[str, A
     n = count_params(cfg.model)["non_embedding"]
     patch: dict[str, Any] = {}
     if isinstance(lr_rule, PowerLrRule):
-        lr = lr_rule.ref_lr * (n / lr_rule.ref_params) ** lr_rule.exponent
+        lr = lr_rule.ref_lr * _power(n / lr_rule.ref_params, lr_rule.exponent)
         if not (math.isfinite(lr) and lr > 0):
             raise SpecError([("rules.lr", f"gives lr={lr} for N={n} at {_path(point.loc)}")])
         patch["optim"] = {"lr": lr}
     if isinstance(batch_rule, PowerBatchRule) and point.axis != "batch":
         multiple = cfg.train.micro_batch_size * cfg.resources.num_workers
-        raw = batch_rule.ref_batch * (n / batch_rule.ref_params) ** batch_rule.exponent
+        raw = batch_rule.ref_batch * _power(n / batch_rule.ref_params, batch_rule.exponent)
         if not (math.isfinite(raw) and raw <= _MAX_BATCH):
             raise SpecError(
                 [("rules.batch", f"gives global_batch_size={raw:g} for N={n} at {_path(point.loc)}")]
@@ -720,18 +777,11 @@ def _check_identities(trials: list[PlannedTrial]) -> None:
     by_name: dict[str, PlannedTrial] = {}
     for t in trials:
         where = t.source.split("@")[0]
-        for key in ((t.axis, t.name), (t.axis, t.id)):
+        for key, what in (((t.axis, t.name), "trial name"), ((t.axis, t.id), "config")):
             other = in_axis.setdefault(key, t)
             if other is not t:
-                raise SpecError(
-                    [
-                        (
-                            where,
-                            f"gives the same trial as {other.source} ({t.name}); "
-                            "make the points distinguishable",
-                        )
-                    ]
-                )
+                msg = f"gives the same {what} as {other.source} ({t.name}); make the points distinguishable"
+                raise SpecError([(where, msg)])
         other = by_name.setdefault(t.name, t)
         if other.id != t.id:
             diff = _first_difference(other.config, t.config)

@@ -166,8 +166,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Trial:
     """Owns one trial's engine, data and tracker; `run()` trains to the token budget (or resumes)."""
 
-    def __init__(self, cfg: TrialConfig, trial_dir: Path, tracking: TrackingContext | None, progress: bool):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        trial_dir: Path,
+        tracking: TrackingContext | None,
+        progress: bool,
+        on_metrics: Callable[[dict[str, float]], None] | None = None,
+    ):
         self.cfg = cfg
+        self.on_metrics = on_metrics
+        self._last_progress_write = 0.0
         self.trial_dir = trial_dir
         self.ckpt_dir = trial_dir / "checkpoints"
         self.tracking = tracking
@@ -244,6 +253,16 @@ class Trial:
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step)
+        if self.rank == 0 and time.monotonic() - self._last_progress_write > 2.0:
+            self._write_progress(step, metrics)
+
+    def _write_progress(self, step: int, metrics: dict[str, float]) -> None:
+        """A small status file the sweep driver polls for live progress (no MLflow round-trip)."""
+        self._last_progress_write = time.monotonic()
+        payload = {"step": step, "total_steps": self.cfg.total_steps, "time": time.time(), **metrics}
+        tmp = self.trial_dir / "progress.json.tmp"
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, self.trial_dir / "progress.json")
 
     # -- batches ---------------------------------------------------------------------------------------
     def _micro_batches(self, step: int) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -319,6 +338,8 @@ class Trial:
                 if done % cfg.train.eval_every == 0 or done == total:
                     val_loss = self.evaluate()
                     metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
+                    if self.on_metrics is not None:
+                        self.on_metrics({"step": done, **metrics})
                 if done % cfg.train.log_every == 0 or "val_loss" in metrics:
                     self._log(metrics, step=done)
                 if done % cfg.train.checkpoint_every == 0 and done < total:
@@ -396,20 +417,30 @@ def train_trial(
     tracking: TrackingContext | None = None,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    on_metrics: Callable[[dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Train (or resume) one trial in this process; the process group must span cfg.resources.num_workers.
+    `on_metrics` receives the metrics of every validation step (Ray Train reports them to Tune).
 
     A trial whose `result.json` exists is finished and is not trained again."""
     trial_dir = Path(trial_dir or Path(cfg.output_dir) / "trials" / cfg.name).resolve()
     done = trial_dir / "result.json"
     if done.is_file():
         return TrialResult.load(done)
-    trial = Trial(cfg, trial_dir, tracking, progress)
+    failed = trial_dir / "failed.json"
+    trial = None
     try:
+        trial = Trial(cfg, trial_dir, tracking, progress, on_metrics)
+        failed.unlink(missing_ok=True)
         return trial.run(stop_after_steps=stop_after_steps)
-    except BaseException:
-        if trial.tracker is not None:
-            trial.tracker.set_tags({"ebtscale.status": "failed"})
+    except BaseException as err:
+        if distributed.rank() == 0:  # recorded for `sweep status`; a rerun tries again
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            failed.write_text(
+                json.dumps({"error": f"{type(err).__name__}: {err}"[:2000], "time": time.time()})
+            )
+        if trial is not None and trial.tracker is not None:
+            trial.tracker.set_tags({"ebtscale.status": "failed", "ebtscale.status_reason": str(err)[:500]})
             trial.tracker.end("FAILED")
         raise
 

@@ -1,0 +1,107 @@
+"""Sweep results out of MLflow as a tidy table: one row per (trial, axis), the analysis package's input.
+
+MLflow is the source of truth (a cluster's tracking server holds runs from every node); params come back
+as strings and are cast here. A trial that stands for several plan rows (the base point on several axes)
+yields one row per axis, with the same measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.sweep_runner import ROWS_TAG
+from orchestrator.tracking import PARENT_TAG
+
+COLUMNS = [
+    "trial_id", "name", "family", "axis", "axis_value", "status", "status_reason", "n_params",
+    "n_params_non_embedding", "tokens", "batch_size", "n_layers", "d_model", "flops", "flops_budget",
+    "val_loss", "val_perplexity", "seed", "run_id",
+]  # fmt: skip
+
+
+class SweepNotFound(LookupError):
+    pass
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def sweep_parent_run(uri: str, sweep: str) -> tuple[str, str]:
+    """(experiment id, parent run id) of a sweep, found by its name."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        raise SweepNotFound(f"no sweep named {sweep!r} in {uri}")
+    parents = client.search_runs([exp.experiment_id], "tags.`ebtscale.role` = 'sweep'")
+    if not parents:
+        raise SweepNotFound(f"experiment {sweep!r} in {uri} has no sweep parent run")
+    return exp.experiment_id, parents[0].info.run_id
+
+
+def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
+    """The tidy trials table of a sweep (every child run, whatever its status)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp_id, parent_id = sweep_parent_run(uri, sweep)
+    runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
+    records = []
+    for run in runs:
+        p, m, t = run.data.params, run.data.metrics, run.data.tags
+        status = t.get("ebtscale.status", "pending")
+        if run.info.status == "FAILED":
+            status = "failed"
+        base = {
+            "trial_id": t.get("ebtscale.trial_id", ""),
+            "family": t.get("ebtscale.family", p.get("model.family", "")),
+            "status": status,
+            "status_reason": t.get("ebtscale.status_reason", ""),
+            "n_params": _float(p.get("n_params")),
+            "n_params_non_embedding": _float(p.get("n_params_non_embedding")),
+            "tokens": _float(p.get("tokens")),
+            "batch_size": _float(p.get("train.global_batch_size")),
+            "n_layers": _float(p.get("model.n_layers")),
+            "d_model": _float(p.get("model.d_model")),
+            "flops": _float(p.get("flops")),
+            "val_loss": _float(m.get("final_val_loss")),
+            "val_perplexity": _float(m.get("final_val_perplexity")),
+            "seed": _float(p.get("train.seed")),
+            "run_id": run.info.run_id,
+        }
+        rows = json.loads(t.get(ROWS_TAG, "[]")) or [{"name": run.info.run_name, "axis": "single"}]
+        for row in rows:
+            records.append(
+                {
+                    **base,
+                    "name": row["name"],
+                    "axis": row["axis"],
+                    "axis_value": _float(row.get("axis_value")),
+                    "flops_budget": _float(row.get("flops_budget")),
+                }
+            )
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    return frame.sort_values(["axis", "family", "name"], ignore_index=True)
+
+
+def load_thinking_curves(uri: str, sweep: str) -> pd.DataFrame | None:
+    """System-2 thinking curves logged as `thinking.json` artifacts on the sweep's parent run, if any."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    _, parent_id = sweep_parent_run(uri, sweep)
+    names = {a.path for a in client.list_artifacts(parent_id)}
+    if "thinking.json" not in names:
+        return None
+    path = client.download_artifacts(parent_id, "thinking.json")
+    with open(path) as f:
+        return pd.DataFrame(json.load(f))

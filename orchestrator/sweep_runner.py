@@ -1,0 +1,382 @@
+"""Run a sweep on Ray: one Tune trial per unique trial config, each launching a Ray Train `TorchTrainer`
+whose workers run the DeepSpeed trainer. MLflow gets one parent run per sweep and one child run per trial.
+
+Exactly-once bookkeeping (what makes re-running `sweep run` safe):
+- a trial's identity is its config hash; rows of the plan that share it (the base point on several axes)
+  are trained once, and its MLflow run carries every row it stands for (tag `ebtscale.rows`);
+- the driver creates the parent run and every child run *before* any training, serially, and records each
+  run id in the trial's folder (`run.json`) and as tags, so a rerun finds and continues the same runs;
+- a trial with `result.json` is done (finished or diverged) and is skipped; an interrupted one resumes from
+  its last verified checkpoint; Tune's own experiment state is restored with `Tuner.restore` when the
+  pending trials are the ones it was started with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.flops import train_flops_per_token
+from orchestrator.config import TrialConfig
+from orchestrator.spec import PlannedTrial, SweepSpec, expand
+from orchestrator.tracking import (
+    PARENT_TAG,
+    RunTracker,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+)
+
+ROWS_TAG = "ebtscale.rows"
+DONE = ("finished", "diverged")  # outcomes that are final: never trained again
+
+
+@dataclass
+class TrialUnit:
+    """One training job: a unique config and the plan rows (axis memberships) it stands for."""
+
+    id: str
+    rows: list[PlannedTrial]
+
+    @property
+    def config(self) -> TrialConfig:
+        return self.rows[0].config
+
+    @property
+    def name(self) -> str:
+        return self.rows[0].name
+
+    @property
+    def family(self) -> str:
+        return self.rows[0].family
+
+
+@dataclass
+class SweepLayout:
+    """Where a sweep's files live: <output_dir>/<sweep name>/{trials/<id>, ray/, sweep.json}."""
+
+    spec: SweepSpec
+
+    @property
+    def root(self) -> Path:
+        return Path(self.spec.output_dir).resolve() / self.spec.name
+
+    def trial_dir(self, unit: TrialUnit) -> Path:
+        return self.root / "trials" / f"{unit.name}-{unit.id}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.spec.output_dir)
+
+
+def trial_units(trials: Iterable[PlannedTrial]) -> list[TrialUnit]:
+    units: dict[str, TrialUnit] = {}
+    for t in trials:
+        units.setdefault(t.id, TrialUnit(t.id, [])).rows.append(t)
+    return list(units.values())
+
+
+def unit_status(layout: SweepLayout, unit: TrialUnit) -> dict[str, Any]:
+    """What the trial's folder says: finished/diverged (result.json), running/interrupted, or pending."""
+    folder = layout.trial_dir(unit)
+    result = folder / "result.json"
+    if result.is_file():
+        data = json.loads(result.read_text())
+        return {
+            "status": data["status"],
+            "reason": data.get("reason", ""),
+            "val_loss": data["final_val_loss"],
+        }
+    failed = folder / "failed.json"
+    if failed.is_file():
+        return {"status": "failed", "reason": json.loads(failed.read_text()).get("error", "")}
+    progress = folder / "progress.json"
+    if progress.is_file():
+        p = json.loads(progress.read_text())
+        recent = time.time() - p.get("time", 0) < 120
+        return {
+            "status": "running" if recent else "interrupted",
+            "step": p["step"],
+            "total": p["total_steps"],
+        }
+    return {"status": "pending"}
+
+
+# ---------------------------------------------------------------------------------------------- MLflow
+
+
+def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
+    """Create (or find) the sweep's parent run and one child run per unit; returns the parent run id.
+    Idempotent: ids are kept in sweep.json / run.json and found by tag if those files were lost."""
+    uri, spec = layout.tracking_uri, layout.spec
+    layout.root.mkdir(parents=True, exist_ok=True)
+    exp_id = get_or_create_experiment(uri, spec.name)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    sweep_file = layout.root / "sweep.json"
+    parent_id = json.loads(sweep_file.read_text())["parent_run_id"] if sweep_file.is_file() else None
+    if parent_id is None:
+        found = client.search_runs(
+            [exp_id], f"tags.`ebtscale.role` = 'sweep' and tags.`ebtscale.sweep` = '{spec.name}'"
+        )
+        if found:
+            parent_id = found[0].info.run_id
+        else:
+            parent = RunTracker.start(
+                uri, spec.name, spec.name, tags={"ebtscale.role": "sweep", "ebtscale.sweep": spec.name}
+            )
+            parent.log_params({"spec": spec.model_dump(mode="json")})
+            parent_id = parent.run_id
+        _atomic_json(sweep_file, {"parent_run_id": parent_id, "tracking_uri": uri, "name": spec.name})
+    existing = {
+        r.data.tags.get("ebtscale.trial_id"): r.info.run_id
+        for r in client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
+    }
+    for unit in units:
+        folder = layout.trial_dir(unit)
+        if (folder / "run.json").is_file():
+            continue
+        run_id = existing.get(unit.id)
+        if run_id is None:
+            tags = {
+                "ebtscale.trial_id": unit.id,
+                "ebtscale.sweep": spec.name,
+                "ebtscale.family": unit.family,
+                "ebtscale.axis": ",".join(sorted({r.axis for r in unit.rows})),
+                "ebtscale.status": "pending",
+                ROWS_TAG: json.dumps([_row_tag(r) for r in unit.rows]),
+            }
+            run = RunTracker.start(uri, spec.name, unit.name, tags=tags, parent_run_id=parent_id)
+            client.set_terminated(run.run_id, status="SCHEDULED")
+            run_id = run.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_json(folder / "run.json", {"run_id": run_id})
+    return parent_id
+
+
+def _row_tag(row: PlannedTrial) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "axis": row.axis,
+        "axis_value": row.axis_value,
+        "flops_budget": row.flops_budget,
+    }
+
+
+def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+def _trial_worker(job: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: the DeepSpeed trainer, reporting validation metrics to Tune."""
+    import ray.train
+
+    from orchestrator.trainer import TrackingContext, train_trial
+
+    cfg = TrialConfig.model_validate(job["config"])
+    tracking = TrackingContext(uri=job["tracking_uri"], experiment=job["experiment"])
+    result = train_trial(cfg, Path(job["trial_dir"]), tracking, progress=False, on_metrics=ray.train.report)
+    ray.train.report({"status": result.status, "val_loss": result.final_val_loss or float("nan"), "done": 1})
+
+
+def _trial_driver(tune_config: dict[str, Any]) -> None:
+    """The Tune function trainable: launches one Ray Train TorchTrainer for its trial."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    job = tune_config["job"]
+    res = job["config"]["resources"]
+    use_gpu = res["gpus_per_worker"] > 0
+    per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _trial_worker,
+        train_loop_config=job,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res["num_workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"train-{job['id']}",
+            storage_path=job["ray_storage"],
+            failure_config=ray.train.FailureConfig(max_failures=job["max_failures"]),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def init_ray(address: str | None, env: dict[str, str]) -> None:
+    """Connect to a cluster (`address` or RAY_ADDRESS) or start an embedded local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+        _node_ip_address="127.0.0.1" if address is None else None,
+    )
+
+
+def concurrent_slots(units: list[TrialUnit]) -> int:
+    """How many trials fit on the cluster at once, from each trial's requested workers x resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    slots = []
+    for u in units:
+        r = u.config.resources
+        need_cpu = r.num_workers * r.cpus_per_worker
+        fit = total.get("CPU", 1) // need_cpu
+        if r.gpus_per_worker > 0:
+            fit = min(fit, total.get("GPU", 0) // (r.num_workers * r.gpus_per_worker))
+        slots.append(int(fit))
+    return max(1, min(slots, default=1))
+
+
+def run_sweep(
+    spec: SweepSpec,
+    address: str | None = None,
+    max_failures: int = 2,
+    max_concurrent: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Plan, create the MLflow runs, train every pending trial on Ray; returns {trial id: status dict}."""
+    layout = SweepLayout(spec)
+    units = trial_units(expand(spec))
+    parent_id = ensure_runs(layout, units)
+    pending = [u for u in units if unit_status(layout, u)["status"] not in DONE]
+    if pending:
+        _run_on_ray(layout, units, pending, address, max_failures, max_concurrent, progress)
+    statuses = {u.id: unit_status(layout, u) | {"name": u.name} for u in units}
+    if all(s["status"] in DONE for s in statuses.values()):
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(layout.tracking_uri).set_terminated(parent_id, status="FINISHED")
+    return statuses
+
+
+def _run_on_ray(
+    layout: SweepLayout,
+    units: list[TrialUnit],
+    pending: list[TrialUnit],
+    address: str | None,
+    max_failures: int,
+    max_concurrent: int | None,
+    progress: bool,
+) -> None:
+    from ray import tune
+
+    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "EBTSCALE_CACHE_DIR", "HF_HOME") if k in os.environ}
+    env.update(
+        MLFLOW_TRACKING_URI=layout.tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1"
+    )
+    init_ray(address, env)
+    ray_dir = layout.root / "ray"
+    jobs = {
+        u.id: {
+            "id": u.id,
+            "config": u.config.model_dump(mode="json"),
+            "trial_dir": str(layout.trial_dir(u)),
+            "tracking_uri": layout.tracking_uri,
+            "experiment": layout.spec.name,
+            "ray_storage": str(ray_dir / "train"),
+            "max_failures": max_failures,
+        }
+        for u in pending
+    }
+    # The driver only waits on its TorchTrainer: it holds no CPU (Tune needs a non-empty request, so a token
+    # amount of memory), leaving every core to the Train workers.
+    trainable = tune.with_resources(_trial_driver, {"cpu": 0, "memory": 1 << 20})
+    exp_path = ray_dir / "tune"
+    ids_file = ray_dir / "tune-ids.json"
+    started_with = set(json.loads(ids_file.read_text())) if ids_file.is_file() else set()
+    if tune.Tuner.can_restore(str(exp_path)) and set(jobs) <= started_with:
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        shutil.rmtree(exp_path, ignore_errors=True)  # Tune's bookkeeping only; checkpoints live elsewhere
+        ray_dir.mkdir(parents=True, exist_ok=True)
+        ids_file.write_text(json.dumps(list(jobs)))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"job": tune.grid_search(list(jobs.values()))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or concurrent_slots(pending)),
+            run_config=tune.RunConfig(name="tune", storage_path=str(ray_dir), verbose=0),
+        )
+    monitor = _ProgressMonitor(layout, units) if progress else None
+    try:
+        tuner.fit()
+    finally:
+        if monitor is not None:
+            monitor.stop()
+
+
+class _ProgressMonitor:
+    """Live terminal view of the sweep: trials done / running / failed, and an ETA from FLOPs done."""
+
+    def __init__(self, layout: SweepLayout, units: list[TrialUnit], every_s: float = 2.0) -> None:
+        from rich.live import Live
+
+        self.layout, self.units, self.every_s = layout, units, every_s
+        self.start = time.time()
+        self._stop = threading.Event()
+        self.live = Live(self.render(), refresh_per_second=1, transient=False)
+        self.live.start()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        counts: dict[str, int] = {}
+        done_flops = total_flops = 0.0
+        for u in self.units:
+            st = unit_status(self.layout, u)
+            counts[st["status"]] = counts.get(st["status"], 0) + 1
+            flops = train_flops_per_token(u.config.model) * u.config.total_steps * u.config.tokens_per_step
+            total_flops += flops
+            if st["status"] in ("finished", "diverged"):
+                done_flops += flops
+            elif "step" in st:
+                done_flops += flops * st["step"] / max(1, st["total"])
+        elapsed = time.time() - self.start
+        frac = done_flops / total_flops if total_flops else 1.0
+        eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0.01 else "-"
+        table = Table(title=f"sweep {self.layout.spec.name}", show_header=True)
+        states = ("finished", "running", "pending", "diverged", "failed", "interrupted")
+        for col in ("trials", *states, "work done", "ETA"):
+            table.add_column(col)
+        table.add_row(
+            str(len(self.units)),
+            *(str(counts.get(k, 0)) for k in states),
+            f"{frac:.0%}",
+            eta,
+        )
+        return table
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.live.update(self.render())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.live.update(self.render())
+        self.live.stop()
