@@ -1,0 +1,41 @@
+"""Scaling-law analysis of a tidy trials table: fits with bootstrap CIs, EBT vs Transformer++ comparison,
+and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepSpeed.
+
+Names are imported lazily (PEP 562), so `import analysis.cli` stays cheap for the command line."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "tidy_trials": "analysis.data",
+    "tidy_thinking": "analysis.data",
+    "split_trials": "analysis.data",
+    "AXIS_X": "analysis.data",
+    "AnalysisError": "analysis.errors",
+    "FitError": "analysis.errors",
+    "SchemaError": "analysis.errors",
+    "FitResult": "analysis.fit",
+    "ParamEstimate": "analysis.fit",
+    "fit_law": "analysis.fit",
+    "fit_power": "analysis.fit",
+    "fit_saturating": "analysis.fit",
+    "fit_chinchilla": "analysis.fit",
+    "compute_optimal": "analysis.fit",
+    "isoflop_allocation": "analysis.isoflop",
+    "compare_axis": "analysis.compare",
+    "compare_rates": "analysis.compare",
+    "extrapolate": "analysis.compare",
+    "crossover": "analysis.compare",
+    "analyse": "analysis.report",
+    "write_report": "analysis.report",
+    "fit_command": "analysis.cli",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -50,14 +50,31 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, T, d). mask: None = causal, else a boolean (T, T) 'may attend' matrix."""
+        return self.forward_kv(x, cos, sin, mask)[0]
+
+    def forward_kv(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None = None,
+        past_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attention that also returns this call's rotated keys/values (B, H, T, h), so that a later call can
+        attend to them as `past_kv` (P earlier positions, prepended; mask is then a boolean (T, P+T) matrix).
+        The EBT uses this to compute its observed stream once and reuse it for every candidate."""
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x(B,H,T,h)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = k, v
+        if past_kv is not None:
+            keys, values = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B,H,P+T,h)
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            assert past_kv is None, "attending to past keys/values needs an explicit mask"
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, T, d))  # (B, T, d)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d)), (k, v)  # (B, T, d)
 
 
 class SwiGLU(nn.Module):
@@ -86,6 +103,19 @@ class Block(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.mlp(self.mlp_norm(x))
+
+    def forward_kv(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None = None,
+        past_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`forward` that attends to `past_kv` as well and returns its own keys/values (see Attention)."""
+        a, kv = self.attn.forward_kv(self.attn_norm(x), cos, sin, mask, past_kv)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), kv
 
 
 def init_weights(module: nn.Module, std: float, n_layers: int) -> None:

@@ -28,7 +28,8 @@ class EBTConfig(FrozenModel):
         None,
         ge=1,
         description="if set, each training step draws its step count uniformly from "
-        "[mcmc_steps, mcmc_steps_random_max]; extra steps reuse the last step index (System-2 recipe: 1 -> 3)",
+        "[mcmc_steps, mcmc_steps_random_max]; extra steps reuse the last step index "
+        "(System-2 recipe: 1 -> 3)",
     )
     step_size: float = Field(500.0, gt=0, description="initial step size alpha")
     step_size_learnable: bool = True
@@ -43,7 +44,11 @@ class EBTConfig(FrozenModel):
     candidate_init: Literal["noise", "zeros"] = "noise"
     candidate_init_std: float = Field(1.0, gt=0)
     candidate_embedding: Literal["linear", "token_embedding"] = "linear"
-    replay_buffer_size: int = Field(0, ge=0, description="0 = off (System-2 recipe: 192)")
+    reuse_observed_kv: bool = Field(
+        False,
+        description="compute the observed stream once per step index and run only the candidate stream per "
+        "step (same energies and gradients as the authors' full recompute, less compute)",
+    )
 
     @model_validator(mode="after")
     def _check_random_steps(self) -> EBTConfig:
@@ -59,7 +64,9 @@ class ModelConfig(FrozenModel):
     d_model: int = Field(128, ge=8)
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(2, ge=1)
-    d_ff: int | None = Field(None, ge=1, description="SwiGLU hidden width; default: 8/3*d_model rounded up to 32")
+    d_ff: int | None = Field(
+        None, ge=1, description="SwiGLU hidden width; default: 8/3*d_model rounded up to 32"
+    )
     vocab_size: int = Field(4096, ge=2)
     context_length: int = Field(256, ge=2)
     tie_embeddings: bool = False

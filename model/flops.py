@@ -20,12 +20,13 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     vocabulary head (Kaplan et al.'s N), so it measures the network's own capacity."""
     d, V = cfg.d_model, cfg.vocab_size
     blocks = cfg.n_layers * block_params(cfg) + d  # + final norm
-    embedding = V * d + (0 if cfg.tie_embeddings else V * d)
     if cfg.family == "ebt":
-        from model.ebt import ebt_extra_params  # EBT adds its candidate map, step embeddings, energy head
+        from model.ebt import ebt_extra_params  # candidate map, step embeddings, energy head, alpha
 
         extra = ebt_extra_params(cfg)
-        return {"total": blocks + embedding + extra["total"], "non_embedding": blocks + extra["non_embedding"]}
+        # a token embedding but no vocabulary head (tie_embeddings ties the EBT's candidate map instead)
+        return {"total": blocks + V * d + extra["total"], "non_embedding": blocks + extra["non_embedding"]}
+    embedding = V * d + (0 if cfg.tie_embeddings else V * d)
     return {"total": blocks + embedding, "non_embedding": blocks}
 
 
@@ -38,7 +39,8 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> flo
 
 
 def train_flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token (forward + backward) for the family in cfg."""
+    """Training FLOPs per token (forward + backward) for the family in cfg. For the EBT: every descent step's
+    forward and candidate gradient, and the outer backward through them (model.ebt, docs/ebt.md)."""
     if cfg.family == "ebt":
         from model.ebt import ebt_train_flops_per_token
 

@@ -25,18 +25,27 @@ class TransformerPP(nn.Module):
             self.head.weight = self.embed.weight
 
     def logits(self, tokens: Tensor) -> Tensor:
-        B, T = tokens.shape
-        cos, sin = rotary_cos_sin(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
+        T = tokens.shape[1]
+        cos, sin = rotary_cos_sin(
+            torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta
+        )
         x = self.embed(tokens)  # (B, T, d)
         for block in self.blocks:
             x = block(x, cos, sin)  # causal
         return self.head(self.norm(x))  # (B, T, V)
 
-    def forward(self, tokens: Tensor, targets: Tensor) -> Tensor:
-        """tokens, targets: (B, T) with targets[:, t] = tokens[:, t+1] -> scalar mean cross-entropy."""
+    def forward(
+        self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None, step_seed: int | None = None
+    ) -> Tensor:
+        """tokens, targets: (B, T) with targets[:, t] = tokens[:, t+1] -> scalar mean cross-entropy.
+        sample_ids/step_seed: part of the uniform model interface (they seed the EBT's noise); unused here."""
         logits = self.logits(tokens)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
     @torch.no_grad()
-    def eval_loss(self, tokens: Tensor, targets: Tensor) -> Tensor:
+    def eval_loss(self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None) -> Tensor:
         return self.forward(tokens, targets)
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter name -> learning-rate multiplier: none here (the EBT's step size has one)."""
+        return {}

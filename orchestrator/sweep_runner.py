@@ -227,7 +227,10 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     ray.init(
         address=address,
-        include_dashboard=False,
+        # Ray Train's placement-group cleaner queries the State API, which the dashboard serves: without
+        # it, finished trials never release their resources. Bound to loopback unless the user says so.
+        include_dashboard=True,
+        dashboard_host=os.environ.get("EBTSCALE_DASHBOARD_HOST", "127.0.0.1"),
         logging_level="WARNING",
         log_to_driver=False,
         runtime_env={"env_vars": env},

@@ -1,0 +1,250 @@
+"""EBT vs Transformer++: scaling-rate comparison, extrapolation and crossover, per axis.
+
+The scaling rate is the fitted exponent (alpha). The comparison is the relative difference
+(alpha_ebt - alpha_tpp) / alpha_tpp, as the EBT paper reports it ("up to 35% higher scaling rate"); its
+interval pairs the bootstrap draws of the two independent fits (draw i of one with draw i of the other, the
+resamples being independent), so it carries both fits' uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq
+
+from analysis.data import AXIS_X, family_label, split_trials
+from analysis.errors import FitError
+from analysis.fit import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_LEVEL,
+    FitResult,
+    ParamEstimate,
+    Seed,
+    fit_law,
+    percentile_interval,
+    spawn_seeds,
+)
+
+EBT, TPP = "ebt", "transformer_pp"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:+.0f}%" if math.isfinite(v) else "n/a"
+
+
+@dataclass(frozen=True)
+class RateComparison:
+    axis: str
+    exponent: str
+    ebt: ParamEstimate
+    tpp: ParamEstimate
+    relative: ParamEstimate  # (ebt - tpp) / tpp, with the paired-bootstrap interval
+    level: float
+    significant: bool  # the interval of the relative difference excludes zero
+    verdict: str
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw i of one fit with draw i of the other, dropping pairs where either resample was degenerate."""
+    m = min(a.shape[0], b.shape[0])
+    a, b = a[:m], b[:m]
+    ok = np.isfinite(a).reshape(m, -1).all(axis=1) & np.isfinite(b).reshape(m, -1).all(axis=1)
+    return a[ok], b[ok]
+
+
+def compare_rates(
+    ebt: FitResult, tpp: FitResult, *, exponent: str = "alpha", axis: str = "", level: float | None = None
+) -> RateComparison:
+    """Side-by-side exponents, their relative difference with a paired-bootstrap CI, and a verdict."""
+    level = level or ebt.level
+    e, t = ebt.params[exponent].value, tpp.params[exponent].value
+    de, dt = _paired(ebt.draws(exponent), tpp.draws(exponent))
+    with np.errstate(all="ignore"):
+        rel_draws = (de - dt) / dt
+        rel = (e - t) / t if t != 0 else math.nan
+    lo, hi = percentile_interval(rel_draws, level)
+    relative = ParamEstimate(rel, lo, hi)
+    ebt_est = ParamEstimate(e, *percentile_interval(ebt.draws(exponent), level))
+    tpp_est = ParamEstimate(t, *percentile_interval(tpp.draws(exponent), level))
+    has_ci = math.isfinite(lo) and math.isfinite(hi)
+    significant = has_ci and (lo > 0 or hi < 0)
+
+    where = f" on the {axis} axis" if axis else ""
+    both = f"{exponent} {e:.3g} vs {t:.3g}"
+    ci = f"{level:.0%} CI {_pct(lo)} to {_pct(hi)}"
+    if not has_ci:
+        verdict = f"EBT's {exponent} is {_pct(rel)} relative to Transformer++'s{where} ({both})"
+        verdict += "; no bootstrap interval (too few distinct points, or no bootstrap)."
+    elif significant:
+        word = "faster" if rel > 0 else "slower"
+        verdict = f"EBT scales {abs(100 * rel):.0f}% {word} than Transformer++{where} ({both}; {ci})."
+    else:
+        verdict = (
+            f"No significant difference{where}: EBT's {exponent} is {_pct(rel)} relative to Transformer++'s "
+            f"({both}), but the {ci} includes zero."
+        )
+    if tpp_est.lo <= 0:  # False for NaN (no interval)
+        verdict += (
+            f" Transformer++'s {exponent} is not clearly positive, so the relative difference is unstable."
+        )
+    return RateComparison(axis, exponent, ebt_est, tpp_est, relative, level, significant, verdict)
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    x: float
+    predictions: dict[str, ParamEstimate]  # family -> predicted y at x
+    difference: ParamEstimate  # y_ebt - y_tpp (paired draws); negative: EBT lower
+
+
+def extrapolate(fits: Mapping[str, FitResult], x: float, level: float | None = None) -> Extrapolation:
+    """Predicted y of each family at x (e.g. 10x the largest observed) with bootstrap intervals."""
+    level = level or next(iter(fits.values())).level
+    preds = {}
+    draws = {}
+    for fam, fit in fits.items():
+        draws[fam] = fit.predict_draws(x)[:, 0]
+        preds[fam] = ParamEstimate(float(fit.predict(x)[0]), *percentile_interval(draws[fam], level))
+    diff = ParamEstimate(math.nan, math.nan, math.nan)
+    if EBT in fits and TPP in fits:
+        de, dt = _paired(draws[EBT], draws[TPP])
+        diff = ParamEstimate(preds[EBT].value - preds[TPP].value, *percentile_interval(de - dt, level))
+    return Extrapolation(float(x), preds, diff)
+
+
+@dataclass(frozen=True)
+class Crossover:
+    x: float  # beyond this x the lower family stays lower (within the searched range)
+    lo: float  # interval over the bootstrap draws that cross in range
+    hi: float
+    fraction: float  # share of paired draws whose curves cross in range
+    lower_after: str  # family with the lower y beyond x
+    x_range: tuple[float, float]
+
+
+def _last_crossing(logx: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """Per row of diff (B, G) on the log-x grid: log x of its last sign change (interpolated), else NaN."""
+    s = np.sign(diff)
+    change = (s[:, :-1] * s[:, 1:]) < 0
+    has = change.any(axis=1)
+    idx = change.shape[1] - 1 - np.argmax(change[:, ::-1], axis=1)
+    rows = np.arange(diff.shape[0])
+    d0, d1 = diff[rows, idx], diff[rows, idx + 1]
+    with np.errstate(all="ignore"):
+        t = d0 / (d0 - d1)
+    out = logx[idx] + t * (logx[idx + 1] - logx[idx])
+    return np.where(has, out, np.nan)
+
+
+def crossover(
+    ebt: FitResult, tpp: FitResult, x_range: tuple[float, float] | None = None, level: float | None = None
+) -> Crossover | None:
+    """Largest x in x_range where the fitted curves cross, or None if they do not. The default range,
+    [smallest observed x / 10, largest observed x * 1000], keeps the answer within a sane extrapolation."""
+    level = level or ebt.level
+    if x_range is None:
+        x_range = (min(ebt.x_min[0], tpp.x_min[0]) / 10, max(ebt.x_max[0], tpp.x_max[0]) * 1000)
+    logx = np.linspace(np.log(x_range[0]), np.log(x_range[1]), 512)
+    x = np.exp(logx)
+    diff = np.log(ebt.predict(x)) - np.log(tpp.predict(x))
+    point = _last_crossing(logx, diff[None, :])[0]
+    if not math.isfinite(point):
+        return None
+    i = int(np.searchsorted(logx, point))
+    lo_x, hi_x = logx[max(i - 1, 0)], logx[min(i, logx.size - 1)]
+
+    def gap(lx: float) -> float:
+        return float(np.log(ebt.predict(math.exp(lx))[0]) - np.log(tpp.predict(math.exp(lx))[0]))
+
+    if lo_x < hi_x and gap(lo_x) * gap(hi_x) < 0:
+        point = brentq(gap, lo_x, hi_x, xtol=1e-12)
+    de, dt = _paired(ebt.predict_draws(x), tpp.predict_draws(x))
+    crossings = _last_crossing(logx, np.log(de) - np.log(dt)) if de.size else np.array([])
+    fraction = float(np.isfinite(crossings).mean()) if crossings.size else math.nan
+    lo, hi = percentile_interval(np.exp(crossings), level)
+    lower_after = EBT if diff[-1] < 0 else TPP
+    return Crossover(math.exp(point), lo, hi, fraction, lower_after, (float(x_range[0]), float(x_range[1])))
+
+
+# ------------------------------------------------------------------------------------------------ per axis
+
+
+def axis_points(fit_rows: pd.DataFrame, axis: str, y: str = "val_loss") -> pd.DataFrame:
+    """The (family, name, x, y) points that enter an axis' fit, from rows that passed split_trials.
+
+    The flops axis is an isoFLOP grid (several model sizes per budget), and loss against C is only a law
+    along its compute-efficient frontier, so that axis keeps the lowest-loss trial per (family, budget),
+    at x = the budget (the trial's own FLOPs when it has no budget)."""
+    rows = fit_rows[fit_rows["axis"] == axis]
+    pts = pd.DataFrame(
+        {"family": rows["family"], "name": rows["name"], "x": rows[AXIS_X[axis]], "y": rows[y]}
+    )
+    if axis == "flops" and not pts.empty:
+        pts["x"] = rows["flops_budget"].where(rows["flops_budget"].notna(), rows["flops"])
+        pts = pts.loc[pts.groupby(["family", "x"])["y"].idxmin()]
+    return pts.sort_values(["family", "x"]).reset_index(drop=True)
+
+
+@dataclass
+class AxisComparison:
+    axis: str
+    x_col: str
+    y: str
+    form: str
+    points: pd.DataFrame  # family, name, x, y of the fitted points
+    fits: dict[str, FitResult] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # family -> why it has no fit
+    rate: RateComparison | None = None
+    extrapolation: Extrapolation | None = None
+    crossover: Crossover | None = None
+
+
+def compare_axis(
+    trials: pd.DataFrame,
+    axis: str,
+    *,
+    y: str = "val_loss",
+    form: str = "power",
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: Seed = 0,
+    level: float = DEFAULT_LEVEL,
+    extrapolate_factor: float = 10.0,
+) -> AxisComparison:
+    """Fit both families on one axis of a tidy trials table and compare them. A family whose points cannot
+    be fitted gets a note (the FitError message) instead of a fit; the comparison needs both fits.
+    The two families' bootstraps use independent seeds (spawned from `seed`)."""
+    if axis not in AXIS_X:
+        raise FitError(f"unknown axis {axis!r}; expected one of {', '.join(AXIS_X)}")
+    ok, _ = split_trials(trials, y)
+    points = axis_points(ok, axis, y)
+    out = AxisComparison(axis, AXIS_X[axis], y, form, points)
+    seeds = dict(zip((EBT, TPP), spawn_seeds(seed, 2), strict=True))
+    for fam in (EBT, TPP):
+        pts = points[points["family"] == fam]
+        if pts.empty:
+            out.notes[fam] = f"no finished {family_label(fam)} trials on the {axis} axis"
+            continue
+        try:
+            out.fits[fam] = fit_law(
+                pts["x"].to_numpy(),
+                pts["y"].to_numpy(),
+                form,
+                x_names=(out.x_col,),
+                y_name=y,
+                bootstrap=bootstrap,
+                seed=seeds[fam],
+                level=level,
+            )
+        except FitError as err:
+            out.notes[fam] = str(err)
+    if EBT in out.fits and TPP in out.fits:
+        ebt, tpp = out.fits[EBT], out.fits[TPP]
+        out.rate = compare_rates(ebt, tpp, axis=axis, level=level)
+        x_far = extrapolate_factor * max(ebt.x_max[0], tpp.x_max[0])
+        out.extrapolation = extrapolate(out.fits, x_far, level)
+        out.crossover = crossover(ebt, tpp, level=level)
+    return out

@@ -1,0 +1,155 @@
+"""The tidy trials table: schema validation, numeric casting, which rows enter fits and which are excluded.
+
+The orchestrator hands over one row per trial, often read back from MLflow where every param is a string,
+so `tidy_trials` is the single place that turns that into typed columns; everything downstream assumes
+its output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import SchemaError
+
+FAMILIES: tuple[str, ...] = ("ebt", "transformer_pp")
+FAMILY_LABELS: dict[str, str] = {"ebt": "EBT", "transformer_pp": "Transformer++"}
+
+# The x column each axis is fitted against (Kaplan's N, non-embedding, for the size axes).
+AXIS_X: dict[str, str] = {
+    "data": "tokens",
+    "batch": "batch_size",
+    "params": "n_params_non_embedding",
+    "width": "n_params_non_embedding",
+    "depth": "n_layers",
+    "flops": "flops",
+}
+AXIS_ORDER: tuple[str, ...] = ("data", "params", "width", "depth", "batch", "flops")
+
+STRING_COLUMNS: tuple[str, ...] = ("trial_id", "name", "family", "axis", "status", "status_reason")
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "n_params",
+    "n_params_non_embedding",
+    "tokens",
+    "batch_size",
+    "n_layers",
+    "d_model",
+    "flops",
+    "flops_budget",
+    "val_loss",
+    "val_perplexity",
+    "seed",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = STRING_COLUMNS + NUMERIC_COLUMNS
+
+THINKING_STRING_COLUMNS: tuple[str, ...] = ("family", "mode")
+THINKING_NUMERIC_COLUMNS: tuple[str, ...] = (
+    "steps",
+    "candidates",
+    "forward_passes",
+    "val_loss",
+    "val_perplexity",
+)
+
+EXCLUDED_COLUMNS: list[str] = ["name", "family", "axis", "status", "reason"]
+
+# Spellings of "no value" from MLflow / CSV round trips; any other non-number is an error.
+_MISSING = {"", "nan", "none", "null", "na", "n/a", "<na>"}
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{what} is missing required column(s): {', '.join(missing)}")
+
+
+def numeric_column(col: pd.Series, name: str) -> pd.Series:
+    """Cast to float64; missing spellings become NaN, any other unparseable value is an error naming it."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.astype("float64")
+    text = col.astype("string").str.strip()
+    missing = text.isna() | text.str.lower().isin(_MISSING)
+    values = pd.to_numeric(text.mask(missing), errors="coerce")
+    bad = values.isna() & ~missing
+    if bad.any():
+        examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
+        raise SchemaError(f"column {name!r} has non-numeric value(s): {examples}")
+    return values.astype("float64")
+
+
+def _to_string(col: pd.Series) -> pd.Series:
+    return col.astype("string").fillna("").str.strip().astype(object)
+
+
+def _cast(df: pd.DataFrame, strings: Iterable[str], numerics: Iterable[str], what: str) -> pd.DataFrame:
+    _require(df, [*strings, *numerics], what)
+    out = df.copy()
+    for c in strings:
+        out[c] = _to_string(out[c])
+    for c in numerics:
+        out[c] = numeric_column(out[c], c)
+    return out.reset_index(drop=True)
+
+
+def tidy_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Validate and type a trials table: required columns present (SchemaError naming the missing ones),
+    numerics as float64, strings stripped, `family`/`axis`/`status` lower-case. Extra columns are kept."""
+    out = _cast(df, STRING_COLUMNS, NUMERIC_COLUMNS, "trials table")
+    for c in ("family", "axis", "status"):
+        out[c] = out[c].str.lower()
+    return out
+
+
+def tidy_thinking(df: pd.DataFrame) -> pd.DataFrame:
+    """Validate and type a System-2 thinking table (family, mode, steps, candidates, forward_passes, ...)."""
+    out = _cast(df, THINKING_STRING_COLUMNS, THINKING_NUMERIC_COLUMNS, "thinking table")
+    for c in THINKING_STRING_COLUMNS:
+        out[c] = out[c].str.lower()
+    return out
+
+
+def exclusion_reasons(trials: pd.DataFrame, y: str = "val_loss") -> pd.Series:
+    """Why each row of a tidy trials table cannot enter a fit ('' when it can): not finished, unknown axis,
+    or a missing / non-positive x or y. Non-finished rows carry their status and status_reason."""
+    if y not in trials.columns:
+        raise SchemaError(f"trials table has no column {y!r} to fit")
+    reasons = pd.Series("", index=trials.index, dtype=object)
+    for i, row in trials.iterrows():
+        status = row["status"]
+        if status != "finished":
+            detail = row["status_reason"]
+            reasons[i] = f"{status}: {detail}" if detail else str(status)
+            continue
+        x_col = AXIS_X.get(row["axis"])
+        if x_col is None:
+            reasons[i] = f"unknown axis {row['axis']!r}"
+            continue
+        for col in (x_col, y):
+            value = row[col]
+            if not np.isfinite(value):
+                reasons[i] = f"{col} is missing"
+                break
+            if value <= 0:
+                reasons[i] = f"{col} = {value:g} is not positive"
+                break
+    return reasons
+
+
+def split_trials(trials: pd.DataFrame, y: str = "val_loss") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows that enter fits, excluded-trials table with columns name, family, axis, status, reason)."""
+    reasons = exclusion_reasons(trials, y)
+    ok = reasons == ""
+    excluded = trials.loc[~ok, ["name", "family", "axis", "status"]].assign(reason=reasons[~ok])
+    return trials[ok].reset_index(drop=True), excluded[EXCLUDED_COLUMNS].reset_index(drop=True)
+
+
+def axes_present(trials: pd.DataFrame) -> list[str]:
+    """Axes of the table in reading order (known axes first, unknown ones are ignored)."""
+    present = set(trials["axis"])
+    return [a for a in AXIS_ORDER if a in present]
+
+
+def family_label(family: str) -> str:
+    return FAMILY_LABELS.get(family, family)

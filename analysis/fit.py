@@ -1,0 +1,463 @@
+"""Scaling-law fits with bootstrap confidence intervals.
+
+Method (Hoffmann et al. 2022; Besiroglu et al. 2024): Huber loss (delta 1e-3) on log residuals, log-sum-exp
+parameterisation (see analysis.laws), L-BFGS from a grid of starts, the best start polished with scipy's
+L-BFGS-B. Uncertainty: a nonparametric bootstrap over points (rows resampled with replacement, as integer
+weight vectors), every resample warm-started from the full-data optimum and all of them minimised together
+by the batched L-BFGS of analysis.optim; percentile intervals for every parameter and derived quantity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from analysis.errors import FitError
+from analysis.laws import DEFAULT_BOOTSTRAP, DEFAULT_HUBER_DELTA, DEFAULT_LEVEL, FORMS, Law
+from analysis.optim import minimize_batched
+
+N_POLISH = 4  # best grid optima re-run with scipy's L-BFGS-B at tight tolerances
+
+FlopsPerToken = Callable[[np.ndarray], np.ndarray]  # N -> training FLOPs per token
+
+
+@dataclass(frozen=True)
+class ParamEstimate:
+    """A point estimate with its bootstrap percentile interval (lo/hi are NaN without a bootstrap)."""
+
+    value: float
+    lo: float
+    hi: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        """{value, lo, hi}; NaN (no interval) becomes None, which JSON can carry."""
+        items = {"value": self.value, "lo": self.lo, "hi": self.hi}
+        return {k: (float(v) if math.isfinite(v) else None) for k, v in items.items()}
+
+    def contains(self, x: float) -> bool:
+        return bool(self.lo <= x <= self.hi)
+
+
+Seed = int | np.random.SeedSequence | None
+
+
+def spawn_seeds(seed: Seed, n: int) -> list[np.random.SeedSequence]:
+    """n independent child seeds: independent fits (two families, several axes) must not share resamples."""
+    parent = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return parent.spawn(n)
+
+
+def percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite draws along axis 0 ((nan, nan) when there are none)."""
+    draws = np.asarray(draws, float)
+    finite = draws[np.isfinite(draws)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(finite, [q, 100 - q])
+    return float(lo), float(hi)
+
+
+def _percentile_bands(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise percentile interval of (B, n) draws, ignoring NaN rows."""
+    q = 100 * (1 - level) / 2
+    if draws.size == 0 or not np.isfinite(draws).any():
+        nan = np.full(draws.shape[1:], np.nan)
+        return nan, nan
+    lo, hi = np.nanpercentile(draws, [q, 100 - q], axis=0)
+    return lo, hi
+
+
+def derived_quantities(law: Law, natural: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Quantities implied by the law. Chinchilla, with C = 6ND: N*(C) = G (C/6)^a, D*(C) = G^-1 (C/6)^b with
+    a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta))."""
+    if law.form != "chinchilla":
+        return {}
+    A, B, alpha, beta = natural["A"], natural["B"], natural["alpha"], natural["beta"]
+    with np.errstate(all="ignore"):
+        s = alpha + beta
+        G = np.exp((np.log(alpha * A) - np.log(beta * B)) / s)
+        return {"a": beta / s, "b": alpha / s, "G": G}
+
+
+@dataclass
+class FitResult:
+    """One fitted law: point estimates with CIs, fit diagnostics, and the bootstrap draws for intervals."""
+
+    form: str
+    params: dict[str, ParamEstimate]
+    derived: dict[str, ParamEstimate]
+    objective: float  # sum of Huber losses of the log residuals (Hoffmann's objective) at the optimum
+    residuals: np.ndarray  # log y - log y_hat, in input order
+    r2_log: float
+    n_points: int
+    x_names: tuple[str, ...]
+    y_name: str
+    x_min: np.ndarray  # per variable, observed range (for plots and "sane" extrapolation ranges)
+    x_max: np.ndarray
+    level: float
+    huber_delta: float
+    n_boot: int
+    n_boot_valid: int
+    law: Law = field(repr=False)
+    theta: np.ndarray = field(repr=False)  # (p,) natural log-parameters [log A.., log E, alpha..]
+    theta_draws: np.ndarray = field(repr=False)  # (n_boot, p), NaN rows for degenerate resamples
+
+    # ---- draws and intervals
+    def draws(self, name: str) -> np.ndarray:
+        """Bootstrap draws of a parameter or derived quantity, NaN for degenerate resamples."""
+        natural = self.law.to_natural(self.theta_draws)
+        if name in natural:
+            return natural[name]
+        derived = derived_quantities(self.law, natural)
+        if name in derived:
+            return derived[name]
+        raise KeyError(f"{name!r} is not a parameter or derived quantity of the {self.form} law")
+
+    def interval(self, name: str, level: float | None = None) -> tuple[float, float]:
+        """Percentile interval of any parameter / derived quantity at another level than the fitted one."""
+        return percentile_interval(self.draws(name), level or self.level)
+
+    # ---- prediction
+    def _design(self, x: Any) -> np.ndarray:
+        K = self.law.n_terms
+        if K == 1:
+            return np.atleast_1d(np.asarray(x, float)).reshape(-1, 1)
+        if isinstance(x, tuple) and len(x) == K:
+            cols = np.broadcast_arrays(*(np.atleast_1d(np.asarray(c, float)) for c in x))
+            return np.column_stack([c.ravel() for c in cols])
+        X = np.asarray(x, float)
+        if X.ndim == 1 and X.size == K:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != K:
+            raise ValueError(
+                f"the {self.form} law needs ({', '.join(self.x_names)}) pairs, got shape {X.shape}"
+            )
+        return X
+
+    def predict(self, x: Any) -> np.ndarray:
+        """y_hat at x (array) or, for chinchilla, at (N, D) (a tuple of arrays or an (n, 2) array)."""
+        X = self._design(x)
+        return np.exp(self.law.log_predict(self.theta[None, :], np.log(X))[0])
+
+    def predict_draws(self, x: Any) -> np.ndarray:
+        """(n_boot, n) predictions of every bootstrap resample (NaN rows for degenerate ones)."""
+        X = self._design(x)
+        ok = np.isfinite(self.theta_draws).all(axis=1)
+        out = np.full((self.theta_draws.shape[0], X.shape[0]), np.nan)
+        if ok.any():
+            out[ok] = np.exp(self.law.log_predict(self.theta_draws[ok], np.log(X)))
+        return out
+
+    def predict_interval(self, x: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise percentile band of the prediction over the bootstrap draws."""
+        return _percentile_bands(self.predict_draws(x), level or self.level)
+
+    # ---- export
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every parameter as {value, lo, hi} at the top level, plus derived and diagnostics."""
+        out: dict[str, Any] = {"form": self.form}
+        out.update({name: est.to_dict() for name, est in self.params.items()})
+        out["derived"] = {name: est.to_dict() for name, est in self.derived.items()}
+        out.update(
+            r2_log=float(self.r2_log),
+            n_points=int(self.n_points),
+            objective=float(self.objective),
+            level=float(self.level),
+            huber_delta=float(self.huber_delta),
+            n_boot=int(self.n_boot),
+            n_boot_valid=int(self.n_boot_valid),
+            x=list(self.x_names),
+            y=self.y_name,
+        )
+        return out
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _describe(values: np.ndarray) -> str:
+    return ", ".join(f"{v:g}" for v in values[:3]) + (", ..." if values.size > 3 else "")
+
+
+def _validate(X: np.ndarray, y: np.ndarray, law: Law, x_names: Sequence[str], y_name: str) -> None:
+    """FitError with a message naming the problem for every input the law cannot be identified from."""
+    n, p = y.size, law.n_params
+    if X.shape != (n, law.n_terms):
+        raise FitError(
+            f"expected {law.n_terms} x column(s) of {n} values for the {law.form} law, got {X.shape}"
+        )
+    for values, name in [*((X[:, k], x_names[k]) for k in range(law.n_terms)), (y, y_name)]:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise FitError(
+                f"{name} has {int(bad.sum())} NaN/inf value(s); drop or fix those rows before fitting"
+            )
+        if (values <= 0).any():
+            raise FitError(
+                f"{name} has non-positive value(s) ({_describe(values[values <= 0])}): log fits need > 0"
+            )
+    if n < p:
+        raise FitError(f"{n} point(s) for the {p} parameters of the {law.form} law: need at least {p}")
+    for k, name in enumerate(x_names):
+        distinct = np.unique(X[:, k])
+        if distinct.size == 1:
+            raise FitError(
+                f"all {n} points share a single {name} value ({distinct[0]:g}): no exponent can be fitted"
+            )
+    n_design = np.unique(X, axis=0).shape[0]
+    if n_design < p:
+        raise FitError(
+            f"only {n_design} distinct x value(s) for the {p} parameters of the {law.form} law: "
+            f"need at least {p}"
+        )
+
+
+def _resample_valid(W: np.ndarray, X: np.ndarray, law: Law) -> np.ndarray:
+    """A resample identifies the law only if it keeps >= p distinct design points and >= 2 values of every
+    variable; others (likely with few points) would return their warm start, so they are dropped."""
+    present = W > 0
+    _, design = np.unique(X, axis=0, return_inverse=True)
+    ok = _distinct_present(present, design.ravel()) >= law.n_params
+    for k in range(law.n_terms):
+        _, codes = np.unique(X[:, k], return_inverse=True)
+        ok &= _distinct_present(present, codes.ravel()) >= 2
+    return ok
+
+
+def _distinct_present(present: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    onehot = np.zeros((codes.size, codes.max() + 1))
+    onehot[np.arange(codes.size), codes] = 1.0
+    return ((present.astype(float) @ onehot) > 0).sum(axis=1)
+
+
+# -------------------------------------------------------------------------------------------------- fitting
+
+
+def _polish(
+    law: Law, theta0: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float
+) -> tuple[np.ndarray, float]:
+    """Refine one start with scipy's L-BFGS-B at tight tolerances (analytic gradient)."""
+    ones = np.ones((1, ly.size))
+
+    def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = law.objective(t[None, :], lx, ly, ones, delta)
+        return float(f[0]), g[0]
+
+    res = minimize(
+        fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12}
+    )
+    f0 = fun(theta0)[0]
+    return (res.x, float(res.fun)) if np.isfinite(res.fun) and res.fun <= f0 else (theta0, f0)
+
+
+def _best_fit(
+    law: Law, lx: np.ndarray, ly: np.ndarray, delta: float, starts: np.ndarray | None
+) -> np.ndarray:
+    """Batched L-BFGS from every grid start, then scipy polish of the best few; best objective wins."""
+    starts = law.start_grid(ly) if starts is None else np.atleast_2d(np.asarray(starts, float))
+    ones = np.ones((1, ly.size))
+    res = minimize_batched(lambda t, rows: law.objective(t, lx, ly, ones, delta), starts)
+    fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
+    best = [_polish(law, res.x[i], lx, ly, delta) for i in np.argsort(fun)[:N_POLISH]]
+    theta, _ = min(best, key=lambda pair: pair[1])
+    return theta
+
+
+def bootstrap_weights(n: int, n_boot: int, seed: Seed) -> np.ndarray:
+    """(n_boot, n) resampling counts: row b says how often each point appears in resample b."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+
+
+def _bootstrap(
+    law: Law,
+    X: np.ndarray,
+    lx: np.ndarray,
+    ly: np.ndarray,
+    theta: np.ndarray,
+    delta: float,
+    n_boot: int,
+    seed: Seed,
+) -> np.ndarray:
+    """(n_boot, p) centred parameters of the resampled fits; NaN rows for resamples that cannot identify
+    the law."""
+    out = np.full((n_boot, law.n_params), np.nan)
+    if np.unique(X, axis=0).shape[0] <= law.n_params:
+        # as many distinct points as parameters: every usable resample reproduces the same exact fit, and a
+        # zero-width interval would claim certainty, so such a fit gets no interval (NaN) instead
+        return out
+    W = bootstrap_weights(ly.size, n_boot, seed)
+    valid = _resample_valid(W, X, law)
+    if valid.any():
+        Wv = W[valid]
+        res = minimize_batched(
+            lambda t, rows: law.objective(t, lx, ly, Wv[rows], delta), np.tile(theta, (Wv.shape[0], 1))
+        )
+        out[valid] = res.x
+    return out
+
+
+def fit_law(
+    X: Any,
+    y: Any,
+    form: str,
+    *,
+    x_names: Sequence[str] | None = None,
+    y_name: str = "y",
+    huber_delta: float = DEFAULT_HUBER_DELTA,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: Seed = 0,
+    level: float = DEFAULT_LEVEL,
+    starts: np.ndarray | None = None,
+) -> FitResult:
+    """Fit `form` ('power', 'saturating' or 'chinchilla') to y at X ((n,) or (n, K)).
+
+    `starts` overrides the multi-start grid (centred internal coordinates, see analysis.laws). `bootstrap=0`
+    skips the bootstrap (intervals are then NaN). Raises FitError for input the law cannot be fitted to."""
+    if form not in FORMS:
+        raise FitError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
+    if not 0 < level < 1:
+        raise FitError(f"level must be in (0, 1), got {level}")
+    if huber_delta <= 0:
+        raise FitError(f"huber_delta must be > 0, got {huber_delta}")
+    if bootstrap < 0:
+        raise FitError(f"bootstrap must be >= 0, got {bootstrap}")
+    law = FORMS[form]
+    x_names = tuple(x_names or law.variables)
+    X = np.asarray(X, float)
+    X = X.reshape(-1, 1) if X.ndim == 1 else X
+    y = np.asarray(y, float).ravel()
+    _validate(X, y, law, x_names, y_name)
+
+    lx, ly = np.log(X), np.log(y)
+    centre = lx.mean(axis=0)
+    lxc = lx - centre
+    theta_c = _best_fit(law, lxc, ly, huber_delta, starts)
+    theta = law.recentre(theta_c[None, :], -centre)[0]
+
+    log_pred = law.log_predict(theta_c[None, :], lxc)[0]
+    residuals = ly - log_pred
+    a = np.abs(residuals)
+    objective = float(np.where(a <= huber_delta, 0.5 * a**2, huber_delta * (a - 0.5 * huber_delta)).sum())
+    ss_tot = float(((ly - ly.mean()) ** 2).sum())
+    r2_log = 1.0 - float((residuals**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+
+    draws_c = _bootstrap(law, X, lxc, ly, theta_c, huber_delta, bootstrap, seed)
+    theta_draws = law.recentre(draws_c, -centre)
+
+    natural = {k: float(v[0]) for k, v in law.to_natural(theta[None, :]).items()}
+    natural_draws = law.to_natural(theta_draws)
+    params = {k: ParamEstimate(natural[k], *percentile_interval(natural_draws[k], level)) for k in natural}
+    derived_point = derived_quantities(law, {k: np.array([v]) for k, v in natural.items()})
+    derived_draws = derived_quantities(law, natural_draws)
+    derived = {
+        k: ParamEstimate(float(v[0]), *percentile_interval(derived_draws[k], level))
+        for k, v in derived_point.items()
+    }
+    return FitResult(
+        form=form,
+        params=params,
+        derived=derived,
+        objective=objective,
+        residuals=residuals,
+        r2_log=r2_log,
+        n_points=int(y.size),
+        x_names=x_names,
+        y_name=y_name,
+        x_min=X.min(axis=0),
+        x_max=X.max(axis=0),
+        level=level,
+        huber_delta=huber_delta,
+        n_boot=bootstrap,
+        n_boot_valid=int(np.isfinite(theta_draws).all(axis=1).sum()),
+        law=law,
+        theta=theta,
+        theta_draws=theta_draws,
+    )
+
+
+def fit_power(x: Any, y: Any, **kwargs: Any) -> FitResult:
+    """y = A x^-alpha (E fixed at 0). kwargs as fit_law (x_names=('tokens',), y_name=..., bootstrap=...)."""
+    return fit_law(x, y, "power", **kwargs)
+
+
+def fit_saturating(x: Any, y: Any, **kwargs: Any) -> FitResult:
+    """y = E + A x^-alpha."""
+    return fit_law(x, y, "saturating", **kwargs)
+
+
+def fit_chinchilla(N: Any, D: Any, y: Any, **kwargs: Any) -> FitResult:
+    """L(N, D) = E + A N^-alpha + B D^-beta."""
+    kwargs.setdefault("x_names", ("N", "D"))
+    return fit_law(np.column_stack([np.ravel(N), np.ravel(D)]), y, "chinchilla", **kwargs)
+
+
+# ------------------------------------------------------------------------------------- compute-optimal N, D
+
+
+def _optimal_allocation(
+    natural: dict[str, np.ndarray], C: float, flops_per_token: FlopsPerToken | None, N_centre: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N*, D*, L*) per row of the natural-parameter arrays, for one compute budget C."""
+    E, A, B, alpha, beta = (natural[k] for k in ("E", "A", "B", "alpha", "beta"))
+    if flops_per_token is None:
+        d = derived_quantities(FORMS["chinchilla"], natural)
+        N = d["G"] * (C / 6) ** d["a"]
+        D = (C / 6) ** d["b"] / d["G"]
+    else:
+        # no closed form: minimise L(N, C / fpt(N)) on a log-N grid (+-4 decades, 0.005-decade spacing)
+        # around the 6ND optimum, then refine the argmin with a parabola through its neighbours
+        logN = np.log(N_centre) + np.linspace(-4, 4, 1601) * np.log(10)
+        Ng = np.exp(logN)
+        Dg = C / np.asarray(flops_per_token(Ng), float)
+        with np.errstate(all="ignore"):
+            L = (
+                E[:, None]
+                + A[:, None] * Ng[None, :] ** -alpha[:, None]
+                + B[:, None] * Dg[None, :] ** -beta[:, None]
+            )
+        L = np.where(np.isfinite(L), L, np.inf)
+        i = np.clip(L.argmin(axis=1), 1, logN.size - 2)
+        rows = np.arange(L.shape[0])
+        l0, l1, l2 = L[rows, i - 1], L[rows, i], L[rows, i + 1]
+        denom = l0 - 2 * l1 + l2
+        with np.errstate(all="ignore"):
+            shift = np.where(denom > 0, 0.5 * (l0 - l2) / denom, 0.0)
+        logN_opt = logN[i] + np.clip(shift, -1, 1) * (logN[1] - logN[0])
+        N = np.exp(logN_opt)
+        D = C / np.asarray(flops_per_token(N), float)
+    with np.errstate(all="ignore"):
+        L_opt = E + A * N**-alpha + B * D**-beta
+    return N, D, L_opt
+
+
+def compute_optimal(
+    fit: FitResult,
+    budgets: Sequence[float],
+    flops_per_token: FlopsPerToken | None = None,
+    level: float | None = None,
+) -> list[dict[str, float]]:
+    """Compute-optimal N*, D* and loss at each budget C from a chinchilla fit, with bootstrap intervals.
+    C = 6 N D unless `flops_per_token(N)` is given (then C = flops_per_token(N) * D)."""
+    if fit.form != "chinchilla":
+        raise FitError(f"compute-optimal allocation needs a chinchilla fit, not {fit.form}")
+    level = level or fit.level
+    point = {k: np.array([v.value]) for k, v in fit.params.items()}
+    draws = fit.law.to_natural(fit.theta_draws)
+    rows = []
+    for C in budgets:
+        N0, _, _ = _optimal_allocation(point, C, None, 1.0)
+        N, D, L = _optimal_allocation(point, C, flops_per_token, float(N0[0]))
+        Nb, Db, Lb = _optimal_allocation(draws, C, flops_per_token, float(N0[0]))
+        row: dict[str, float] = {"C": float(C)}
+        for name, value, samples in (("N_opt", N, Nb), ("D_opt", D, Db), ("loss_opt", L, Lb)):
+            lo, hi = percentile_interval(samples, level)
+            row.update({name: float(value[0]), f"{name}_lo": lo, f"{name}_hi": hi})
+        rows.append(row)
+    return rows

@@ -1,0 +1,167 @@
+"""Figures of the report (matplotlib, Agg backend: no display needed). Each returns a Figure; the report
+saves and embeds it."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from analysis.compare import AxisComparison
+from analysis.data import family_label
+from analysis.isoflop import IsoFlopResult
+
+COLORS = {"ebt": "#d62728", "transformer_pp": "#1f77b4"}
+MARKERS = {"ebt": "o", "transformer_pp": "s"}
+
+
+def _color(family: str) -> str:
+    return COLORS.get(family, "#555555")
+
+
+def plot_axis_fit(cmp: AxisComparison, excluded_points: pd.DataFrame | None = None) -> Figure:
+    """Log-log points of both families, fitted curves (dashed beyond the data) and bootstrap bands."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    x_hi = cmp.extrapolation.x if cmp.extrapolation else None
+    for fam in sorted(set(cmp.points["family"])):
+        pts = cmp.points[cmp.points["family"] == fam]
+        ax.scatter(pts["x"], pts["y"], color=_color(fam), marker=MARKERS.get(fam, "o"), zorder=3, s=28)
+        fit = cmp.fits.get(fam)
+        if fit is None:
+            ax.plot([], [], color=_color(fam), label=f"{family_label(fam)}: no fit")
+            continue
+        lo_x, hi_x = fit.x_min[0] / 1.3, max(fit.x_max[0] * 1.3, x_hi or 0)
+        grid = np.geomspace(lo_x, hi_x, 200)
+        inside = grid <= fit.x_max[0] * 1.3
+        pred = fit.predict(grid)
+        alpha = fit.params["alpha"]
+        label = f"{family_label(fam)}: α={alpha.value:.3g} [{alpha.lo:.3g}, {alpha.hi:.3g}]"
+        ax.plot(grid[inside], pred[inside], color=_color(fam), label=label)
+        ax.plot(grid[~inside], pred[~inside], color=_color(fam), ls="--")
+        if fit.n_boot_valid:
+            band_lo, band_hi = fit.predict_interval(grid)
+            ax.fill_between(grid, band_lo, band_hi, color=_color(fam), alpha=0.18, lw=0)
+    if excluded_points is not None and not excluded_points.empty:
+        ax.scatter(
+            excluded_points["x"], excluded_points["y"], marker="x", color="0.4", label="excluded", zorder=3
+        )
+    if x_hi:
+        ax.axvline(x_hi, color="0.6", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # losses span < 1 decade: 2, 3, 4 reads better than 2x10^0
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel(cmp.x_col + (" (budget; lowest loss per budget)" if cmp.axis == "flops" else ""))
+    ax.set_ylabel(cmp.y)
+    ax.set_title(f"{cmp.axis} axis: {cmp.form} law, {int(100 * _level(cmp))}% bootstrap bands")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _level(cmp: AxisComparison) -> float:
+    return next(iter(cmp.fits.values())).level if cmp.fits else 0.95
+
+
+def plot_residuals(cmp: AxisComparison) -> Figure:
+    """Log residuals (log y - log y_hat) against x: structure here means the law's form is wrong."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), layout="constrained")
+    for fam, fit in cmp.fits.items():
+        pts = cmp.points[cmp.points["family"] == fam]
+        ax.plot(
+            pts["x"],
+            fit.residuals,
+            marker=MARKERS.get(fam, "o"),
+            color=_color(fam),
+            ls="-",
+            lw=0.8,
+            label=f"{family_label(fam)} (R²log={fit.r2_log:.3f})",
+        )
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(cmp.x_col)
+    ax.set_ylabel(f"log {cmp.y} residual")
+    ax.set_title(f"{cmp.axis} axis: residuals")
+    ax.grid(True, alpha=0.25)
+    if cmp.fits:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_isoflop(trials_by_family: dict[str, pd.DataFrame], results: dict[str, IsoFlopResult]) -> Figure:
+    """Left: loss against N per budget with the fitted parabolas; right: N*(C) with the power law."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    for fam, res in results.items():
+        pts = trials_by_family[fam]
+        ax.scatter(pts["N"], pts["y"], color=_color(fam), marker=MARKERS.get(fam, "o"), s=18, alpha=0.7)
+        for C, (c0, c1, c2, centre) in res.parabolas.items():
+            sel = pts["C"] == C
+            u = np.linspace(np.log(pts.loc[sel, "N"]).min() - 0.3, np.log(pts.loc[sel, "N"]).max() + 0.3, 80)
+            uc = u - centre
+            ax.plot(np.exp(u), c0 + c1 * uc + c2 * uc * uc, color=_color(fam), lw=0.8)
+        m = res.minima
+        ax.scatter(m["N_opt"], m["loss_opt"], color=_color(fam), marker="*", s=90, edgecolor="k", zorder=4)
+        a = res.exponents["a"]
+        ax2.errorbar(
+            m["C"],
+            m["N_opt"],
+            yerr=[m["N_opt"] - m["N_opt_lo"], m["N_opt_hi"] - m["N_opt"]],
+            fmt=MARKERS.get(fam, "o"),
+            color=_color(fam),
+            label=f"{family_label(fam)}: N* ∝ C^{a.value:.3g} [{a.lo:.3g}, {a.hi:.3g}]",
+        )
+        Cg = np.geomspace(m["C"].min() / 2, m["C"].max() * 2, 50)
+        ax2.plot(Cg, res.exponents["k_N"].value * Cg**a.value, color=_color(fam), lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("N (parameters)")
+    ax.set_ylabel("loss")
+    ax.set_title("isoFLOP profiles (★ = parabola minimum)")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("C (FLOPs)")
+    ax2.set_ylabel("N*(C)")
+    ax2.set_title("compute-optimal model size")
+    for a_ in (ax, ax2):
+        a_.grid(True, which="both", alpha=0.25)
+    ax2.legend(fontsize=8)
+    return fig
+
+
+def plot_thinking(thinking: pd.DataFrame, y: str = "val_perplexity") -> Figure:
+    """System-2 thinking: y against forward passes (all modes), thinking steps and verified candidates."""
+    panels = (("forward_passes", None), ("steps", "steps"), ("candidates", "verify"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained", sharey=True)
+    for ax, (x, mode) in zip(axes, panels, strict=True):
+        data = thinking if mode is None else thinking[thinking["mode"] == mode]
+        for (fam, m), grp in data.groupby(["family", "mode"], sort=True):
+            grp = grp.sort_values(x)
+            ls = "-" if m == "steps" else "--"
+            ax.plot(
+                grp[x],
+                grp[y],
+                marker=MARKERS.get(fam, "o"),
+                ls=ls,
+                color=_color(fam),
+                label=f"{family_label(fam)} ({m})",
+            )
+        if data.empty:
+            ax.text(0.5, 0.5, f"no '{mode}' rows", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(x.replace("_", " "))
+        ax.grid(True, which="both", alpha=0.25)
+        if not data.empty:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel(y)
+    fig.suptitle("System-2 thinking: more inference compute per token")
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

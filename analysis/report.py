@@ -1,0 +1,585 @@
+"""The study report: one self-contained HTML page (PNGs inlined as data URIs), a Markdown twin that links
+the PNGs under plots/, and summary.json with every number. All content is built once as a list of blocks
+(heading, paragraph, table, image, pre) and rendered to both formats, so the two cannot disagree."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.compare import EBT, TPP, AxisComparison, compare_axis
+from analysis.data import axes_present, family_label, split_trials, tidy_thinking, tidy_trials
+from analysis.errors import FitError
+from analysis.fit import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_LEVEL,
+    FitResult,
+    ParamEstimate,
+    Seed,
+    compute_optimal,
+    fit_chinchilla,
+    spawn_seeds,
+)
+from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
+
+CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for compute-optimal allocation
+
+
+def fmt(v: float) -> str:
+    """4 significant digits, the format of every number in the report tables."""
+    return f"{v:.4g}" if v is not None and math.isfinite(v) else "–"
+
+
+def fmt_ci(est: ParamEstimate) -> str:
+    return f"[{fmt(est.lo)}, {fmt(est.hi)}]"
+
+
+def fmt_pct(v: float) -> str:
+    return f"{100 * v:+.1f}%" if math.isfinite(v) else "–"
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    path: Path  # the saved PNG
+    alt: str
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "image" | "pre"
+    content: Any
+
+
+@dataclass
+class Doc:
+    blocks: list[Block] = field(default_factory=list)
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(Block(f"h{level}", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(Block("p", text))
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.blocks.append(Block("table", Table(list(columns), [[str(c) for c in r] for r in rows])))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(Block("image", Image(path, alt)))
+
+    def pre(self, text: str) -> None:
+        self.blocks.append(Block("pre", text))
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f2f2f2} img{max-width:100%;display:block;margin:0.5em 0}
+pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.85em}
+p.headline{font-size:1.08em;background:#f5f8ff;border-left:4px solid #4a74d9;padding:0.6em 0.9em}
+"""
+
+
+def render_html(doc: Doc, title: str) -> str:
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
+    out.append(f"<style>{CSS}</style></head><body>")
+    first_p = True
+    for b in doc.blocks:
+        if b.kind.startswith("h"):
+            out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            cls = " class='headline'" if first_p else ""
+            first_p = False
+            out.append(f"<p{cls}>{html.escape(b.content)}</p>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in b.content.columns)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                for row in b.content.rows
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "image":
+            data = base64.b64encode(b.content.path.read_bytes()).decode("ascii")
+            out.append(f"<img alt='{html.escape(b.content.alt)}' src='data:image/png;base64,{data}'>")
+        elif b.kind == "pre":
+            out.append(f"<pre>{html.escape(b.content)}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(doc: Doc, out_dir: Path) -> str:
+    out: list[str] = []
+    for b in doc.blocks:
+        if b.kind.startswith("h"):
+            out.append("#" * int(b.kind[1]) + " " + b.content)
+        elif b.kind == "p":
+            out.append(b.content)
+        elif b.kind == "table":
+            t = b.content
+            out.append("| " + " | ".join(_md_cell(c) for c in t.columns) + " |")
+            out.append("|" + "---|" * len(t.columns))
+            out.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows)
+        elif b.kind == "image":
+            out.append(f"![{b.content.alt}]({b.content.path.relative_to(out_dir).as_posix()})")
+        elif b.kind == "pre":
+            out.append("```\n" + b.content + "\n```")
+        out.append("")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+
+
+@dataclass
+class ComputeOptimal:
+    """The flops axis of one family: a Chinchilla L(N, D) fit and the isoFLOP allocation (or why not)."""
+
+    family: str
+    points: pd.DataFrame  # N, D, C, y
+    chinchilla: FitResult | None = None
+    allocation: list[dict[str, float]] = field(default_factory=list)  # N*, D* from the law at some budgets
+    isoflop: IsoFlopResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _compute_optimal(
+    fit_rows: pd.DataFrame, family: str, y: str, bootstrap: int, seed: Seed, level: float
+) -> ComputeOptimal:
+    rows = fit_rows[(fit_rows["axis"] == "flops") & (fit_rows["family"] == family)]
+    C = rows["flops_budget"].where(rows["flops_budget"].notna(), rows["flops"])
+    pts = pd.DataFrame({"N": rows[CHINCHILLA_N], "D": rows["tokens"], "C": C, "y": rows[y]})
+    usable = (pts[["N", "D", "C"]] > 0).all(axis=1)  # False for NaN too
+    out = ComputeOptimal(family, pts[usable].reset_index(drop=True))
+    if not usable.all():
+        out.notes.append(
+            f"{int((~usable).sum())} flops-axis trial(s) lack a positive {CHINCHILLA_N} or tokens"
+        )
+    if out.points.empty:
+        out.notes.append("no usable finished trials on the flops axis")
+        return out
+    pts = out.points
+    fpt = flops_per_token_from_trials(rows[CHINCHILLA_N], rows["flops"], rows["tokens"])
+    seeds = spawn_seeds(seed, 2)
+    try:
+        fit = fit_chinchilla(
+            pts["N"],
+            pts["D"],
+            pts["y"],
+            x_names=(CHINCHILLA_N, "tokens"),
+            y_name=y,
+            bootstrap=bootstrap,
+            seed=seeds[0],
+            level=level,
+        )
+        out.chinchilla = fit
+        budgets = sorted(set(pts["C"].dropna()))
+        out.allocation = compute_optimal(fit, [*budgets, 10 * budgets[-1]], flops_per_token=fpt)
+    except FitError as err:
+        out.notes.append(f"Chinchilla fit: {err}")
+    try:
+        out.isoflop = isoflop_allocation(
+            pts["N"], pts["C"], pts["y"], flops_per_token=fpt, bootstrap=bootstrap, seed=seeds[1], level=level
+        )
+    except FitError as err:
+        out.notes.append(f"isoFLOP analysis: {err}")
+    return out
+
+
+@dataclass
+class Analysis:
+    y: str
+    form: str
+    level: float
+    bootstrap: int
+    axes: list[AxisComparison]
+    excluded: pd.DataFrame
+    compute: dict[str, ComputeOptimal]
+    thinking: pd.DataFrame | None
+
+
+def analyse(
+    trials: pd.DataFrame,
+    *,
+    thinking: pd.DataFrame | None = None,
+    y: str = "val_loss",
+    form: str = "power",
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+    extrapolate_factor: float = 10.0,
+) -> Analysis:
+    """Every number of the report, no plotting: per-axis comparisons, flops-axis allocation, exclusions."""
+    trials = tidy_trials(trials)
+    fit_rows, excluded = split_trials(trials, y)
+    axes = axes_present(trials)
+    axis_seeds = spawn_seeds(seed, len(axes) + 1)
+    comparisons = [
+        compare_axis(
+            trials,
+            axis,
+            y=y,
+            form=form,
+            bootstrap=bootstrap,
+            seed=s,
+            level=level,
+            extrapolate_factor=extrapolate_factor,
+        )
+        for axis, s in zip(axes, axis_seeds[:-1], strict=True)
+    ]
+    compute = {}
+    if "flops" in axes:
+        fam_seeds = spawn_seeds(axis_seeds[-1], 2)
+        compute = {
+            fam: _compute_optimal(fit_rows, fam, y, bootstrap, s, level)
+            for fam, s in zip((EBT, TPP), fam_seeds, strict=True)
+        }
+    think = tidy_thinking(thinking) if thinking is not None else None
+    return Analysis(y, form, level, bootstrap, comparisons, excluded, compute, think)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _headline(an: Analysis) -> str:
+    parts = [c.rate.verdict for c in an.axes if c.rate is not None]
+    missing = [c.axis for c in an.axes if c.rate is None]
+    if not parts:
+        text = (
+            "No axis has fits for both EBT and Transformer++ yet, so no scaling-rate comparison can be made."
+        )
+    else:
+        text = " ".join(parts)
+    if missing and parts:
+        text += f" Not compared (too few usable trials): {', '.join(missing)} axis."
+    scope = f"{an.form} law fits of {an.y}, {an.bootstrap} bootstrap resamples, {an.level:.0%} intervals."
+    return f"{text} ({scope})"
+
+
+def _param_rows(fits: dict[str, FitResult]) -> list[list[str]]:
+    rows = []
+    for fam, fit in fits.items():
+        for name, est in [*fit.params.items(), *fit.derived.items()]:
+            rows.append(
+                [family_label(fam), name, fmt(est.value), fmt_ci(est), fmt(fit.r2_log), str(fit.n_points)]
+            )
+    return rows
+
+
+PARAM_COLUMNS = ["family", "parameter", "value", "CI", "R² (log)", "points"]
+
+
+def _axis_section(
+    doc: Doc, cmp: AxisComparison, excluded: pd.DataFrame, trials: pd.DataFrame, plot_dir: Path
+) -> None:
+    doc.h(2, f"{cmp.axis.capitalize()} axis (x = {cmp.x_col})")
+    if cmp.axis == "flops":
+        doc.p(
+            "Loss against compute is fitted along the compute-efficient frontier: per family and budget, the "
+            "lowest-loss trial of the isoFLOP grid, at x = the budget."
+        )
+    if cmp.rate is not None:
+        doc.p(cmp.rate.verdict)
+    for fam, note in cmp.notes.items():
+        doc.p(f"{family_label(fam)}: no fit — {note}.")
+    if cmp.points.empty:
+        return
+    ex_names = excluded.loc[excluded["axis"] == cmp.axis, "name"]
+    ex = trials[trials["name"].isin(ex_names) & (trials["axis"] == cmp.axis)]
+    ex_pts = pd.DataFrame({"x": ex[cmp.x_col], "y": ex[cmp.y]})
+    ex_pts = ex_pts[
+        np.isfinite(ex_pts["x"]) & np.isfinite(ex_pts["y"]) & (ex_pts["x"] > 0) & (ex_pts["y"] > 0)
+    ]
+    _figure(doc, plots.plot_axis_fit(cmp, ex_pts), plot_dir / f"{cmp.axis}_fit.png", f"{cmp.axis} axis fit")
+    if cmp.fits:
+        _figure(
+            doc, plots.plot_residuals(cmp), plot_dir / f"{cmp.axis}_residuals.png", f"{cmp.axis} residuals"
+        )
+        doc.h(3, "Parameters")
+        doc.table(PARAM_COLUMNS, _param_rows(cmp.fits))
+    if cmp.extrapolation is not None:
+        e = cmp.extrapolation
+        doc.h(3, f"Extrapolation to {cmp.x_col} = {fmt(e.x)}")
+        rows = [[family_label(f), fmt(p.value), fmt_ci(p)] for f, p in e.predictions.items()]
+        rows.append(["EBT − Transformer++", fmt(e.difference.value), fmt_ci(e.difference)])
+        doc.table(["family", f"predicted {cmp.y}", "CI"], rows)
+    if cmp.fits.keys() >= {EBT, TPP}:
+        c = cmp.crossover
+        if c is None:
+            doc.p(f"The fitted curves do not cross for {cmp.x_col} within the searched range.")
+        else:
+            doc.p(
+                f"The fitted curves cross at {cmp.x_col} ≈ {fmt(c.x)} "
+                f"(bootstrap CI {fmt(c.lo)} to {fmt(c.hi)}; "
+                f"{c.fraction:.0%} of resampled pairs cross within {fmt(c.x_range[0])}–{fmt(c.x_range[1])}); "
+                f"beyond it {family_label(c.lower_after)} has the lower {cmp.y}."
+            )
+
+
+def _figure(doc: Doc, fig, path: Path, alt: str) -> None:
+    fig.savefig(path, dpi=110)
+    plots.close(fig)
+    doc.image(path, alt)
+
+
+def _compute_section(doc: Doc, an: Analysis, plot_dir: Path) -> None:
+    doc.h(2, "Compute-optimal allocation (flops axis)")
+    doc.p(
+        f"N is {CHINCHILLA_N} (total parameters). FLOPs per token come from each family's own trials "
+        "(flops / tokens, a power law in N), not 6N: an EBT token costs several forward passes."
+    )
+    law_rows, alloc_rows, iso_rows, minima_rows = [], [], [], []
+    for fam, co in an.compute.items():
+        for note in co.notes:
+            doc.p(f"{family_label(fam)}: {note}.")
+        if co.chinchilla is not None:
+            law_rows += _param_rows({fam: co.chinchilla})
+            alloc_rows += [
+                [
+                    family_label(fam),
+                    fmt(r["C"]),
+                    fmt(r["N_opt"]),
+                    f"[{fmt(r['N_opt_lo'])}, {fmt(r['N_opt_hi'])}]",
+                    fmt(r["D_opt"]),
+                    f"[{fmt(r['D_opt_lo'])}, {fmt(r['D_opt_hi'])}]",
+                    fmt(r["loss_opt"]),
+                ]
+                for r in co.allocation
+            ]
+        if co.isoflop is not None:
+            for name, est in co.isoflop.exponents.items():
+                iso_rows.append([family_label(fam), name, fmt(est.value), fmt_ci(est)])
+            for _, r in co.isoflop.minima.iterrows():
+                minima_rows.append(
+                    [
+                        family_label(fam),
+                        fmt(r["C"]),
+                        fmt(r["N_opt"]),
+                        f"[{fmt(r['N_opt_lo'])}, {fmt(r['N_opt_hi'])}]",
+                        fmt(r["D_opt"]),
+                        fmt(r["loss_opt"]),
+                        "yes" if r["in_range"] else "no (extrapolated)",
+                    ]
+                )
+            for C, reason in co.isoflop.skipped.items():
+                doc.p(f"{family_label(fam)}: budget {fmt(C)} skipped — {reason}.")
+    if law_rows:
+        doc.h(3, "Chinchilla law L(N, D) = E + A/N^α + B/D^β")
+        doc.table(PARAM_COLUMNS, law_rows)
+        doc.p("a = β/(α+β) and b = α/(α+β) are the exponents of N* ∝ C^a and D* ∝ C^b implied by the law.")
+        doc.table(["family", "C", "N*", "CI", "D*", "CI", f"{an.y} at optimum"], alloc_rows)
+    if iso_rows:
+        doc.h(3, "isoFLOP minima (parabola in log N per budget)")
+        doc.table(["family", "C", "N*", "CI", "D*", f"{an.y} at N*", "minimum inside sampled N"], minima_rows)
+        doc.table(["family", "quantity (N* = k_N C^a, D* = k_D C^b)", "value", "CI"], iso_rows)
+        iso = {f: co.isoflop for f, co in an.compute.items() if co.isoflop is not None}
+        pts = {f: an.compute[f].points for f in iso}
+        _figure(doc, plots.plot_isoflop(pts, iso), plot_dir / "isoflop.png", "isoFLOP profiles")
+
+
+def _thinking_section(doc: Doc, thinking: pd.DataFrame, plot_dir: Path) -> None:
+    doc.h(2, "System-2 thinking")
+    _figure(doc, plots.plot_thinking(thinking), plot_dir / "thinking.png", "thinking curves")
+    rows = []
+    for (fam, mode), grp in thinking.groupby(["family", "mode"], sort=True):
+        grp = grp.sort_values("forward_passes")
+        first, last = grp.iloc[0], grp.iloc[-1]
+        gain = (first["val_perplexity"] - last["val_perplexity"]) / first["val_perplexity"]
+        rows.append(
+            [
+                family_label(fam),
+                mode,
+                f"{fmt(first['forward_passes'])} → {fmt(last['forward_passes'])}",
+                f"{fmt(first['val_perplexity'])} → {fmt(last['val_perplexity'])}",
+                fmt_pct(gain),
+            ]
+        )
+    doc.table(["family", "mode", "forward passes", "val perplexity", "perplexity reduction"], rows)
+
+
+RATE_COLUMNS = [
+    "axis",
+    "x",
+    "α EBT [CI]",
+    "α Transformer++ [CI]",
+    "relative difference [CI]",
+    "significant",
+    "verdict",
+]
+
+
+def _rates_section(doc: Doc, an: Analysis) -> None:
+    doc.h(2, "Scaling rates")
+    if not an.axes:
+        doc.p("The table holds no trials on any known axis.")
+        return
+    rows = []
+    for c in an.axes:
+        r = c.rate
+        if r is None:
+            why = "; ".join(f"{family_label(f)}: {n}" for f, n in c.notes.items()) or "no comparison"
+            rows.append([c.axis, c.x_col, "–", "–", "–", "–", why])
+            continue
+        relative = f"{fmt_pct(r.relative.value)} [{fmt_pct(r.relative.lo)}, {fmt_pct(r.relative.hi)}]"
+        rows.append(
+            [
+                c.axis,
+                c.x_col,
+                f"{fmt(r.ebt.value)} {fmt_ci(r.ebt)}",
+                f"{fmt(r.tpp.value)} {fmt_ci(r.tpp)}",
+                relative,
+                "yes" if r.significant else "no",
+                r.verdict,
+            ]
+        )
+    doc.table(RATE_COLUMNS, rows)
+
+
+def _excluded_section(doc: Doc, excluded: pd.DataFrame) -> None:
+    doc.h(2, "Excluded trials")
+    if excluded.empty:
+        doc.p("None: every trial finished with a usable result.")
+    else:
+        doc.table(list(excluded.columns), excluded.astype(str).to_numpy().tolist())
+
+
+def _provenance_section(doc: Doc, provenance: dict) -> None:
+    doc.h(2, "Provenance")
+    simple = [[str(k), str(v)] for k, v in provenance.items() if not isinstance(v, dict | list | tuple)]
+    nested = {k: v for k, v in provenance.items() if isinstance(v, dict | list | tuple)}
+    if simple:
+        doc.table(["key", "value"], simple)
+    for key, value in nested.items():
+        doc.h(3, str(key))
+        doc.pre(json.dumps(value, indent=2, default=str, sort_keys=True))
+    if not provenance:
+        doc.p("No provenance given.")
+
+
+def _summary(an: Analysis) -> dict[str, Any]:
+    axes = {}
+    for c in an.axes:
+        entry: dict[str, Any] = {"x": c.x_col, "fits": {f: fit.to_dict() for f, fit in c.fits.items()}}
+        entry["notes"] = c.notes
+        if c.rate is not None:
+            entry["relative_exponent_difference"] = c.rate.relative.to_dict()
+            entry["significant"] = c.rate.significant
+            entry["verdict"] = c.rate.verdict
+        if c.extrapolation is not None:
+            e = c.extrapolation
+            entry["extrapolation"] = {"x": e.x, **{f: p.to_dict() for f, p in e.predictions.items()}}
+        if c.crossover is not None:
+            entry["crossover"] = {
+                "x": c.crossover.x,
+                "lo": c.crossover.lo,
+                "hi": c.crossover.hi,
+                "fraction": c.crossover.fraction,
+                "lower_after": c.crossover.lower_after,
+            }
+        axes[c.axis] = entry
+    compute = {
+        f: {
+            "chinchilla": co.chinchilla.to_dict() if co.chinchilla else None,
+            "allocation": co.allocation,
+            "isoflop": {k: v.to_dict() for k, v in co.isoflop.exponents.items()} if co.isoflop else None,
+            "notes": co.notes,
+        }
+        for f, co in an.compute.items()
+    }
+    return {
+        "y": an.y,
+        "form": an.form,
+        "level": an.level,
+        "bootstrap": an.bootstrap,
+        "axes": axes,
+        "compute_optimal": compute,
+        "excluded": an.excluded.to_dict(orient="records"),
+    }
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def write_report(
+    trials: pd.DataFrame,
+    out_dir: Path,
+    provenance: dict,
+    thinking: pd.DataFrame | None = None,
+    y: str = "val_loss",
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    *,
+    form: str = "power",
+    level: float = DEFAULT_LEVEL,
+    extrapolate_factor: float = 10.0,
+) -> dict[str, Path]:
+    """Analyse a trials table and write report.html (self-contained), report.md, summary.json and
+    plots/*.png under out_dir. Returns {"html", "markdown", "summary", "plots_dir"}.
+
+    `form` is the per-axis law whose exponent is compared ('power', as the EBT paper's scaling rates, or
+    'saturating'); axes with too few usable points are reported as such, never raised."""
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    an = analyse(
+        trials,
+        thinking=thinking,
+        y=y,
+        form=form,
+        bootstrap=bootstrap,
+        seed=seed,
+        level=level,
+        extrapolate_factor=extrapolate_factor,
+    )
+    tidy = tidy_trials(trials)
+
+    title = "EBT vs Transformer++ scaling report"
+    doc = Doc()
+    doc.h(1, title)
+    doc.p(_headline(an))
+    _rates_section(doc, an)
+    for c in an.axes:
+        _axis_section(doc, c, an.excluded, tidy, plot_dir)
+    if an.compute:
+        _compute_section(doc, an, plot_dir)
+    if an.thinking is not None and not an.thinking.empty:
+        _thinking_section(doc, an.thinking, plot_dir)
+    _excluded_section(doc, an.excluded)
+    _provenance_section(doc, provenance)
+
+    paths = {
+        "html": out_dir / "report.html",
+        "markdown": out_dir / "report.md",
+        "summary": out_dir / "summary.json",
+        "plots_dir": plot_dir,
+    }
+    paths["html"].write_text(render_html(doc, title), encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(doc, out_dir), encoding="utf-8")
+    paths["summary"].write_text(json.dumps(_summary(an), indent=2, default=_json_default), encoding="utf-8")
+    return paths

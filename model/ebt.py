@@ -1,0 +1,445 @@
+"""The autoregressive Energy-Based Transformer (Gladstone et al. 2025), as defined in ../shared/ebt-method.md.
+
+An EBT learns a scalar energy E(context, candidate) per position and predicts the next token by gradient
+descent on the candidate, starting from noise (§1, §3). Training backpropagates the cross-entropy of every
+step's prediction *through* the descent, so it needs second-order gradients.
+
+Shapes: B batch, S observed tokens, V vocabulary, d width, P = 1 step token ("time_embed") or 0 ("default").
+One energy evaluation runs a sequence of P + 2S rows, ordered [step token | observed x_0..x_{S-1} | candidates
+c_0..c_{S-1}], where candidate c_t is the model's guess of the next token tokens[t+1] = targets[t].
+
+Constraints from the distributed trainer (DeepSpeed ZeRO): the whole descent happens inside forward/eval_loss/
+think, candidate gradients come only from `torch.autograd.grad(E.sum(), candidate)`, nothing derived from the
+parameters is cached across calls, and the module works under `torch.func.functional_call`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin
+from model.config import EBTConfig, ModelConfig
+
+
+class NonFiniteEnergyGradient(FloatingPointError):
+    """A NaN/Inf gradient of the energy w.r.t. the candidate: an error, as in the authors' code (§3)."""
+
+
+def system2_recipe(**overrides: object) -> EBTConfig:
+    """The authors' System-2 recipe (§4) minus the replay buffer, which is not implemented here."""
+    recipe: dict[str, object] = dict(
+        mcmc_steps=1,
+        mcmc_steps_random_max=3,
+        step_size=5.0,
+        step_size_learnable=False,
+        step_size_random_scale=2.0,
+        langevin_noise_std=3.0,
+        detach_between_steps=False,
+        truncate_to_last_step=True,
+    )
+    return EBTConfig(**{**recipe, **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Randomness. Every per-row draw comes from a generator seeded by that row's key (its sample id), so a row
+# gets the same noise however a global batch is split across processes and micro-batches.
+
+_EVAL_SALT = 0x5EED_E7A1  # evaluation/thinking noise: fixed, independent of the training stream
+
+
+def _mix(*values: int) -> int:
+    """Deterministic 63-bit hash of a few integers (splitmix64 steps), used as a generator seed."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return h >> 1
+
+
+class Noise:
+    """The source of every random draw of one call: one generator per row, or the global RNG (seeds=None)."""
+
+    def __init__(self, batch: int, device: torch.device, seeds: Sequence[int] | None) -> None:
+        self.batch, self.device = batch, device
+        self.generators = None if seeds is None else [torch.Generator(device).manual_seed(s) for s in seeds]
+
+    def _draw(self, fn: Callable[..., Tensor], shape: tuple[int, ...]) -> Tensor:
+        if self.generators is None:
+            return fn((self.batch, *shape), device=self.device)
+        return torch.stack([fn(shape, generator=g, device=self.device) for g in self.generators])
+
+    def randn(self, *shape: int) -> Tensor:
+        """(B, *shape) standard normal, float32."""
+        return self._draw(torch.randn, shape)
+
+    def rand(self, *shape: int) -> Tensor:
+        """(B, *shape) uniform in [0, 1), float32."""
+        return self._draw(torch.rand, shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout of one energy evaluation: attention pattern and rotary positions (§2.4, §2.6).
+
+
+def candidate_mask(S: int, P: int, device: torch.device | None = None) -> Tensor:
+    """Boolean (S, P+S+S) 'may attend' rows of the candidates over [step token | observed | candidates]:
+    candidate t sees the step token, observed tokens 0..t (never its target tokens[t+1]), and itself only."""
+    t = torch.arange(S, device=device)[:, None]
+    j = torch.arange(P + S, device=device)[None, :]
+    sees_observed = j <= t + P  # key j < P is the step token, key P+i is observed token i
+    sees_itself = torch.eye(S, dtype=torch.bool, device=device)
+    return torch.cat([sees_observed, sees_itself], dim=1)
+
+
+def full_mask(S: int, P: int, device: torch.device | None = None) -> Tensor:
+    """Boolean (P+2S, P+2S) mask of the whole sequence: step token + observed stream causal among themselves
+    (they never see candidates), then the candidate rows above."""
+    n = P + S
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    observed_rows = torch.cat([causal, torch.zeros(n, S, dtype=torch.bool, device=device)], dim=1)
+    return torch.cat([observed_rows, candidate_mask(S, P, device)], dim=0)
+
+
+def positions(S: int, P: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Rotary positions (P+S,), (S,): step token at 0, observed token i at P+i, and candidate t at the
+    position of the token it predicts, tokens[t+1], i.e. P+t+1."""
+    observed = torch.arange(P + S, device=device)
+    return observed, observed[P:] + 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Thought:
+    """What `EBT.think` returns. M candidates per position; energies are those of each step's evaluation."""
+
+    ce: Tensor  # (steps,) mean next-token CE of the selected candidate after each step
+    energies: Tensor  # (steps, M, B, S) energy at the input of each step
+    logits: Tensor  # (B, S, V) final selected candidate (unnormalised logits)
+    choice: Tensor  # (B, S) index of the selected candidate (lowest energy at the last evaluation)
+    all_logits: Tensor | None = None  # (M, B, S, V) every candidate's final logits, if asked for
+
+
+class EBT(nn.Module):
+    """Energy-Based Transformer with the uniform model interface of the trainer (see model/__init__.py)."""
+
+    second_order = True  # its loss differentiates through its own gradients (the trainer wraps it for ZeRO)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg, e = cfg, cfg.ebt
+        d, V = cfg.d_model, cfg.vocab_size
+        self.P = 1 if e.variant == "time_embed" else 0
+        self.n_step_embeddings = e.mcmc_steps  # steps beyond these reuse the last index ("final landscape")
+        self.embed = nn.Embedding(V, d)  # observed tokens
+        # candidate probabilities (B,S,V) -> embeddings (B,S,d): own bias-free map, or probs @ token embedding
+        # (the EBT has no vocabulary head: tie_embeddings ties its other vocabulary matrix, this map)
+        self.cand_embed = None if _tied_candidate_map(cfg) else nn.Linear(V, d, bias=False)
+        self.step_embed = nn.Embedding(self.n_step_embeddings, d) if self.P else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(d, cfg.norm_eps)
+        self.energy_head = nn.Linear(d, 1, bias=False)
+        init_weights(self, cfg.init_std, cfg.n_layers)
+        alpha = torch.tensor([float(e.step_size)])  # shape (1,): DeepSpeed cannot broadcast 0-dim parameters
+        if e.step_size_learnable:
+            self.alpha = nn.Parameter(alpha)
+        else:
+            self.register_buffer("alpha", alpha)  # fixed step size: state, not a frozen parameter
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter name -> learning-rate multiplier; parameters not listed use 1.0."""
+        return {"alpha": self.cfg.ebt.step_size_lr_multiplier} if self.cfg.ebt.step_size_learnable else {}
+
+    # --- the energy network (§2) ----------------------------------------------------------------------
+
+    def observed_input(self, tokens: Tensor, step: int) -> Tensor:
+        """tokens (B, S) -> (B, P+S, d): [learned embedding of the step index,] token embeddings."""
+        x = self.embed(tokens)
+        if self.step_embed is None:
+            return x
+        index = torch.full((tokens.shape[0], 1), min(step, self.n_step_embeddings - 1), device=tokens.device)
+        return torch.cat([self.step_embed(index), x], dim=1)
+
+    def candidate_input(self, candidate: Tensor) -> Tensor:
+        """candidate logits (B, S, V) -> softmax -> embeddings (B, S, d)."""
+        probs = candidate.softmax(-1)
+        if self.cand_embed is None:
+            return probs.to(self.embed.weight.dtype) @ self.embed.weight  # (B,S,V) @ (V,d)
+        return self.cand_embed(probs.to(self.cand_embed.weight.dtype))
+
+    def energy(self, tokens: Tensor, candidate: Tensor, step: int) -> Tensor:
+        """Reference energy: one pass over the whole (B, P+2S, d) sequence -> energies (B, S)."""
+        S = tokens.shape[1]
+        obs_pos, cand_pos = positions(S, self.P, tokens.device)
+        cos, sin = rotary_cos_sin(torch.cat([obs_pos, cand_pos]), self.cfg.head_dim, self.cfg.rope_theta)
+        mask = full_mask(S, self.P, tokens.device)
+        h = torch.cat([self.observed_input(tokens, step), self.candidate_input(candidate)], dim=1)
+        for block in self.blocks:
+            h = block(h, cos, sin, mask)
+        return self.energy_head(self.norm(h[:, self.P + S :])).squeeze(-1)  # candidate rows only
+
+    def observed_kv(self, tokens: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+        """Per-layer keys/values (B, H, P+S, h) of the observed stream, which never sees a candidate, so one
+        computation serves every step with this step index (§2 'Consequence worth exploiting')."""
+        S = tokens.shape[1]
+        obs_pos, _ = positions(S, self.P, tokens.device)
+        cos, sin = rotary_cos_sin(obs_pos, self.cfg.head_dim, self.cfg.rope_theta)
+        x, kvs = self.observed_input(tokens, step), []
+        for block in self.blocks:
+            x, kv = block.forward_kv(x, cos, sin)  # causal
+            kvs.append(kv)
+        return kvs
+
+    def candidate_energy(self, observed_kv: list[tuple[Tensor, Tensor]], candidate: Tensor) -> Tensor:
+        """Energies (B, S) from the candidate stream alone, attending to precomputed observed keys/values.
+        Equal to `energy` (same mask and positions), at a fraction of the compute."""
+        S = candidate.shape[1]
+        _, cand_pos = positions(S, self.P, candidate.device)
+        cos, sin = rotary_cos_sin(cand_pos, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = candidate_mask(S, self.P, candidate.device)
+        c = self.candidate_input(candidate)
+        for block, kv in zip(self.blocks, observed_kv, strict=True):
+            c, _ = block.forward_kv(c, cos, sin, mask, past_kv=kv)
+        return self.energy_head(self.norm(c)).squeeze(-1)
+
+    # --- energy minimisation (§3) ---------------------------------------------------------------------
+
+    def train_steps(self, step_seed: int | None) -> list[int]:
+        """Step indices of one training forward: K = mcmc_steps, or K drawn uniformly from
+        [mcmc_steps, mcmc_steps_random_max] (a batch-level draw: from step_seed, else the global RNG)."""
+        e = self.cfg.ebt
+        K = e.mcmc_steps
+        if e.mcmc_steps_random_max is not None:
+            gen = None if step_seed is None else torch.Generator().manual_seed(_mix(step_seed))
+            K = int(torch.randint(e.mcmc_steps, e.mcmc_steps_random_max + 1, (), generator=gen))
+        return list(range(K))
+
+    @property
+    def eval_steps(self) -> int:
+        """Steps at evaluation: the trained count, or its maximum if randomised (the authors' validation)."""
+        return self.cfg.ebt.mcmc_steps_random_max or self.cfg.ebt.mcmc_steps
+
+    def initial_candidate(self, tokens: Tensor, noise: Noise) -> Tensor:
+        """(B, S, V) logits: Gaussian noise (std candidate_init_std) or zeros, in float32 (float64 if the
+        model is float64) whatever the parameter dtype, so the descent's updates keep their precision."""
+        e, (B, S) = self.cfg.ebt, tokens.shape
+        dtype = torch.promote_types(self.embed.weight.dtype, torch.float32)
+        if e.candidate_init == "zeros":
+            return torch.zeros(B, S, self.cfg.vocab_size, device=tokens.device, dtype=dtype)
+        return (noise.randn(S, self.cfg.vocab_size) * e.candidate_init_std).to(dtype)
+
+    def descend(
+        self,
+        tokens: Tensor,
+        candidate: Tensor,
+        steps: Sequence[int],
+        noise: Noise,
+        *,
+        create_graph: bool,
+        alpha: Tensor,
+        langevin_std: float,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Gradient descent on the energy. Yields, per step, (candidate after the step (B,S,V), energy at the
+        step's input (B,S)). alpha: scalar or (B,S,1). create_graph keeps the graph through every step (only
+        the last with truncate_to_last_step) so the loss can be backpropagated through the descent."""
+        e = self.cfg.ebt
+        cached_kv: dict[int, list[tuple[Tensor, Tensor]]] = {}  # observed stream per step index, this call
+        for k, step in enumerate(steps):
+            keep_graph = create_graph and (not e.truncate_to_last_step or k == len(steps) - 1)
+            with torch.enable_grad():  # the candidate gradient is needed even under torch.no_grad()
+                if e.detach_between_steps or not create_graph or k == 0:
+                    candidate = candidate.detach().requires_grad_()
+                if langevin_std > 0:
+                    kick = noise.randn(*candidate.shape[1:]).to(candidate.dtype)  # (B, S, V)
+                    candidate = candidate + langevin_std * kick
+                # Fused attention kernels have no double backward: the kept graph uses the math kernel.
+                with sdpa_kernel(SDPBackend.MATH) if keep_graph else nullcontext():
+                    if e.reuse_observed_kv:
+                        index = min(step, self.n_step_embeddings - 1)
+                        if index not in cached_kv:
+                            cached_kv[index] = self.observed_kv(tokens, step)
+                        energy = self.candidate_energy(cached_kv[index], candidate)
+                    else:
+                        energy = self.energy(tokens, candidate, step)
+                (grad,) = torch.autograd.grad(energy.sum(), candidate, create_graph=keep_graph)
+            if not torch.isfinite(grad).all():
+                raise NonFiniteEnergyGradient(f"non-finite energy gradient at descent step {k}")
+            candidate = candidate - alpha * grad
+            yield candidate, energy.detach()
+
+    def step_size(self, tokens: Tensor, noise: Noise | None) -> Tensor:
+        """alpha clamped to step_size_min; with noise and step_size_random_scale s > 1, drawn per position
+        uniformly from [alpha/s, alpha*s] (once per call, as the authors do) -> scalar or (B, S, 1)."""
+        e = self.cfg.ebt
+        alpha = self.alpha.clamp(min=e.step_size_min)
+        s = e.step_size_random_scale
+        if noise is None or s == 1.0:
+            return alpha
+        u = noise.rand(tokens.shape[1], 1).to(alpha.dtype)  # (B, S, 1)
+        return alpha * (1 / s + (s - 1 / s) * u)
+
+    # --- the uniform model interface -----------------------------------------------------------------
+
+    def forward(
+        self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None, step_seed: int | None = None
+    ) -> Tensor:
+        """Training loss: mean over descent steps of the next-token CE of each step's prediction (last step
+        only with truncate_to_last_step). Second-order through the descent when grad is enabled.
+        sample_ids (B,) seed each row's noise (with step_seed), making the loss independent of how a batch
+        is split; without them the global RNG is used."""
+        e = self.cfg.ebt
+        seeds = None if sample_ids is None else [_mix(i, step_seed or 0) for i in sample_ids.tolist()]
+        noise = Noise(tokens.shape[0], tokens.device, seeds)
+        steps = self.train_steps(step_seed)
+        candidate = self.initial_candidate(tokens, noise)
+        alpha = self.step_size(tokens, noise)
+        descent = self.descend(
+            tokens,
+            candidate,
+            steps,
+            noise,
+            create_graph=torch.is_grad_enabled(),
+            alpha=alpha,
+            langevin_std=e.langevin_noise_std,
+        )
+        losses = []
+        for k, (candidate, _) in enumerate(descent):
+            if not e.truncate_to_last_step or k == len(steps) - 1:
+                losses.append(F.cross_entropy(candidate.flatten(0, 1), targets.flatten()))
+        return torch.stack(losses).mean()
+
+    def eval_loss(self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None) -> Tensor:
+        """Next-token CE of the final step's prediction after `eval_steps` steps: plain candidate gradients,
+        fixed noise seeds (sample ids, else the row index), no step-size randomisation."""
+        return self.think(tokens, targets, self.eval_steps, sample_ids=sample_ids).ce[-1]
+
+    @torch.no_grad()
+    def think(
+        self,
+        tokens: Tensor,
+        targets: Tensor,
+        steps: int,
+        candidates: int = 1,
+        sample_ids: Tensor | None = None,
+        langevin_noise_std: float | None = None,
+        return_all: bool = False,
+    ) -> Thought:
+        """System-2 inference (§5). Thinking longer: `steps` may exceed the trained count (extra steps reuse
+        the last step index). Self-verification: M = `candidates` initial candidates from different noise,
+        each descended independently; per position the one with the lowest energy at the last evaluation is
+        kept (as the authors' code: the energy evaluated at the input of the last step). Candidate m of a row
+        always gets the same noise, so results for M=1 are the first candidate of those for M>1.
+        Langevin noise: the config's sigma unless overridden (the authors keep it at inference)."""
+        B, S = tokens.shape
+        M = candidates
+        assert steps >= 1 and M >= 1, "think needs at least one step and one candidate"
+        keys = sample_ids.tolist() if sample_ids is not None else list(range(B))
+        noise = Noise(M * B, tokens.device, [_mix(key, _EVAL_SALT, m) for m in range(M) for key in keys])
+        rows = tokens.repeat(M, 1)  # (M*B, S), candidate-major: row m*B + b
+        sigma = self.cfg.ebt.langevin_noise_std if langevin_noise_std is None else langevin_noise_std
+        descent = self.descend(
+            rows,
+            self.initial_candidate(rows, noise),
+            list(range(steps)),
+            noise,
+            create_graph=False,
+            alpha=self.step_size(rows, None),
+            langevin_std=sigma,
+        )
+        ce, energies = [], []
+        for candidate, energy in descent:
+            energy = energy.view(M, B, S)
+            choice = energy.argmin(0)  # (B, S)
+            all_logits = candidate.view(M, B, S, -1)
+            logits = all_logits.gather(0, choice[None, :, :, None].expand(1, B, S, all_logits.shape[-1]))[0]
+            ce.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+            energies.append(energy)
+        return Thought(
+            torch.stack(ce), torch.stack(energies), logits, choice, all_logits if return_all else None
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameter and FLOP counts (convention of model/flops.py: matmul FLOPs only, 2 per multiply-add, attention
+# over the full square; derivation in docs/ebt.md).
+
+
+def _tied_candidate_map(cfg: ModelConfig) -> bool:
+    """Candidate embedding = probs @ token embedding ('token_embedding', or tie_embeddings=True)."""
+    return cfg.tie_embeddings or cfg.ebt.candidate_embedding == "token_embedding"
+
+
+def ebt_extra_params(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of the EBT beyond the blocks, final norm and token embedding (which count_params adds):
+    candidate map V*d ('linear', untied), step embeddings K*d ('time_embed'), energy head d, learnable alpha.
+    Non-embedding counts the energy head and alpha (the vocabulary-sized map is excluded like the
+    Transformer++ head, the step embeddings like position embeddings)."""
+    e, d, V = cfg.ebt, cfg.d_model, cfg.vocab_size
+    cand = 0 if _tied_candidate_map(cfg) else V * d
+    steps = e.mcmc_steps * d if e.variant == "time_embed" else 0
+    own = d + (1 if e.step_size_learnable else 0)  # energy head + alpha
+    return {"total": cand + steps + own, "non_embedding": own}
+
+
+def energy_eval_flops(cfg: ModelConfig, seq_len: int | None = None) -> tuple[float, float]:
+    """(forward, candidate-gradient backward) matmul FLOPs of one energy evaluation of one sequence.
+
+    Forward over T = P + 2S rows: per layer 2T(4d^2 + 3df) for the linears plus 4T^2 d for QK^T and AV;
+    candidate map 2SVd; energy head 2Sd. The candidate gradient (autograd.grad w.r.t. the candidate only)
+    skips weight gradients: each linear costs one matmul (its input gradient, over all T rows since the
+    observed keys/values are on the path), attention backward costs twice its forward (dQ, dK, dV, dP).
+    """
+    S = seq_len or cfg.context_length
+    P = 1 if cfg.ebt.variant == "time_embed" else 0
+    T, d, f, V, L = P + 2 * S, cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
+    linears = L * 2 * T * (4 * d * d + 3 * d * f)
+    attention = L * 2 * 2 * T * T * d
+    ends = 2 * S * V * d + 2 * S * d  # candidate map + energy head
+    return linears + attention + ends, linears + 2 * attention + ends
+
+
+def expected_train_steps(cfg: ModelConfig) -> tuple[float, float]:
+    """(E[K] steps, E[steps whose graph is kept]) of one training forward."""
+    e = cfg.ebt
+    K = e.mcmc_steps if e.mcmc_steps_random_max is None else (e.mcmc_steps + e.mcmc_steps_random_max) / 2
+    return K, 1.0 if e.truncate_to_last_step else K
+
+
+def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per observed token: every step costs its forward f and candidate gradient g; the outer
+    backward through a kept step (forward + gradient graph) costs 2(f + g), as any backward is twice its
+    forward. Steps outside the kept graph (truncate) are never backpropagated. Counts the authors' full
+    recompute, also when reuse_observed_kv computes less."""
+    S = seq_len or cfg.context_length
+    fwd, grad = energy_eval_flops(cfg, S)
+    K, K_graph = expected_train_steps(cfg)
+    return (K + 2 * K_graph) * (fwd + grad) / S
+
+
+def ebt_inference_flops_per_token(
+    cfg: ModelConfig, steps: int, candidates: int = 1, seq_len: int | None = None
+) -> float:
+    """FLOPs per token of `think(steps, candidates)`: steps * candidates energy evaluations, each a forward
+    and a candidate gradient."""
+    S = seq_len or cfg.context_length
+    fwd, grad = energy_eval_flops(cfg, S)
+    return steps * candidates * (fwd + grad) / S
+
+
+__all__ = [
+    "EBT",
+    "NonFiniteEnergyGradient",
+    "Thought",
+    "ebt_extra_params",
+    "ebt_inference_flops_per_token",
+    "ebt_train_flops_per_token",
+    "system2_recipe",
+]

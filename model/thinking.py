@@ -1,0 +1,72 @@
+"""System-2 evaluation of an EBT (method note §5): the thinking-steps and self-verification curves.
+
+Forward passes are counted as energy evaluations per position: one descent step of one candidate is one
+forward pass (with its candidate-gradient backward), so `think(steps=K, candidates=M)` costs K * M forward
+passes. The Transformer++ baseline predicts in one forward pass and cannot think: its loss is the same at
+any budget. It is recorded at forward_passes=1 (the measurement) and repeated, as a flat reference, at every
+forward-pass count of the EBT's rows (steps=1, candidates=1 in all of them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from model.ebt import EBT
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _row(family: str, mode: str, steps: int, candidates: int, forward_passes: int, loss: float) -> dict:
+    return {
+        "family": family,
+        "mode": mode,
+        "steps": steps,
+        "candidates": candidates,
+        "forward_passes": forward_passes,
+        "val_loss": loss,
+        "val_perplexity": math.exp(loss),
+    }
+
+
+@torch.no_grad()
+def thinking_curves(
+    ebt: EBT,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    max_steps: int,
+    candidates: Sequence[int] = (1, 2, 4),
+    baseline: nn.Module | None = None,
+) -> list[dict]:
+    """Rows {family, mode, steps, candidates, forward_passes, val_loss, val_perplexity}, losses token-weighted
+    over all batches (tokens, targets), perplexity = exp(loss):
+    - mode "steps": the thinking-steps curve, steps 1..max_steps with one candidate (one `think` call per
+      batch gives the whole curve);
+    - mode "verify": self-verification, M in `candidates` at the trained (evaluation) step count
+      `ebt.eval_steps`, so M=1 is the model's ordinary evaluation loss;
+    - family "transformer_pp" rows if a baseline is given (see the module docstring)."""
+    device = _device(ebt)
+    curve = torch.zeros(max_steps, dtype=torch.float64)  # summed CE * tokens, per step
+    verify = {M: 0.0 for M in candidates}
+    base, n_tokens = 0.0, 0
+    for tokens, targets in batches:
+        tokens, targets, n = tokens.to(device), targets.to(device), targets.numel()
+        curve += ebt.think(tokens, targets, max_steps).ce.double().cpu() * n
+        for M in candidates:
+            verify[M] += float(ebt.think(tokens, targets, ebt.eval_steps, candidates=M).ce[-1]) * n
+        if baseline is not None:
+            base += float(baseline.eval_loss(tokens.to(_device(baseline)), targets.to(_device(baseline)))) * n
+        n_tokens += n
+    assert n_tokens > 0, "thinking_curves needs at least one batch"
+
+    K = ebt.eval_steps
+    rows = [_row("ebt", "steps", k + 1, 1, k + 1, float(curve[k]) / n_tokens) for k in range(max_steps)]
+    rows += [_row("ebt", "verify", K, M, K * M, verify[M] / n_tokens) for M in candidates]
+    if baseline is not None:
+        budgets = sorted({1} | {r["forward_passes"] for r in rows})
+        rows += [_row("transformer_pp", "steps", 1, 1, fp, base / n_tokens) for fp in budgets]
+    return rows

@@ -1,0 +1,109 @@
+"""EBT vs Transformer++: real differences are flagged, null ones are not; extrapolation, crossover."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_scaling import TRUE, make_trials
+
+from analysis.compare import compare_axis, compare_rates, crossover, extrapolate
+from analysis.fit import fit_power
+
+X = np.geomspace(1e6, 1e9, 10)
+
+
+def power_fit(A: float, alpha: float, noise: float, seed: int, boots: int = 300):
+    rng = np.random.default_rng(seed)
+    y = A * X**-alpha * np.exp(noise * rng.standard_normal(X.size))
+    return fit_power(X, y, bootstrap=boots, seed=seed + 100)
+
+
+def test_a_real_exponent_difference_is_flagged_with_its_size():
+    ebt, tpp = power_fit(60, 0.28, 0.01, 1), power_fit(40, 0.20, 0.01, 2)
+    cmp = compare_rates(ebt, tpp, axis="data")
+    assert cmp.significant
+    assert cmp.relative.lo > 0
+    assert cmp.relative.lo < 0.4 < cmp.relative.hi  # the true relative difference is +40%
+    point = (ebt.params["alpha"].value - tpp.params["alpha"].value) / tpp.params["alpha"].value
+    assert cmp.relative.value == pytest.approx(point)
+    assert f"EBT scales {abs(100 * point):.0f}% faster" in cmp.verdict and "data axis" in cmp.verdict
+
+
+def test_a_slower_ebt_is_called_slower():
+    cmp = compare_rates(power_fit(60, 0.15, 0.01, 3), power_fit(40, 0.25, 0.01, 4))
+    assert cmp.significant and cmp.relative.hi < 0
+    assert "slower" in cmp.verdict
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_a_null_difference_is_not_flagged(seed):
+    cmp = compare_rates(power_fit(50, 0.25, 0.03, seed), power_fit(50, 0.25, 0.03, seed + 50))
+    assert not cmp.significant
+    assert cmp.relative.lo < 0 < cmp.relative.hi
+    assert "No significant difference" in cmp.verdict and "includes zero" in cmp.verdict
+
+
+def test_extrapolation_intervals_contain_the_true_values():
+    ebt, tpp = power_fit(60, 0.28, 0.01, 8), power_fit(40, 0.20, 0.01, 9)
+    x = 10 * X.max()
+    ex = extrapolate({"ebt": ebt, "transformer_pp": tpp}, x)
+    for fam, (A, alpha) in {"ebt": (60, 0.28), "transformer_pp": (40, 0.20)}.items():
+        p = ex.predictions[fam]
+        assert p.lo < A * x**-alpha < p.hi
+        assert p.value == pytest.approx(A * x**-alpha, rel=0.05)
+    assert ex.difference.hi < 0  # EBT is lower there
+
+
+def test_crossover_is_found_where_the_true_curves_cross():
+    # two power laws that are equal at x_star, inside the data range
+    A_t, a_t, a_e = 30.0, 0.22, 0.28
+    x_star = 3e7
+    A_e = A_t * x_star ** (a_e - a_t)  # curves equal at x_star
+    ebt, tpp = power_fit(A_e, a_e, 0.005, 10), power_fit(A_t, a_t, 0.005, 11)
+    c = crossover(ebt, tpp)
+    assert c is not None
+    assert c.x == pytest.approx(x_star, rel=0.3)
+    assert c.lo < x_star < c.hi
+    assert c.lower_after == "ebt"  # the steeper curve wins beyond the crossing
+    assert c.fraction > 0.9
+
+
+def test_parallel_curves_do_not_cross():
+    assert crossover(power_fit(60, 0.25, 0.005, 12), power_fit(40, 0.25, 0.005, 13)) is None
+
+
+def test_compare_axis_on_a_trials_table():
+    trials = make_trials(axes=("data",), n=8, noise=0.01)
+    trials.loc[2, ["status", "status_reason"]] = ["diverged", "nan loss"]
+    trials.loc[2, "val_loss"] = 100.0  # would wreck the fit if it were used
+    cmp = compare_axis(trials, "data", bootstrap=200, seed=0)
+    assert set(cmp.fits) == {"ebt", "transformer_pp"}
+    assert cmp.fits["ebt"].n_points == 7 and cmp.fits["transformer_pp"].n_points == 8
+    for fam in ("ebt", "transformer_pp"):
+        assert cmp.fits[fam].params["alpha"].value == pytest.approx(TRUE[(fam, "data")]["alpha"], abs=0.01)
+    assert cmp.rate is not None and cmp.rate.significant  # 0.25 vs 0.20
+    assert cmp.extrapolation.x == pytest.approx(10 * 1e9)
+
+
+def test_compare_axis_notes_a_family_without_enough_points():
+    trials = make_trials(axes=("data",), n=6)
+    keep = (trials["family"] == "transformer_pp") | (trials.index == 0)
+    cmp = compare_axis(trials[keep], "data", bootstrap=50)
+    assert "ebt" not in cmp.fits and "1 point(s)" in cmp.notes["ebt"]
+    assert cmp.rate is None and cmp.crossover is None
+
+
+def test_the_two_families_bootstrap_independently():
+    """Identical data for both families: with shared resamples the difference would have a zero-width
+    interval at exactly 0; independent resamples give a genuine interval around 0."""
+    trials = make_trials(axes=("data",), n=8)
+    ebt = trials[trials["family"] == "ebt"]
+    twin = ebt.assign(family="transformer_pp", name=ebt["name"] + "-twin")
+    cmp = compare_axis(pd.concat([ebt, twin], ignore_index=True), "data", bootstrap=200, seed=3)
+    assert cmp.rate.relative.value == pytest.approx(0.0, abs=1e-9)
+    assert cmp.rate.relative.lo < -1e-3 and cmp.rate.relative.hi > 1e-3
+    assert not cmp.rate.significant
+    assert math.isfinite(cmp.rate.relative.lo)

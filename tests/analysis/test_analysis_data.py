@@ -1,0 +1,105 @@
+"""tidy_trials: schema, casting of MLflow-style strings, and which trials are excluded from fits (and why)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_scaling import make_trials
+
+from analysis.data import REQUIRED_COLUMNS, split_trials, tidy_thinking, tidy_trials
+from analysis.errors import SchemaError
+
+
+def test_string_numerics_are_cast_and_extra_columns_kept():
+    raw = make_trials(axes=("data",), n=4)
+    raw["sweep"] = "demo"  # an unknown extra column
+    as_strings = raw.astype(str)  # what MLflow params look like
+    as_strings.loc[0, "flops_budget"] = ""  # and its spellings of "missing"
+    as_strings.loc[1, "flops_budget"] = "None"
+    tidy = tidy_trials(as_strings)
+    for col in ("tokens", "val_loss", "n_params", "seed", "flops"):
+        assert tidy[col].dtype == np.float64
+        assert np.allclose(tidy[col], raw[col].astype(float))
+    assert tidy["flops_budget"].isna().all()
+    assert (tidy["sweep"] == "demo").all()
+
+
+def test_missing_columns_are_named():
+    raw = make_trials(axes=("data",), n=3).drop(columns=["tokens", "status"])
+    with pytest.raises(SchemaError) as err:
+        tidy_trials(raw)
+    assert "tokens" in str(err.value) and "status" in str(err.value)
+    assert "val_loss" not in str(err.value)
+
+
+def test_non_numeric_values_are_rejected_naming_the_column():
+    raw = make_trials(axes=("data",), n=3).astype(str)
+    raw.loc[2, "val_loss"] = "oops"
+    with pytest.raises(SchemaError, match=r"'val_loss'.*'oops'"):
+        tidy_trials(raw)
+
+
+def test_family_axis_status_are_normalised():
+    raw = make_trials(axes=("data",), n=3)
+    raw["family"] = raw["family"].str.upper() + " "
+    raw["status"] = " Finished"
+    tidy = tidy_trials(raw)
+    assert set(tidy["family"]) == {"ebt", "transformer_pp"}
+    assert (tidy["status"] == "finished").all()
+
+
+def test_excluded_trials_carry_status_and_reason():
+    raw = make_trials(axes=("data",), n=5)
+    raw.loc[0, ["status", "status_reason"]] = ["diverged", "loss is NaN at step 40"]
+    raw.loc[1, ["status", "status_reason"]] = ["failed", ""]
+    raw.loc[2, "val_loss"] = np.nan
+    raw.loc[3, "tokens"] = 0
+    raw.loc[4, "axis"] = "mystery"
+    ok, excluded = split_trials(tidy_trials(raw))
+    assert list(excluded.columns) == ["name", "family", "axis", "status", "reason"]
+    reasons = dict(zip(excluded["name"], excluded["reason"], strict=True))
+    assert reasons[raw.loc[0, "name"]] == "diverged: loss is NaN at step 40"
+    assert reasons[raw.loc[1, "name"]] == "failed"
+    assert "val_loss is missing" in reasons[raw.loc[2, "name"]]
+    assert "tokens = 0 is not positive" in reasons[raw.loc[3, "name"]]
+    assert "unknown axis" in reasons[raw.loc[4, "name"]]
+    assert len(ok) == len(raw) - 5 and not set(ok["name"]) & set(excluded["name"])
+
+
+def test_thinking_table_schema():
+    with pytest.raises(SchemaError, match="forward_passes"):
+        tidy_thinking(
+            pd.DataFrame(
+                {
+                    "family": ["ebt"],
+                    "mode": ["steps"],
+                    "steps": [1],
+                    "candidates": [1],
+                    "val_loss": [1.0],
+                    "val_perplexity": [2.7],
+                }
+            )
+        )
+
+
+def test_required_columns_are_the_agreed_schema():
+    assert set(REQUIRED_COLUMNS) == {
+        "trial_id",
+        "name",
+        "family",
+        "axis",
+        "status",
+        "status_reason",
+        "n_params",
+        "n_params_non_embedding",
+        "tokens",
+        "batch_size",
+        "n_layers",
+        "d_model",
+        "flops",
+        "flops_budget",
+        "val_loss",
+        "val_perplexity",
+        "seed",
+    }

@@ -1,0 +1,116 @@
+"""write_report: files, embedded plots, the fitted numbers in both formats, exclusions, provenance."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_scaling import make_thinking, make_trials
+
+from analysis.compare import axis_points
+from analysis.data import split_trials, tidy_trials
+from analysis.fit import fit_power
+from analysis.report import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    trials = make_trials(axes=("data", "params"), n=7, noise=0.01, flops_axis=True)
+    trials.loc[1, ["status", "status_reason"]] = ["diverged", "loss NaN at step 120"]
+    lonely = trials.iloc[[0]].assign(axis="depth", name="ebt-depth-lonely", n_layers=4)  # 1 point: no fit
+    trials = pd.concat([trials, lonely], ignore_index=True).astype(str)  # MLflow-style strings
+    out = tmp_path_factory.mktemp("report")
+    provenance = {"spec": {"name": "unit-sweep", "seeds": [0]}, "code_version": "deadbeef1234"}
+    paths = write_report(trials, out, provenance, thinking=make_thinking(), bootstrap=200, seed=0)
+    return trials, paths
+
+
+def test_files_are_written(report):
+    _, paths = report
+    assert set(paths) >= {"html", "markdown", "plots_dir"}
+    for key in ("html", "markdown", "summary"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0
+    pngs = sorted(p.name for p in paths["plots_dir"].glob("*.png"))
+    for name in (
+        "data_fit.png",
+        "data_residuals.png",
+        "params_fit.png",
+        "flops_fit.png",
+        "isoflop.png",
+        "thinking.png",
+    ):
+        assert name in pngs
+    for p in paths["plots_dir"].glob("*.png"):
+        assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_html_is_self_contained_with_every_plot_embedded(report):
+    _, paths = report
+    html = paths["html"].read_text()
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(embedded) == len(list(paths["plots_dir"].glob("*.png")))
+    assert all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
+    assert not re.search(r"<(script|link)\b", html)
+    assert not re.search(r"(src|href)=['\"]?(https?:|//)", html)
+
+
+def test_markdown_links_the_pngs(report):
+    _, paths = report
+    md = paths["markdown"].read_text()
+    for p in paths["plots_dir"].glob("*.png"):
+        assert f"](plots/{p.name})" in md
+
+
+def test_tables_hold_the_fitted_numbers(report):
+    trials, paths = report
+    ok, _ = split_trials(tidy_trials(trials))
+    html, md = paths["html"].read_text(), paths["markdown"].read_text()
+    alphas = {}
+    for fam in ("ebt", "transformer_pp"):
+        pts = axis_points(ok, "data")
+        pts = pts[pts["family"] == fam]
+        fit = fit_power(pts["x"].to_numpy(), pts["y"].to_numpy(), bootstrap=0)  # point estimates need no seed
+        alphas[fam] = fit.params["alpha"].value
+        for text in (html, md):
+            assert f"{alphas[fam]:.4g}" in text
+            assert f"{fit.params['A'].value:.4g}" in text
+    rel = (alphas["ebt"] - alphas["transformer_pp"]) / alphas["transformer_pp"]
+    assert f"EBT scales {100 * rel:.0f}% faster than Transformer++ on the data axis" in md
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["axes"]["data"]["fits"]["ebt"]["alpha"]["value"] == pytest.approx(alphas["ebt"])
+
+
+def test_headline_excluded_trials_too_few_points_and_provenance(report):
+    trials, paths = report
+    md = paths["markdown"].read_text()
+    headline = md.split("\n\n")[1]
+    assert "EBT scales" in headline and "data axis" in headline
+    assert trials.loc[1, "name"] in md and "loss NaN at step 120" in md  # the excluded list
+    assert "1 point(s) for the 2 parameters" in md  # the depth axis is reported, not fitted
+    assert "deadbeef1234" in md and "unit-sweep" in md
+    html = paths["html"].read_text()
+    assert "deadbeef1234" in html and "unit-sweep" in html
+
+
+def test_thinking_table_reports_the_perplexity_reduction(report):
+    thinking_table = make_thinking()
+    _, paths = report
+    md = paths["markdown"].read_text()
+    ebt = thinking_table[(thinking_table["family"] == "ebt") & (thinking_table["mode"] == "steps")]
+    gain = 1 - ebt["val_perplexity"].iloc[-1] / ebt["val_perplexity"].iloc[0]
+    assert f"+{100 * gain:.1f}%" in md
+
+
+def test_a_table_with_nothing_fittable_still_reports(tmp_path):
+    trials = make_trials(axes=("data",), n=3)
+    trials["status"] = "failed"
+    paths = write_report(trials, tmp_path, {}, bootstrap=20)
+    md = paths["markdown"].read_text()
+    assert "No axis has fits for both" in md
+    assert np.all([n in md for n in trials["name"]])
