@@ -8,9 +8,11 @@ from model.config import EBTConfig, ModelConfig
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model for cfg.family. Every model has `forward(tokens, targets, sample_ids=None, step_seed=None) -> training loss` (the ids seed per-sample
-    noise so a batch split across processes trains identically) and
-    `eval_loss(tokens, targets) -> next-token cross-entropy of its final prediction`."""
+    """The model for cfg.family. Every model has
+    - `forward(tokens, targets, sample_ids=None, step_seed=None) -> training loss`; the ids seed per-sample
+      randomness (the EBT's noise), so a global batch split across processes trains identically;
+    - `eval_loss(tokens, targets, sample_ids=None) -> next-token cross-entropy of its final prediction`;
+    - `lr_multipliers() -> {parameter name: learning-rate multiplier}`."""
     if cfg.family == "ebt":
         from model.ebt import EBT
 
