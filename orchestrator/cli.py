@@ -110,13 +110,141 @@ def train(
 
 
 @app.command()
-def demo(
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o")] = Path("outputs/demo"),
+def think(
+    target: Annotated[Path, typer.Argument(help="a finished EBT trial folder, or a sweep spec YAML")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="a finished Transformer++ trial folder (with a spec: the EBT's twin)")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="thinking steps: the curve goes 1..STEPS")] = 6,
+    candidates: Annotated[str, typer.Option(help="self-verification candidate counts, e.g. 1,2,4")] = "1,2,4",
+    batches: Annotated[int, typer.Option(help="validation batches of 8 windows")] = 4,
+    no_track: Annotated[bool, typer.Option("--no-track", help="do not log the curves to MLflow")] = False,
 ) -> None:
-    """The README's main job: a small real run on the embedded defaults, offline."""
+    """System-2 thinking of a trained EBT: loss vs thinking steps and self-verification candidates.
+
+    The Transformer++ twin is measured at equal forward passes; curves are logged to MLflow for the report."""
+    from rich.table import Table
+
+    from orchestrator.think import evaluate_thinking, log_thinking
+
+    try:
+        counts = tuple(int(c) for c in candidates.split(","))
+        ebt_dir, base_dir, runs, uri = _think_targets(target, baseline)
+        rows = evaluate_thinking(ebt_dir, base_dir, max_steps=steps, candidates=counts, batches=batches)
+    except (ConfigError, ValueError, OSError) as err:
+        raise fail(str(err)) from None
+    table = Table(title=f"System-2 thinking: {ebt_dir.name}")
+    for col in ("family", "mode", "steps", "candidates", "forward passes", "val loss", "val ppl"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["family"], r["mode"], str(r["steps"]), str(r["candidates"]), str(r["forward_passes"]),
+            f"{r['val_loss']:.4f}", f"{r['val_perplexity']:.2f}",
+        )  # fmt: skip
+    Console().print(table)
+    if not no_track and runs:
+        log_thinking(rows, uri, runs)
+        console.print(f"logged to MLflow runs {', '.join(runs)} ({uri})")
+
+
+def _think_targets(target: Path, baseline: Path | None) -> tuple[Path, Path | None, list[str], str]:
+    """(EBT trial dir, baseline dir, MLflow run ids to log to, tracking uri) for a trial folder or a spec:
+    with a spec, the largest finished EBT trial and its Transformer++ twin (same name after the family)."""
+    import json
+
+    from orchestrator.tracking import resolve_tracking_uri
+
+    if target.is_dir():
+        run_file = target / "run.json"
+        runs = [json.loads(run_file.read_text())["run_id"]] if run_file.is_file() else []
+        uri = resolve_tracking_uri(target.parent.parent.parent)
+        return target, baseline, runs, os.environ.get("MLFLOW_TRACKING_URI", uri)
+    from orchestrator.spec import expand, load_spec
+    from orchestrator.sweep_runner import SweepLayout, trial_units, unit_status
+
+    spec = load_spec(target)
+    layout = SweepLayout(spec)
+    done = [u for u in trial_units(expand(spec)) if unit_status(layout, u)["status"] == "finished"]
+    ebts = sorted((u for u in done if u.family == "ebt"), key=lambda u: (u.config.total_steps, u.name))
+    if not ebts:
+        raise ConfigError(f"sweep {spec.name!r} has no finished EBT trial (run `ebtscale sweep run` first)")
+    ebt = ebts[-1]
+    shape = ebt.name.split("-", 1)[1]  # the name after the family: same size, data and seed
+    twin = next((u for u in done if u.family != "ebt" and u.name.split("-", 1)[1] == shape), None)
+    base_dir = baseline or (layout.trial_dir(twin) if twin else None)
+    parent = json.loads((layout.root / "sweep.json").read_text())["parent_run_id"]
+    run = json.loads((layout.trial_dir(ebt) / "run.json").read_text())["run_id"]
+    return layout.trial_dir(ebt), base_dir, [run, parent], layout.tracking_uri
+
+
+@app.command()
+def report(
+    sweep: Annotated[str, typer.Argument(help="a sweep spec YAML, or a sweep name in the MLflow store")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="report folder")] = None,
+    tracking_uri: TrackingOption = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 1000,
+    y: Annotated[str, typer.Option(help="the measured quantity to fit")] = "val_loss",
+) -> None:
+    """Write the scaling-law report of a sweep (HTML + Markdown + PNGs), also logged to MLflow.
+
+    Per axis: power-law fits with bootstrap CIs, EBT vs Transformer++ scaling-rate verdicts, plots; plus the
+    System-2 thinking curves and the excluded trials."""
+    from analysis import write_report
+    from orchestrator.report import provenance_of, publish_report
+    from orchestrator.results import SweepNotFound, load_sweep_trials, load_thinking_curves
+    from orchestrator.sweep_cli import resolve_sweep
+
+    try:
+        name, uri = resolve_sweep(sweep, tracking_uri)
+        trials = load_sweep_trials(uri, name)
+        thinking = load_thinking_curves(uri, name)
+        out_dir = out or _default_report_dir(sweep, name)
+        provenance = provenance_of(uri, name, sweep)
+        paths = write_report(trials, out_dir, provenance, thinking, y=y, bootstrap=bootstrap)
+        publish_report(uri, name, paths)
+    except (ConfigError, OSError, SweepNotFound, ValueError) as err:
+        raise fail(str(err)) from None
+    console.print(f"report: {paths['html']}")
+    console.print(f"        {paths['markdown']}")
+
+
+def _default_report_dir(sweep: str, name: str) -> Path:
+    if sweep.endswith((".yaml", ".yml")):
+        from orchestrator.spec import load_spec
+
+        return Path(load_spec(sweep).output_dir) / name / "report"
+    return Path("outputs") / name / "report"
+
+
+@app.command()
+def demo(
+    spec: Annotated[Path, typer.Option(help="the sweep to run")] = Path("sweeps/demo.yaml"),
+) -> None:
+    """The README's main job: a small real sweep of both families, System-2 curves, and the report.
+
+    Offline, on the embedded defaults: local Ray, DeepSpeed on CPU, MLflow in outputs/mlflow.db."""
+    from orchestrator.sweep_cli import run_command
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    root = Path(__file__).resolve().parent.parent
-    train(root / "sweeps" / "trials" / "tiny-transformer-pp.yaml", output_dir=output_dir)
+    if not spec.is_file():
+        spec = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
+    try:
+        run_command(spec, address=None, max_failures=2, max_concurrent=None, max_flops=None, max_trials=None)
+    except typer.Exit as done:
+        if done.exit_code:
+            console.print("[yellow]some trials did not finish; the report covers the ones that did[/]")
+    think(spec, baseline=None, steps=6, candidates="1,2,4", batches=4, no_track=False)
+    report(str(spec), out=None, tracking_uri=None, bootstrap=1000, y="val_loss")
+
+
+from analysis.cli import fit_command  # noqa: E402 - mounted here so `ebtscale fit` sits with the others
+
+app.command("fit", help="Fit a scaling law to any table (CSV/parquet) with bootstrap CIs.")(fit_command)
+
+from orchestrator.jobs import jobs_app, submit_command  # noqa: E402
+
+app.command("submit")(submit_command)
+app.add_typer(jobs_app, name="jobs")
 
 
 def main() -> None:

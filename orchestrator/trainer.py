@@ -394,7 +394,23 @@ class Trial:
             raise FloatingPointError(f"non-finite gradients at step {step}: DeepSpeed skipped the update")
         return distributed.all_reduce_mean(float(np.mean(micro_losses)))
 
+    def save_final_weights(self) -> None:
+        """The trained model's state dict, under the model's own names, as `model.pt` (rank 0). Under ZeRO-3
+        the partitioned parameters are gathered first. Loaded safely with torch.load(weights_only=True)."""
+        import deepspeed
+
+        params = list(self.model.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.deepspeed.zero_stage == 3):
+            if self.rank == 0:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                tmp = self.trial_dir / "model.pt.tmp"
+                torch.save(state, tmp)
+                os.replace(tmp, self.trial_dir / "model.pt")
+        distributed.barrier()
+
     def _finish(self, result: TrialResult) -> None:
+        if result.status == "finished":
+            self.save_final_weights()
         if self.rank == 0 and result.status != "interrupted":
             result.save(self.trial_dir / "result.json")
         if self.tracker is None:
