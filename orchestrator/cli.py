@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 
-from orchestrator.config import ConfigError, TrialConfig, load_trial_config
+from orchestrator.config import ConfigError, TrialConfig, load_trial_config, yaml_load
 
 app = typer.Typer(
     name="ebtscale",
@@ -59,7 +58,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = yaml_load(raw)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,29 @@ from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenModel, ModelConfig
 from model.data import DataConfig
+
+
+class SafeYaml12Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e5` and `3e-4` as strings, the most common
+    way to write token counts, FLOP budgets and learning rates. Safe: plain data only, no Python objects."""
+
+
+SafeYaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> object:
+    return yaml.load(text, Loader=SafeYaml12Loader)
 
 
 class ConfigError(ValueError):
@@ -126,7 +150,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml_load(p.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

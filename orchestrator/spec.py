@@ -13,7 +13,6 @@ axis (each axis is its own fit) and `unique_trials` gives what the orchestrator 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from pydantic import (
 
 from model.config import ModelFamily
 from model.flops import count_params, train_flops_per_token
-from orchestrator.config import ConfigError, TrialConfig, deep_merge
+from orchestrator.config import ConfigError, TrialConfig, deep_merge, yaml_load
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
 FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
@@ -531,32 +530,13 @@ def parse_spec(data: Any, source: str = "sweep spec") -> SweepSpec:
         raise SpecError(_problems_of(err), source) from None
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e5` and `2.0e9` as strings, the most common
-    way to write token counts and FLOP budgets."""
-
-
-_SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
 def load_spec(path: str | Path) -> SweepSpec:
     """Safe-load and validate a spec file; a relative output_dir is resolved against the current directory."""
     p = Path(path)
     if not p.is_file():
         raise SpecError([("(file)", "not found")], str(p))
     try:
-        data = yaml.load(p.read_text(), Loader=_SpecLoader)
+        data = yaml_load(p.read_text())
     except yaml.YAMLError as err:
         raise SpecError([("(file)", f"not valid YAML: {' '.join(str(err).split())}")], str(p)) from None
     if not isinstance(data, dict):

@@ -427,6 +427,17 @@ class Trial:
         self.tracker.end("KILLED" if result.status == "interrupted" else "FINISHED")
 
 
+def ensure_writable(folder: Path) -> None:
+    """Fail before any training, with a clear message, if the trial's folder cannot be written."""
+    probe = folder / ".write-probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output folder {folder} is not writable: {err.strerror or err}") from None
+
+
 def train_trial(
     cfg: TrialConfig,
     trial_dir: Path | None = None,
@@ -443,6 +454,7 @@ def train_trial(
     done = trial_dir / "result.json"
     if done.is_file():
         return TrialResult.load(done)
+    ensure_writable(trial_dir)
     failed = trial_dir / "failed.json"
     trial = None
     try:

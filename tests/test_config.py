@@ -1,0 +1,95 @@
+"""Trial configs at the edge: every input is accepted and valid or rejected naming the field, and the CLI
+turns a bad config into a one-line error with exit code 2 (no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.cli import parse_overrides
+from orchestrator.config import ConfigError, TrialConfig, parse_trial_config
+
+GOOD: dict[str, Any] = {
+    "model": {"family": "ebt", "d_model": 64, "n_layers": 2, "n_heads": 2, "vocab_size": 512},
+    "train": {"tokens": 100_000, "global_batch_size": 16, "micro_batch_size": 8},
+}
+
+SCALARS = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=6)
+FIELDS = [
+    ("model", "d_model"), ("model", "n_heads"), ("model", "n_layers"), ("model", "family"),
+    ("model", "vocab_size"), ("model", "context_length"), ("train", "tokens"), ("train", "global_batch_size"),
+    ("train", "micro_batch_size"), ("optim", "lr"), ("optim", "warmup_fraction"), ("deepspeed", "zero_stage"),
+    ("resources", "num_workers"), ("data", "vocab_size"), ("model", "ebt"), ("bogus", "x"),
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FIELDS), SCALARS)
+def test_any_field_value_is_valid_or_rejected_by_name(field: tuple[str, str], value: Any) -> None:
+    section, key = field
+    data = {k: dict(v) for k, v in GOOD.items()}
+    data.setdefault(section, {})[key] = value
+    try:
+        cfg = parse_trial_config(data)
+    except ConfigError as err:
+        assert section in str(err)  # the message names where the problem is
+        return
+    assert isinstance(cfg, TrialConfig)
+    assert cfg.model.d_model % cfg.model.n_heads == 0
+    assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * cfg.resources.num_workers) == 0
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"model": {"n_heads": 3}}, "n_heads"),
+        ({"train": {"micro_batch_size": 5}}, "global_batch_size"),
+        ({"model": {"family": "rnn"}}, "model.family"),
+        ({"deepspeed": {"zero_stage": 4}}, "deepspeed.zero_stage"),
+        ({"train": {"tokens": -1}}, "train.tokens"),
+        ({"model": {"ebt": {"mcmc_steps": 0}}}, "model.ebt.mcmc_steps"),
+        ({"optim": {"learning_rate": 1}}, "optim.learning_rate"),  # a typo is an error, not ignored
+    ],
+)
+def test_bad_configs_name_the_field(patch: dict, field: str) -> None:
+    from orchestrator.config import deep_merge
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_trial_config(deep_merge(GOOD, patch))
+
+
+def test_cli_overrides_parse_yaml_scalars() -> None:
+    assert parse_overrides(["model.d_model=128", "optim.lr=3e-4", "model.family=ebt"]) == {
+        "model": {"d_model": 128, "family": "ebt"},
+        "optim": {"lr": 3e-4},
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["model.d_model"])
+
+
+def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**GOOD, "model": {**GOOD["model"], "n_heads": 3}}))
+    for args in (["train", str(bad)], ["train", str(tmp_path / "missing.yaml")], ["sweep", "plan", str(bad)]):
+        command = [sys.executable, "-m", "orchestrator.cli", *args]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower()
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path: Path) -> None:
+    from orchestrator.trainer import train_trial
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")  # a file where a folder must go: fails for root too
+    cfg = parse_trial_config({**GOOD, "output_dir": str(blocker / "out")})
+    with pytest.raises(ConfigError, match="not writable"):
+        train_trial(cfg, progress=False)
+    assert blocker.read_text() == "in the way"  # nothing was lost
