@@ -224,7 +224,9 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    # "local" always starts a private embedded instance: a bare ray.init() would silently attach to any
+    # cluster that `ray start` left running on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
         address=address,
         # Ray Train's placement-group cleaner queries the State API, which the dashboard serves: without
@@ -234,7 +236,7 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
         logging_level="WARNING",
         log_to_driver=False,
         runtime_env={"env_vars": env},
-        _node_ip_address="127.0.0.1" if address is None else None,
+        _node_ip_address="127.0.0.1" if address == "local" else None,
     )
 
 
