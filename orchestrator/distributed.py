@@ -39,13 +39,13 @@ def init_process_group() -> None:
     """Join (or create) the default process group: gloo on CPU, NCCL on CUDA. Under Ray Train the group
     already exists and is reused."""
     configure_accelerator()
+    if os.environ["DS_ACCELERATOR"] == "cpu":
+        _disable_cpu_jit_ops()  # also when Ray Train made the group: deepspeed.initialize would build it
     if dist.is_available() and dist.is_initialized():
         return
     ensure_single_process_env()
     import deepspeed
 
-    if os.environ["DS_ACCELERATOR"] == "cpu":
-        _disable_cpu_jit_ops()
     # DeepSpeed 0.19 calls collectives that torch 2.13 marks deprecated, once per step: noise, not news.
     warnings.filterwarnings(
         "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
@@ -56,8 +56,9 @@ def init_process_group() -> None:
 
 def _disable_cpu_jit_ops() -> None:
     """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op with g++ (about 60 s on a
-    fresh machine, and parallel trials race to build it). gloo does the same job, so it is switched off:
-    nothing is compiled at run time on CPU (optimizer: torch_adam)."""
+    fresh machine, and parallel trials race to build it), and concurrent trials on one machine would share
+    its shared-memory region. gloo does the same job, so it is switched off: nothing is compiled at run time
+    on CPU (optimizer: torch_adam)."""
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

@@ -7,15 +7,14 @@ Exactly-once bookkeeping (what makes re-running `sweep run` safe):
 - the driver creates the parent run and every child run *before* any training, serially, and records each
   run id in the trial's folder (`run.json`) and as tags, so a rerun finds and continues the same runs;
 - a trial with `result.json` is done (finished or diverged) and is skipped; an interrupted one resumes from
-  its last verified checkpoint; Tune's own experiment state is restored with `Tuner.restore` when the
-  pending trials are the ones it was started with.
+  its last verified checkpoint. Each invocation runs a fresh Tune experiment over the pending trials (Tune's
+  restore is not needed: the trial folders hold the state that matters).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterable
@@ -180,14 +179,16 @@ def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _trial_worker(job: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: the DeepSpeed trainer, reporting validation metrics to Tune."""
+    """Runs on every Ray Train worker: the DeepSpeed trainer. Metrics stream to MLflow; Tune gets one
+    final report (Ray's Train->Tune report queue holds one item, and frequent reports were seen to block
+    the Train controller when Tune consumed them slowly, stranding the trial's resources)."""
     import ray.train
 
     from orchestrator.trainer import TrackingContext, train_trial
 
     cfg = TrialConfig.model_validate(job["config"])
     tracking = TrackingContext(uri=job["tracking_uri"], experiment=job["experiment"])
-    result = train_trial(cfg, Path(job["trial_dir"]), tracking, progress=False, on_metrics=ray.train.report)
+    result = train_trial(cfg, Path(job["trial_dir"]), tracking, progress=False)
     ray.train.report({"status": result.status, "val_loss": result.final_val_loss or float("nan"), "done": 1})
 
 
@@ -209,7 +210,7 @@ def _trial_driver(tune_config: dict[str, Any]) -> None:
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"train-{job['id']}",
+            name=f"train-{job['id']}-{job['attempt']}",
             storage_path=job["ray_storage"],
             failure_config=ray.train.FailureConfig(max_failures=job["max_failures"]),
             callbacks=[TuneReportCallback()],
@@ -219,25 +220,38 @@ def _trial_driver(tune_config: dict[str, Any]) -> None:
 
 
 def init_ray(address: str | None, env: dict[str, str]) -> None:
-    """Connect to a cluster (`address` or RAY_ADDRESS) or start an embedded local instance."""
+    """Connect to a cluster (`address` or RAY_ADDRESS) or start a private embedded local instance."""
     import ray
+
+    from orchestrator.distributed import free_port
 
     if ray.is_initialized():
         return
-    # "local" always starts a private embedded instance: a bare ray.init() would silently attach to any
-    # cluster that `ray start` left running on this machine.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(
-        address=address,
-        # Ray Train's placement-group cleaner queries the State API, which the dashboard serves: without
-        # it, finished trials never release their resources. Bound to loopback unless the user says so.
-        include_dashboard=True,
-        dashboard_host=os.environ.get("EBTSCALE_DASHBOARD_HOST", "127.0.0.1"),
-        logging_level="WARNING",
-        log_to_driver=False,
-        runtime_env={"env_vars": env},
-        _node_ip_address="127.0.0.1" if address == "local" else None,
-    )
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = dict(env)
+    if address is None:
+        # "local" always starts a private instance: a bare ray.init() would silently attach to any cluster
+        # that `ray start` left running on this machine. Its GCS port is chosen here so that its own
+        # processes get RAY_ADDRESS: Ray Train's placement-group cleaner queries the State API, which
+        # otherwise fails ("multiple active Ray instances") when other Ray instances run on the machine,
+        # and then finished trials never give their CPUs back.
+        port = free_port()
+        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(
+            address=address or "local",
+            # Ray Train's placement-group cleaner needs the State API, which the dashboard serves. Bound to
+            # loopback unless the user says otherwise.
+            include_dashboard=True,
+            dashboard_host=os.environ.get("EBTSCALE_DASHBOARD_HOST", "127.0.0.1"),
+            logging_level="WARNING",
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+            _node_ip_address="127.0.0.1" if address is None else None,
+        )
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
 def concurrent_slots(units: list[TrialUnit]) -> int:
@@ -293,8 +307,13 @@ def _run_on_ray(
     env.update(
         MLFLOW_TRACKING_URI=layout.tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1"
     )
+    # Starting a worker imports torch + DeepSpeed; on a loaded 2-core machine that can exceed Ray Train's 60 s
+    # default, after which it retries the start forever. A generous limit lets a slow start succeed.
+    timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    env[timeout_var] = os.environ.setdefault(timeout_var, "600")
     init_ray(address, env)
     ray_dir = layout.root / "ray"
+    attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
     jobs = {
         u.id: {
             "id": u.id,
@@ -304,27 +323,23 @@ def _run_on_ray(
             "experiment": layout.spec.name,
             "ray_storage": str(ray_dir / "train"),
             "max_failures": max_failures,
+            "attempt": attempt,
         }
         for u in pending
     }
     # The driver only waits on its TorchTrainer: it holds no CPU (Tune needs a non-empty request, so a token
     # amount of memory), leaving every core to the Train workers.
     trainable = tune.with_resources(_trial_driver, {"cpu": 0, "memory": 1 << 20})
-    exp_path = ray_dir / "tune"
-    ids_file = ray_dir / "tune-ids.json"
-    started_with = set(json.loads(ids_file.read_text())) if ids_file.is_file() else set()
-    if tune.Tuner.can_restore(str(exp_path)) and set(jobs) <= started_with:
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        shutil.rmtree(exp_path, ignore_errors=True)  # Tune's bookkeeping only; checkpoints live elsewhere
-        ray_dir.mkdir(parents=True, exist_ok=True)
-        ids_file.write_text(json.dumps(list(jobs)))
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"job": tune.grid_search(list(jobs.values()))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or concurrent_slots(pending)),
-            run_config=tune.RunConfig(name="tune", storage_path=str(ray_dir), verbose=0),
-        )
+    # A fresh Tune experiment per invocation, over the pending trials only. What a restore would give (skip
+    # finished, resume interrupted) lives in the trial folders and verified checkpoints, which survive any
+    # crash; restoring Tune's own state after a driver kill was seen to strand later trials waiting for
+    # resources held by the dead run.
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(list(jobs.values()))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or concurrent_slots(pending)),
+        run_config=tune.RunConfig(name=f"tune-{attempt}", storage_path=str(ray_dir), verbose=0),
+    )
     monitor = _ProgressMonitor(layout, units) if progress else None
     try:
         tuner.fit()
