@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint chaos clean
+.PHONY: install browser demo test lint clean
 
 install: $(STAMP)
 
@@ -31,7 +31,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ebtscale demo
 
-test: $(STAMP)
+# Headless Chromium (Debian package) for the test that renders the MLflow UI; skipped when present.
+browser:
+	@command -v chromium >/dev/null 2>&1 || bash infra/ci/install-chromium.sh
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

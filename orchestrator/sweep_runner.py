@@ -189,7 +189,7 @@ def _trial_worker(job: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(job["config"])
     tracking = TrackingContext(uri=job["tracking_uri"], experiment=job["experiment"])
     result = train_trial(cfg, Path(job["trial_dir"]), tracking, progress=False)
-    ray.train.report({"status": result.status, "val_loss": result.final_val_loss or float("nan"), "done": 1})
+    ray.train.report({"status": result.status, "val_loss": result.final_val_loss or float("nan"), "final": 1})
 
 
 def _trial_driver(tune_config: dict[str, Any]) -> None:
