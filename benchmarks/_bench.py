@@ -1,0 +1,226 @@
+"""Helpers shared by the benchmarks: CPU set-up, the machine's fp32 GEMM peak, machine-load accounting,
+tables and JSON output. Imported by the bench_*.py scripts (run as scripts, so this folder is on sys.path).
+
+Load accounting. The machine may be shared (here: 2 cores shared with test runs and Ray clusters), so every
+benchmark reports, besides the load average, how many cores *other* processes kept busy during the run:
+(machine busy time from /proc/stat - this process tree's CPU time) / wall time. Ratios measured side by side
+in one run are robust to that load; absolute times are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def cpu_environment() -> None:
+    """Environment every benchmark runs in: DeepSpeed on its CPU accelerator, quiet tokenizers and logs."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_deepspeed() -> None:
+    """DeepSpeed logs an accelerator warning and per-engine info lines at import/initialize: noise here."""
+    import logging
+
+    for name in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Dense fp32 GEMM FLOP/s of this machine: best of `repeats` torch.mm of two n x n matrices on `threads`
+    threads, per wall-clock second and per CPU-second (see use_thread_cpu_clock). The best (not the mean) is
+    the speed with the least interference from other load."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        c = torch.empty(n, n)
+        torch.mm(a, b, out=c)  # warm-up: thread pool, page faults
+        best = {"wall": 0.0, "cpu": 0.0}
+        for _ in range(repeats):
+            clock = Clock()
+            torch.mm(a, b, out=c)
+            wall, cpu = clock.read()
+            best["wall"] = max(best["wall"], 2 * n**3 / wall)
+            best["cpu"] = max(best["cpu"], 2 * n**3 / max(cpu, 1e-9))  # FLOP per CPU-second
+        return best
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _proc_stat_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class LoadMonitor:
+    """Machine load during a benchmark: load averages and the cores other processes kept busy."""
+
+    def __init__(self) -> None:
+        self.loadavg_start = os.getloadavg()
+        self.wall = time.perf_counter()
+        self.busy, _ = _proc_stat_busy()
+        self.own = _own_cpu_s()
+
+    def summary(self, extra_own_cpu_s: float = 0.0) -> dict[str, Any]:
+        """`extra_own_cpu_s`: CPU time of processes we started but cannot wait for (e.g. a Ray cluster)."""
+        wall = time.perf_counter() - self.wall
+        busy = _proc_stat_busy()[0] - self.busy
+        own = _own_cpu_s() - self.own + extra_own_cpu_s
+        return {
+            "cpus": os.cpu_count(),
+            "wall_s": wall,
+            "loadavg_start": self.loadavg_start,
+            "loadavg_end": os.getloadavg(),
+            "machine_busy_cores": busy / wall,
+            "own_busy_cores": own / wall,
+            "other_busy_cores": max(0.0, (busy - own) / wall),
+        }
+
+
+def sample_busy_cores(seconds: float) -> float:
+    """Cores kept busy by everything on the machine over the next `seconds` (sleeping meanwhile)."""
+    busy, wall = _proc_stat_busy()[0], time.perf_counter()
+    time.sleep(seconds)
+    return (_proc_stat_busy()[0] - busy) / (time.perf_counter() - wall)
+
+
+def load_text(load: dict[str, Any]) -> str:
+    if "background_busy_cores_before" in load:  # runs whose own processes we cannot account (Ray)
+        return (
+            f"machine load: {load['machine_busy_cores']:.2f} of {load['cpus']} cores busy during the run; "
+            f"without it {load['background_busy_cores_before']:.2f} cores busy before and "
+            f"{load['background_busy_cores_after']:.2f} after (other users); load average "
+            f"{load['loadavg_start'][0]:.2f} -> {load['loadavg_end'][0]:.2f}; {load['wall_s']:.0f} s"
+        )
+    return (
+        f"machine load during the run: {load['machine_busy_cores']:.2f} of {load['cpus']} cores busy, "
+        f"{load['other_busy_cores']:.2f} of them by other processes; load average "
+        f"{load['loadavg_start'][0]:.2f} -> {load['loadavg_end'][0]:.2f}; {load['wall_s']:.0f} s"
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git_commit": commit,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+_CPU_CLOCK = time.process_time
+
+
+def use_thread_cpu_clock(single_thread: bool) -> None:
+    """CPU time of the calling thread (with one torch thread all compute runs in it; other threads' CPU,
+    e.g. gloo's loops, is left out) or of the whole process (several torch threads)."""
+    global _CPU_CLOCK
+    _CPU_CLOCK = time.thread_time if single_thread else time.process_time
+
+
+def cpu_time() -> float:
+    return _CPU_CLOCK()
+
+
+class Spans:
+    """Accumulated wall-clock and CPU seconds per named span (CPU: see use_thread_cpu_clock). With one torch
+    thread, CPU time is the time the code actually ran: robust to other processes taking the core, unlike
+    wall time."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), cpu_time()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - wall, cpu_time() - cpu)
+
+    def add(self, name: str, wall: float, cpu: float) -> None:
+        self.wall[name] = self.wall.get(name, 0.0) + wall
+        self.cpu[name] = self.cpu.get(name, 0.0) + cpu
+
+    def get(self, name: str, clock: str = "cpu") -> float:
+        return (self.cpu if clock == "cpu" else self.wall).get(name, 0.0)
+
+
+class Clock:
+    """Wall-clock and CPU seconds since construction (CPU: see use_thread_cpu_clock)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), cpu_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, cpu_time() - self.cpu
+
+
+def median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def si(x: float, unit: str = "") -> str:
+    """1.5e9 -> '1.5 G' (3 significant digits)."""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
