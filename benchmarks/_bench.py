@@ -124,6 +124,13 @@ def load_text(load: dict[str, Any]) -> str:
     )
 
 
+def print_targets(out: Any, result: dict[str, Any]) -> None:
+    """The issue's targets, met or not, then the machine load the numbers were measured under."""
+    for target in result["targets"]:
+        out.print(f"target: {target['name']}: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
+    out.print(load_text(result["load"]))
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 

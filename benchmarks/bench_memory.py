@@ -46,8 +46,8 @@ from _bench import (
     LoadMonitor,
     console,
     cpu_environment,
-    load_text,
     machine_info,
+    print_targets,
     use_thread_cpu_clock,
     write_json,
 )
@@ -455,9 +455,7 @@ def render(result: dict[str, Any]) -> None:
             style="bold",
         )
         out.print(s)
-    for target in result["targets"]:
-        out.print(f"target: {target['name']}: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
-    out.print(load_text(result["load"]))
+    print_targets(out, result)
 
 
 def main() -> None:

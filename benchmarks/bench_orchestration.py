@@ -47,9 +47,9 @@ from _bench import (
     RESULTS,
     LoadMonitor,
     console,
-    load_text,
     machine_info,
     median,
+    print_targets,
     sample_busy_cores,
     write_json,
 )
@@ -456,9 +456,7 @@ def render(result: dict[str, Any]) -> None:
             "Ray worker processes by name, 8 s after start: "
             + ", ".join(f"{k} x{v}" for k, v in o.get("ray_process_names", {}).items())
         )
-    for target in result["targets"]:
-        out.print(f"target: {target['name']}: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
-    out.print(load_text(result["load"]))
+    print_targets(out, result)
 
 
 def main() -> None:

@@ -48,9 +48,9 @@ from _bench import (
     console,
     cpu_environment,
     gemm_peak,
-    load_text,
     machine_info,
     median,
+    print_targets,
     quiet_deepspeed,
     si,
     use_thread_cpu_clock,
@@ -613,9 +613,7 @@ def render(result: dict[str, Any]) -> None:
             f"{1e3 * o['fused']['engine_step_s']:.1f} ms "
             f"({o['speedup']:.1f}x), losses identical: {o['losses_equal']}"
         )
-    for target in result["targets"]:
-        out.print(f"target: {target['name']}: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
-    out.print(load_text(result["load"]))
+    print_targets(out, result)
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:

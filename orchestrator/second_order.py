@@ -107,7 +107,3 @@ class SecondOrderSafe(nn.Module):
             self._calls[method] = _MethodCall(self._model, method)
         weights = {f"model.{name}": w for name, w in self.weights().items()}
         return torch.func.functional_call(self._calls[method], weights, args, kwargs, strict=False)
-
-    def model_state_dict(self) -> dict[str, Tensor]:
-        """The wrapped model's state dict with its own names (for export; needs gathered params)."""
-        return self._model.state_dict()

@@ -172,10 +172,8 @@ class Trial:
         trial_dir: Path,
         tracking: TrackingContext | None,
         progress: bool,
-        on_metrics: Callable[[dict[str, float]], None] | None = None,
     ):
         self.cfg = cfg
-        self.on_metrics = on_metrics
         self._last_progress_write = 0.0
         self.trial_dir = trial_dir
         self.ckpt_dir = trial_dir / "checkpoints"
@@ -338,8 +336,6 @@ class Trial:
                 if done % cfg.train.eval_every == 0 or done == total:
                     val_loss = self.evaluate()
                     metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
-                    if self.on_metrics is not None:
-                        self.on_metrics({"step": done, **metrics})
                 if done % cfg.train.log_every == 0 or "val_loss" in metrics:
                     self._log(metrics, step=done)
                 if done % cfg.train.checkpoint_every == 0 and done < total:
@@ -444,10 +440,8 @@ def train_trial(
     tracking: TrackingContext | None = None,
     progress: bool = True,
     stop_after_steps: int | None = None,
-    on_metrics: Callable[[dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Train (or resume) one trial in this process; the process group must span cfg.resources.num_workers.
-    `on_metrics` receives the metrics of every validation step (Ray Train reports them to Tune).
 
     A trial whose `result.json` exists is finished and is not trained again."""
     trial_dir = Path(trial_dir or Path(cfg.output_dir) / "trials" / cfg.name).resolve()
@@ -458,7 +452,7 @@ def train_trial(
     failed = trial_dir / "failed.json"
     trial = None
     try:
-        trial = Trial(cfg, trial_dir, tracking, progress, on_metrics)
+        trial = Trial(cfg, trial_dir, tracking, progress)
         failed.unlink(missing_ok=True)
         return trial.run(stop_after_steps=stop_after_steps)
     except BaseException as err:
