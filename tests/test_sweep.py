@@ -125,7 +125,9 @@ def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
 
 
 def test_driver_killed_mid_sweep_finishes_on_rerun_with_one_run_per_trial(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, "killed", tokens=8 * 32 * 60, checkpoint_every=5)
+    # 300 steps: seconds of training left after the first checkpoint even on a quiet machine, so the kill
+    # always lands mid-trial (60 steps could finish within one poll interval)
+    spec = write_spec(tmp_path, "killed", tokens=8 * 32 * 300, checkpoint_every=5)
     trials = tmp_path / "out" / "killed" / "trials"
     proc = subprocess.Popen(
         [*EBTSCALE, "sweep", "run", str(spec)],
@@ -138,7 +140,7 @@ def test_driver_killed_mid_sweep_finishes_on_rerun_with_one_run_per_trial(tmp_pa
         while time.time() < deadline:  # wait for a checkpoint mid-trial, then kill everything
             if any(trials.glob("*/checkpoints/step-*/manifest.json")):
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         else:
             pytest.fail("no checkpoint appeared before the deadline")
     finally:
