@@ -246,7 +246,8 @@ def tune_window(events: list[dict[str, Any]]) -> tuple[float, float] | None:
 
 def trial_span(events: list[dict[str, Any]], tid: str) -> tuple[float, float, bool] | None:
     """(start, end, end_seen) of one trial: from the start of its Tune trainable's process (when that
-    process was started for it, after Tune began) to the end of the trainable, or, where the trainable was
+    process was started for it, after Tune began; else the trainable's start in a reused actor) to the end
+    of the trainable, or, where the trainable was
     stopped before it could record its end (Tune stops it once the final result is in), the end of the
     Train worker function."""
     mine = [e for e in events if e.get("trial") == tid]
@@ -257,8 +258,13 @@ def trial_span(events: list[dict[str, Any]], tid: str) -> tuple[float, float, bo
     if tune_start is None or (fn_end is None and tune_end is None):
         return None
     process = next((e for e in events if e["pid"] == tune_start["pid"] and e["event"] == "process"), None)
+    first_in_process = min(
+        e["t"] for e in events if e["pid"] == tune_start["pid"] and e["event"] == "tune_trial:start"
+    )
     start = tune_start["t"]
-    if process and window and process["started"] >= window[0]:
+    # A Tune actor started for this trial counts from its process start; a reused actor (reuse_actors) was
+    # started for an earlier trial, so a later trial counts from its own start in it.
+    if process and window and process["started"] >= window[0] and tune_start["t"] == first_in_process:
         start = process["started"]
     end = tune_end["t"] if tune_end else fn_end["t"]  # type: ignore[index]
     return start, end, tune_end is not None

@@ -25,7 +25,7 @@ What is measured, per model size (default: the paper's 4xs/3xs/xxs shapes at con
   cpus_per_worker=1, the time the step actually ran). CPU time would be robust to other processes taking the
   core, but this VM's thread CPU clock was seen to run ahead of the wall clock under heavy load (CPU > wall
   for one thread), so it is reported with a validity flag (`cpu_clock_valid`) and not used for targets.
-The reuse path's FLOPs are counted here (reuse_train_flops_per_token, derivation in its docstring) and
+The reuse path's FLOPs are model.ebt.ebt_reuse_train_flops_per_token (derivation in its docstring) and
 checked against torch's FlopCounterMode on the smallest size.
 """
 
@@ -62,6 +62,7 @@ cpu_environment()
 import torch  # noqa: E402 - after the DeepSpeed accelerator is chosen
 
 from model.config import ModelConfig  # noqa: E402
+from model.ebt import ebt_reuse_train_flops_per_token  # noqa: E402
 from model.flops import count_params, train_flops_per_token  # noqa: E402
 
 # the paper's smallest shapes (d_model -> n_layers, n_heads): 4xs, 3xs, xxs
@@ -75,48 +76,6 @@ CLOCKS = ("wall", "cpu")  # wall-clock (primary) and the main thread's CPU time 
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
-
-
-def reuse_train_flops_per_token(cfg: ModelConfig) -> float:
-    """Training matmul FLOPs per token of the EBT with `reuse_observed_kv=True` (model.flops conventions: 2
-    per multiply-add, attention over the full rectangle, a backward costs twice its forward).
-
-    With n = P + S observed rows (step token + tokens), per layer lin(r) = 2r(4d^2 + 3df) for r rows and
-    attn(q, k) = 4qkd for q queries over k keys:
-    - observed stream, once per distinct step index: F_o = L(lin(n) + attn(n, n)). Only its keys/values are
-      used, so the last block's attention output, projection and MLP (attn(n, n) + 2nd^2 + 6ndf) feed
-      nothing: computed in the forward but never backpropagated;
-    - candidate stream, every step: F_c = L(lin(S) + attn(S, n + S)) + 2SVd + 2Sd (queries are the S
-      candidates, keys the n observed + S candidates; candidate map + energy head);
-    - candidate gradient (autograd.grad w.r.t. the candidate): G_c = L(lin(S) + 2 attn(S, n + S)) + 2SVd + 2Sd
-      (input gradients only, attention backward twice its forward);
-    - outer backward: 2(F_c + G_c) per kept step, 2(F_o - unused) per distinct index the kept steps use.
-    Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range.
-    Checked against torch's FlopCounterMode (see count_flops)."""
-    e, S = cfg.ebt, cfg.context_length
-    P = 1 if e.variant == "time_embed" else 0
-    d, f, V, L = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
-    n = P + S
-
-    def lin(rows: int) -> float:
-        return 2 * rows * (4 * d * d + 3 * d * f)
-
-    def attn(queries: int, keys: int) -> float:
-        return 4 * queries * keys * d
-
-    ends = 2 * S * V * d + 2 * S * d
-    obs_fwd = L * (lin(n) + attn(n, n))
-    obs_bwd = 2 * (obs_fwd - (attn(n, n) + 2 * n * d * d + 6 * n * d * f))
-    cand_fwd = L * (lin(S) + attn(S, n + S)) + ends
-    cand_grad = L * (lin(S) + 2 * attn(S, n + S)) + ends
-    counts = range(e.mcmc_steps, (e.mcmc_steps_random_max or e.mcmc_steps) + 1)
-    total = 0.0
-    for K in counts:
-        index = [min(k, e.mcmc_steps - 1) for k in range(K)]
-        kept = [K - 1] if e.truncate_to_last_step else list(range(K))
-        total += len(set(index)) * obs_fwd + K * (cand_fwd + cand_grad)
-        total += len({index[k] for k in kept}) * obs_bwd + len(kept) * 2 * (cand_fwd + cand_grad)
-    return total / len(counts) / S
 
 
 def count_flops(cfg: ModelConfig, micro_batch: int) -> float:
@@ -167,7 +126,7 @@ def reuse_equivalence_f64(cfg: ModelConfig, micro_batch: int) -> dict[str, float
 def variant_flops(cfg: ModelConfig, variant: str) -> tuple[float, float]:
     """(model FLOPs/token as the study counts them, FLOPs/token the variant computes)."""
     model_flops = train_flops_per_token(cfg)
-    return model_flops, reuse_train_flops_per_token(cfg) if variant == "ebt_reuse" else model_flops
+    return model_flops, ebt_reuse_train_flops_per_token(cfg) if variant == "ebt_reuse" else model_flops
 
 
 # ---------------------------------------------------------------------------------------------- trials
@@ -315,16 +274,16 @@ def breakdown(spans: Spans, clock: str) -> dict[str, float]:
 
 @contextmanager
 def fused_adamw(enabled: bool) -> Iterator[None]:
-    """What-if: trainer.deepspeed_config with `fused: True` in the AdamW params (DeepSpeed passes them to
-    torch.optim.AdamW). Benchmark-only patch of the config function for the Trials built inside."""
+    """trainer.deepspeed_config with AdamW's `fused` set to `enabled` (the trainer uses fused=True; DeepSpeed
+    passes the params to torch.optim.AdamW). Benchmark-only patch of the config function for the Trials built
+    inside, to measure the fused kernel against the for-each one side by side."""
     from orchestrator import trainer
 
     original = trainer.deepspeed_config
 
     def patched(cfg: Any) -> dict[str, Any]:
         config = original(cfg)
-        if enabled:
-            config["optimizer"]["params"]["fused"] = True
+        config["optimizer"]["params"]["fused"] = enabled
         return config
 
     trainer.deepspeed_config = patched
@@ -335,8 +294,8 @@ def fused_adamw(enabled: bool) -> Iterator[None]:
 
 
 def optimizer_check(d: int, args: argparse.Namespace, root: Path, repeats: int = 8) -> dict[str, Any]:
-    """engine.step wall time (best of `repeats`) of the Transformer++ of size d: torch AdamW as the trainer
-    configures it vs fused=True (a proposed one-line change), and the losses of two steps (must be equal)."""
+    """engine.step wall time (best of `repeats`) of the Transformer++ of size d: torch's for-each AdamW vs the
+    fused kernel the trainer configures, and the losses of two steps (must be equal)."""
     from orchestrator.trainer import Trial
 
     micro = args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 1)
@@ -354,10 +313,10 @@ def optimizer_check(d: int, args: argparse.Namespace, root: Path, repeats: int =
             clock = Clock()
             trial.engine.step()
             best = min(best, clock.read()[0])
-        out["fused" if fused else "default"] = {"engine_step_s": best, "losses": losses}
+        out["fused" if fused else "foreach"] = {"engine_step_s": best, "losses": losses}
         del trial
-    out["speedup"] = out["default"]["engine_step_s"] / out["fused"]["engine_step_s"]
-    out["losses_equal"] = out["default"]["losses"] == out["fused"]["losses"]
+    out["speedup"] = out["foreach"]["engine_step_s"] / out["fused"]["engine_step_s"]
+    out["losses_equal"] = out["foreach"]["losses"] == out["fused"]["losses"]
     return out
 
 
@@ -608,8 +567,8 @@ def render(result: dict[str, Any]) -> None:
     o = result.get("optimizer_what_if")
     if o:
         out.print(
-            f"what-if fused AdamW (TPP d{o['d_model']}, ZeRO {o['zero_stage']}): engine.step "
-            f"{1e3 * o['default']['engine_step_s']:.1f} ms -> "
+            f"fused AdamW (TPP d{o['d_model']}, ZeRO {o['zero_stage']}): engine.step for-each "
+            f"{1e3 * o['foreach']['engine_step_s']:.1f} ms -> fused "
             f"{1e3 * o['fused']['engine_step_s']:.1f} ms "
             f"({o['speedup']:.1f}x), losses identical: {o['losses_equal']}"
         )

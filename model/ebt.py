@@ -424,6 +424,48 @@ def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> f
     return (K + 2 * K_graph) * (fwd + grad) / S
 
 
+def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
+    """Training matmul FLOPs per token of the EBT with `reuse_observed_kv=True` (model.flops conventions: 2
+    per multiply-add, attention over the full rectangle, a backward costs twice its forward).
+
+    With n = P + S observed rows (step token + tokens), per layer lin(r) = 2r(4d^2 + 3df) for r rows and
+    attn(q, k) = 4qkd for q queries over k keys:
+    - observed stream, once per distinct step index: F_o = L(lin(n) + attn(n, n)). Only its keys/values are
+      used, so the last block's attention output, projection and MLP (attn(n, n) + 2nd^2 + 6ndf) feed
+      nothing: computed in the forward but never backpropagated;
+    - candidate stream, every step: F_c = L(lin(S) + attn(S, n + S)) + 2SVd + 2Sd (queries are the S
+      candidates, keys the n observed + S candidates; candidate map + energy head);
+    - candidate gradient (autograd.grad w.r.t. the candidate): G_c = L(lin(S) + 2 attn(S, n + S)) + 2SVd + 2Sd
+      (input gradients only, attention backward twice its forward);
+    - outer backward: 2(F_c + G_c) per kept step, 2(F_o - unused) per distinct index the kept steps use.
+    Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range.
+    Checked against torch's FlopCounterMode (tests/test_ebt.py)."""
+    e, S = cfg.ebt, cfg.context_length
+    P = 1 if e.variant == "time_embed" else 0
+    d, f, V, L = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
+    n = P + S
+
+    def lin(rows: int) -> float:
+        return 2 * rows * (4 * d * d + 3 * d * f)
+
+    def attn(queries: int, keys: int) -> float:
+        return 4 * queries * keys * d
+
+    ends = 2 * S * V * d + 2 * S * d
+    obs_fwd = L * (lin(n) + attn(n, n))
+    obs_bwd = 2 * (obs_fwd - (attn(n, n) + 2 * n * d * d + 6 * n * d * f))
+    cand_fwd = L * (lin(S) + attn(S, n + S)) + ends
+    cand_grad = L * (lin(S) + 2 * attn(S, n + S)) + ends
+    counts = range(e.mcmc_steps, (e.mcmc_steps_random_max or e.mcmc_steps) + 1)
+    total = 0.0
+    for K in counts:
+        index = [min(k, e.mcmc_steps - 1) for k in range(K)]
+        kept = [K - 1] if e.truncate_to_last_step else list(range(K))
+        total += len(set(index)) * obs_fwd + K * (cand_fwd + cand_grad)
+        total += len({index[k] for k in kept}) * obs_bwd + len(kept) * 2 * (cand_fwd + cand_grad)
+    return total / len(counts) / S
+
+
 def ebt_inference_flops_per_token(
     cfg: ModelConfig, steps: int, candidates: int = 1, seq_len: int | None = None
 ) -> float:
@@ -440,6 +482,7 @@ __all__ = [
     "Thought",
     "ebt_extra_params",
     "ebt_inference_flops_per_token",
+    "ebt_reuse_train_flops_per_token",
     "ebt_train_flops_per_token",
     "system2_recipe",
 ]

@@ -46,3 +46,14 @@ def train_flops_per_token(cfg: ModelConfig) -> float:
 
         return ebt_train_flops_per_token(cfg)
     return 3 * forward_flops_per_token(cfg)
+
+
+def executed_train_flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token the configured model actually computes: `train_flops_per_token` (the study's
+    convention, the authors' full recompute), except an EBT with `reuse_observed_kv`, which computes less.
+    What time estimates and hardware utilisation need."""
+    if cfg.family == "ebt" and cfg.ebt.reuse_observed_kv:
+        from model.ebt import ebt_reuse_train_flops_per_token
+
+        return ebt_reuse_train_flops_per_token(cfg)
+    return train_flops_per_token(cfg)

@@ -100,8 +100,15 @@ def run_command(
     ] = None,
     max_flops: Annotated[float | None, typer.Option("--max-flops", help="refuse a sweep over this")] = None,
     max_trials: Annotated[int | None, typer.Option("--max-trials", help="refuse more trials")] = None,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="auto: single-worker trials train in their (reused) Tune actor, multi-worker trials under a "
+            "Ray Train TorchTrainer; ray_train: a TorchTrainer for every trial"
+        ),
+    ] = "auto",
 ) -> None:
-    """Train every trial of SPEC on Ray Tune (one Ray Train TorchTrainer each), tracked in MLflow.
+    """Train every trial of SPEC on Ray Tune, tracked in MLflow (multi-worker trials under Ray Train).
 
     Safe to re-run: finished trials are skipped, interrupted ones resume from their last checkpoint, and
     no MLflow run is ever duplicated."""
@@ -110,7 +117,13 @@ def run_command(
     try:
         sweep = load_spec(spec)
         check_budget(plan(expand(sweep), calibrate=False, throughput_flops=1.0), max_flops, max_trials)
-        statuses = run_sweep(sweep, address=address, max_failures=max_failures, max_concurrent=max_concurrent)
+        statuses = run_sweep(
+            sweep,
+            address=address,
+            max_failures=max_failures,
+            max_concurrent=max_concurrent,
+            launcher=launcher,
+        )
     except (ConfigError, OSError) as err:
         raise _fail(err) from None
     _print_status(sweep.name, statuses)

@@ -1,5 +1,7 @@
-"""Run a sweep on Ray: one Tune trial per unique trial config, each launching a Ray Train `TorchTrainer`
-whose workers run the DeepSpeed trainer. MLflow gets one parent run per sweep and one child run per trial.
+"""Run a sweep on Ray: one Tune trial per unique trial config. A multi-worker trial launches a Ray Train
+`TorchTrainer` whose workers run the DeepSpeed trainer; a single-worker trial runs the same trainer in its
+Tune trial actor, which holds the trial's resources and is reused across trials (`runs_in_tune_actor`).
+MLflow gets one parent run per sweep and one child run per trial.
 
 Exactly-once bookkeeping (what makes re-running `sweep run` safe):
 - a trial's identity is its config hash; rows of the plan that share it (the base point on several axes)
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from model.flops import train_flops_per_token
-from orchestrator.config import TrialConfig
+from orchestrator.config import ConfigError, TrialConfig
 from orchestrator.spec import PlannedTrial, SweepSpec, expand
 from orchestrator.tracking import (
     PARENT_TAG,
@@ -178,28 +180,69 @@ def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- Ray
 
 
+LAUNCHERS = ("auto", "ray_train")
+
+
+def runs_in_tune_actor(job: dict[str, Any]) -> bool:
+    """Whether a trial trains inside its Tune trial actor rather than under a Ray Train TorchTrainer.
+
+    `auto` does this for single-worker trials. Ray Train adds nothing such a trial uses (no process group to
+    form across workers; retries are Tune's and checkpoints are the trainer's own), but it costs ~16 Python
+    processes and ~15 s of start-up and teardown per trial (benchmarks/NOTES.md). In the Tune actor, which
+    holds the trial's real CPUs/GPUs and is reused by the next trial of the same shape, torch, DeepSpeed and
+    MLflow are imported once per slot instead of once per trial. Multi-worker trials always use Ray Train."""
+    return job["launcher"] == "auto" and job["config"]["resources"]["num_workers"] == 1
+
+
+def trial_resources(tune_config: dict[str, Any]) -> dict[str, float]:
+    """What the Tune trial actor asks Ray for: the trial's own resources when it trains in the actor; when
+    it only waits on a TorchTrainer, no CPU (Tune needs a non-empty request: a token amount of memory),
+    leaving every core to the Train workers."""
+    job = tune_config["job"]
+    if not runs_in_tune_actor(job):
+        return {"cpu": 0, "memory": 1 << 20}
+    res = job["config"]["resources"]
+    return {"cpu": res["cpus_per_worker"], "gpu": res["gpus_per_worker"]}
+
+
+def _train(job: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) the job's trial in this process; returns Tune's one final report."""
+    from orchestrator.trainer import TrackingContext, train_trial
+
+    cfg = TrialConfig.model_validate(job["config"])
+    tracking = TrackingContext(uri=job["tracking_uri"], experiment=job["experiment"])
+    result = train_trial(cfg, Path(job["trial_dir"]), tracking, progress=False)
+    return {"status": result.status, "val_loss": result.final_val_loss or float("nan"), "final": 1}
+
+
 def _trial_worker(job: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: the DeepSpeed trainer. Metrics stream to MLflow; Tune gets one
     final report (Ray's Train->Tune report queue holds one item, and frequent reports were seen to block
     the Train controller when Tune consumed them slowly, stranding the trial's resources)."""
     import ray.train
 
-    from orchestrator.trainer import TrackingContext, train_trial
-
-    cfg = TrialConfig.model_validate(job["config"])
-    tracking = TrackingContext(uri=job["tracking_uri"], experiment=job["experiment"])
-    result = train_trial(cfg, Path(job["trial_dir"]), tracking, progress=False)
-    ray.train.report({"status": result.status, "val_loss": result.final_val_loss or float("nan"), "final": 1})
+    ray.train.report(_train(job))
 
 
 def _trial_driver(tune_config: dict[str, Any]) -> None:
-    """The Tune function trainable: launches one Ray Train TorchTrainer for its trial."""
+    """The Tune function trainable: trains a single-worker trial itself (`runs_in_tune_actor`), or launches
+    one Ray Train TorchTrainer for it. A failed attempt raises, and Tune retries the trial
+    (`--max-failures`); every attempt resumes from the trial's last verified checkpoint."""
+    from ray import tune
+
+    job = tune_config["job"]
+    res = job["config"]["resources"]
+    if runs_in_tune_actor(job):
+        import torch
+
+        torch.set_num_threads(max(1, int(res["cpus_per_worker"])))
+        tune.report(_train(job))
+        return
+
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    job = tune_config["job"]
-    res = job["config"]["resources"]
     use_gpu = res["gpus_per_worker"] > 0
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -212,7 +255,8 @@ def _trial_driver(tune_config: dict[str, Any]) -> None:
         run_config=ray.train.RunConfig(
             name=f"train-{job['id']}-{job['attempt']}",
             storage_path=job["ray_storage"],
-            failure_config=ray.train.FailureConfig(max_failures=job["max_failures"]),
+            # Retries are Tune's (one mechanism for both launchers): a worker failure fails this attempt.
+            failure_config=ray.train.FailureConfig(max_failures=0),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -276,14 +320,19 @@ def run_sweep(
     max_failures: int = 2,
     max_concurrent: int | None = None,
     progress: bool = True,
+    launcher: str = "auto",
 ) -> dict[str, dict[str, Any]]:
-    """Plan, create the MLflow runs, train every pending trial on Ray; returns {trial id: status dict}."""
+    """Plan, create the MLflow runs, train every pending trial on Ray; returns {trial id: status dict}.
+    `launcher`: "auto" trains single-worker trials in their Tune actor (`runs_in_tune_actor`), "ray_train"
+    gives every trial a Ray Train TorchTrainer."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     layout = SweepLayout(spec)
     units = trial_units(expand(spec))
     parent_id = ensure_runs(layout, units)
     pending = [u for u in units if unit_status(layout, u)["status"] not in DONE]
     if pending:
-        _run_on_ray(layout, units, pending, address, max_failures, max_concurrent, progress)
+        _run_on_ray(layout, units, pending, address, max_failures, max_concurrent, progress, launcher)
     statuses = {u.id: unit_status(layout, u) | {"name": u.name} for u in units}
     if all(s["status"] in DONE for s in statuses.values()):
         from mlflow.tracking import MlflowClient
@@ -300,6 +349,7 @@ def _run_on_ray(
     max_failures: int,
     max_concurrent: int | None,
     progress: bool,
+    launcher: str,
 ) -> None:
     from ray import tune
 
@@ -322,14 +372,12 @@ def _run_on_ray(
             "tracking_uri": layout.tracking_uri,
             "experiment": layout.spec.name,
             "ray_storage": str(ray_dir / "train"),
-            "max_failures": max_failures,
+            "launcher": launcher,
             "attempt": attempt,
         }
         for u in pending
     }
-    # The driver only waits on its TorchTrainer: it holds no CPU (Tune needs a non-empty request, so a token
-    # amount of memory), leaving every core to the Train workers.
-    trainable = tune.with_resources(_trial_driver, {"cpu": 0, "memory": 1 << 20})
+    trainable = tune.with_resources(_trial_driver, trial_resources)
     # A fresh Tune experiment per invocation, over the pending trials only. What a restore would give (skip
     # finished, resume interrupted) lives in the trial folders and verified checkpoints, which survive any
     # crash; restoring Tune's own state after a driver kill was seen to strand later trials waiting for
@@ -337,8 +385,18 @@ def _run_on_ray(
     tuner = tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(list(jobs.values()))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or concurrent_slots(pending)),
-        run_config=tune.RunConfig(name=f"tune-{attempt}", storage_path=str(ray_dir), verbose=0),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent or concurrent_slots(pending),
+            # A finished trial's actor trains the next trial of the same resource shape: imports, the first
+            # deepspeed.initialize and the process group are paid once per slot, not once per trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{attempt}",
+            storage_path=str(ray_dir),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
     )
     monitor = _ProgressMonitor(layout, units) if progress else None
     try:

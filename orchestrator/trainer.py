@@ -121,7 +121,10 @@ def deepspeed_config(cfg: TrialConfig) -> dict[str, Any]:
                 "betas": [o.beta1, o.beta2],
                 "eps": o.eps,
                 "weight_decay": o.weight_decay,
-                "torch_adam": True,
+                "torch_adam": True,  # torch's AdamW: nothing JIT-compiled
+                # its fused kernel (CPU and CUDA): 2.2x faster engine.step than for-each, same losses
+                # (benchmarks/NOTES.md, T2)
+                "fused": True,
             },
         },
         "gradient_clipping": o.grad_clip,
@@ -339,6 +342,10 @@ class Trial:
                 if done % cfg.train.log_every == 0 or "val_loss" in metrics:
                     self._log(metrics, step=done)
                 if done % cfg.train.checkpoint_every == 0 and done < total:
+                    # Metrics up to the checkpoint go to the store first: a resume from it re-logs only
+                    # later steps, so the run's history has no gap (and, skipping steps it has, no repeat).
+                    if self.tracker is not None:
+                        self.tracker.flush()
                     ckpt_state = {
                         "step": done,
                         "train_time_s": elapsed,

@@ -17,13 +17,14 @@ from model.ebt import (
     NonFiniteEnergyGradient,
     candidate_mask,
     ebt_inference_flops_per_token,
+    ebt_reuse_train_flops_per_token,
     ebt_train_flops_per_token,
     expected_train_steps,
     full_mask,
     positions,
     system2_recipe,
 )
-from model.flops import count_params
+from model.flops import count_params, executed_train_flops_per_token
 from model.thinking import thinking_curves
 from model.transformer_pp import TransformerPP
 
@@ -362,8 +363,10 @@ def _count(fn: Callable[[], object]) -> int:
     ],
 )
 def test_flops_match_flop_counter(ebt: EBTConfig) -> None:
+    """The study's FLOP count is the authors' full recompute; the reuse path has its own, smaller count."""
+    full_ebt = ebt.model_copy(update={"reuse_observed_kv": False})
     cfg = ModelConfig(
-        family="ebt", d_model=32, n_layers=2, n_heads=2, vocab_size=64, context_length=S, ebt=ebt
+        family="ebt", d_model=32, n_layers=2, n_heads=2, vocab_size=64, context_length=S, ebt=full_ebt
     )
     model = make(cfg)
     tokens, targets = batch(2, vocab=64)
@@ -373,6 +376,14 @@ def test_flops_match_flop_counter(ebt: EBTConfig) -> None:
     measured = _count(lambda: model.think(tokens, targets, steps=3, candidates=2))
     predicted = ebt_inference_flops_per_token(cfg, 3, 2) * tokens.numel()
     assert abs(measured / predicted - 1) < 0.05
+
+    reuse_cfg = cfg.model_copy(update={"ebt": full_ebt.model_copy(update={"reuse_observed_kv": True})})
+    reuse = make(reuse_cfg)
+    measured = _count(lambda: reuse(tokens, targets).backward())
+    predicted = ebt_reuse_train_flops_per_token(reuse_cfg) * tokens.numel()
+    assert abs(measured / predicted - 1) < 0.05
+    assert executed_train_flops_per_token(reuse_cfg) == ebt_reuse_train_flops_per_token(reuse_cfg)
+    assert ebt_reuse_train_flops_per_token(reuse_cfg) < ebt_train_flops_per_token(reuse_cfg)
 
 
 def test_expected_step_count() -> None:
@@ -389,7 +400,10 @@ def trained() -> tuple[EBT, torch.Tensor, torch.Tensor]:
     """A tiny EBT fit to a small batch of permutation walks (next token = perm[token]). Recipe: System-2-like
     without Langevin noise (alpha 500 fixed, randomised per position by 2x, 2-4 steps on the final
     landscape, no detach, truncated), which makes extra steps at inference part of its repertoire; it was
-    checked on several seeds to give a thinking curve that descends with margin."""
+    checked on several seeds to give a thinking curve that descends with margin. 200 steps of Adam at lr 1e-2
+    with alpha 500 are chaotic: fp32 rounding alone (thread count, or the observed-stream reuse, which agrees
+    with the full recompute to 1e-6 per step) moves the end point across the thresholds below, so the path
+    the fixture was tuned on is pinned (reuse_observed_kv=False); reuse's equality is tested above."""
     g = torch.Generator().manual_seed(0)
     perm, start = torch.randperm(V, generator=g), torch.randint(0, V, (8,), generator=g)
     walk = [start]
@@ -398,7 +412,7 @@ def trained() -> tuple[EBT, torch.Tensor, torch.Tensor]:
     data = torch.stack(walk, dim=1)
     tokens, targets = data[:, :-1], data[:, 1:]
     recipe = system2_recipe(mcmc_steps=2, mcmc_steps_random_max=4, step_size=500.0, langevin_noise_std=0.0)
-    model = make(tiny(d=32, **recipe.model_dump()), seed=0)
+    model = make(tiny(d=32, **recipe.model_dump() | {"reuse_observed_kv": False}), seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.initial_eval = float(model.eval_loss(tokens, targets))
     for step in range(200):

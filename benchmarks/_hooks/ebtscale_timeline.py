@@ -6,8 +6,8 @@ When a watched module is first imported, its functions are wrapped (functools.wr
 Ray still pickles them by reference) to append events to <EBTSCALE_BENCH_TIMELINE>/<pid>.jsonl:
 - imports of torch, deepspeed, mlflow and ray.train (how long each import took);
 - the driver: run_sweep, ensure_runs (MLflow run creation), init_ray, _run_on_ray (Tune);
-- the Tune trainable `_trial_driver` (one Ray Train TorchTrainer per trial) and the Train worker function
-  `_trial_worker`, keyed by trial id;
+- the Tune trainable `_trial_driver` and the trial's training `_train` (in a Ray Train worker or the Tune
+  actor), keyed by trial id;
 - inside the trainer: init_process_group, prepare_dataset, build_model, deepspeed.initialize, Trial.run,
   _start_tracker, save_final_weights, _finish; per-trial totals of _train_step, evaluate, checkpoint.save,
   _log and every MLflow call (RunTracker methods), written when the trial finishes.
@@ -102,7 +102,10 @@ def summed(fn: Callable[..., Any], name: str, group: str | None = None) -> Any:
 
 
 def flush_totals(name: str) -> None:
+    """Record this trial's totals, then start afresh: a reused Tune actor trains the next trial."""
     event(name, totals=dict(_TOTALS), counts=dict(_COUNTS))
+    _TOTALS.clear()
+    _COUNTS.clear()
 
 
 # ---------------------------------------------------------------------------------------------- patches
@@ -117,16 +120,16 @@ def _patch_sweep_runner(m: Any) -> None:
         _CONTEXT["trial"] = job["id"]
         return _job_fields(job)
 
-    original_worker = m._trial_worker
+    original_train = m._train  # the trial's training, in a Ray Train worker or in the Tune actor
 
-    @functools.wraps(original_worker)
-    def trial_worker(job: dict[str, Any]) -> None:
+    @functools.wraps(original_train)
+    def train(job: dict[str, Any]) -> dict[str, Any]:
         try:
-            spanned(original_worker, "worker_fn", worker_fields)(job)
+            return spanned(original_train, "worker_fn", worker_fields)(job)
         finally:
             flush_totals("worker_totals")
 
-    m._trial_worker = trial_worker
+    m._train = train
     m._trial_driver = spanned(m._trial_driver, "tune_trial", lambda cfg: _job_fields(cfg["job"]))
     m.run_sweep = spanned(m.run_sweep, "run_sweep")
     m.ensure_runs = spanned(m.ensure_runs, "ensure_runs")

@@ -1,0 +1,73 @@
+"""Guarantee 1: a worker SIGKILLed mid-trial. Tune retries the trial, which resumes from its last verified
+checkpoint and ends with the same validation loss as an uninterrupted run; its MLflow run is continued (one
+run, FINISHED) and its metric history has every step exactly once.
+
+Both launchers are covered: a single-worker trial trains in its Tune actor (`ray::ImplicitFunc`), a
+two-worker trial in Ray Train workers (`ray::RayTrainWorker`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from sweep_helpers import child_runs, kill_session, session_processes, start_cli, wait_for, write_spec
+
+from orchestrator.spec import expand, load_spec
+from orchestrator.trainer import launch_trial
+
+STEPS = 400
+
+CASES = {
+    "tune-actor": {"workers": 1, "process": "ray::ImplicitFunc", "launcher": "auto"},
+    "ray-train-worker": {"workers": 2, "process": "ray::RayTrainWorker", "launcher": "ray_train"},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_worker_resumes_to_the_uninterrupted_result(tmp_path: Path, case: str) -> None:
+    workers, title, launcher = (CASES[case][k] for k in ("workers", "process", "launcher"))
+    spec_path = write_spec(
+        tmp_path,
+        f"kill-{case}",
+        tokens=8 * 32 * STEPS,
+        families=("transformer_pp",),
+        widths=(32,),
+        train={"micro_batch_size": 8 // workers, "checkpoint_every": 25, "eval_every": 50},
+        resources={"num_workers": workers, "cpus_per_worker": 1},
+    )
+    trials = tmp_path / "out" / f"kill-{case}" / "trials"
+    proc = start_cli("sweep", "run", str(spec_path), "--launcher", launcher)
+    try:
+        wait_for(lambda: list(trials.glob("*/checkpoints/step-*/manifest.json")), 300, "a first checkpoint")
+        victims = session_processes(proc.pid, title)
+        assert victims, f"no {title} process found"
+        assert not list(trials.glob("*/result.json")), "the trial finished before the kill"
+        os.kill(victims[0], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, "the sweep did not finish after the worker was killed"
+    finally:
+        kill_session(proc.pid)
+
+    (trial_dir,) = trials.iterdir()
+    result = json.loads((trial_dir / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == STEPS
+    assert len(result["losses"]) < STEPS, "the retried trial trained from scratch instead of resuming"
+
+    # The same trial uninterrupted, outside Ray (same config, its own folder): same validation loss.
+    (planned,) = expand(load_spec(spec_path))
+    reference_cfg = planned.config.model_copy(update={"output_dir": str(tmp_path / "reference")})
+    reference = launch_trial(reference_cfg, progress=False)
+    assert abs(result["final_val_loss"] - reference.final_val_loss) <= 1e-6
+
+    (run,) = child_runs(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", f"kill-{case}")
+    assert run.info.status == "FINISHED"
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}").get_metric_history(
+        run.info.run_id, "train_loss"
+    )
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1)), "gap or repeat in train_loss"
+    by_step = {m.step: m.value for m in history}
+    assert all(abs(by_step[i + 1] - loss) < 1e-6 for i, loss in enumerate(reference.losses))
