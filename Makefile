@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - creates .venv if missing, installs everything, runs a small real sweep and its report
-#   make test   - the same set-up, then the test suite (what .ci/run calls)
+#   make test   - the same set-up, then the test suite (what .ci/run calls; without the `chaos` tests)
+#   make chaos  - every fault-injection test in tests/reliability, and the table docs/reliability.md quotes
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test chaos lint clean
 
 install: $(STAMP)
 
@@ -36,7 +37,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || bash infra/ci/install-chromium.sh
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+FAULT_LOG := outputs/chaos/faults.jsonl
+chaos: $(STAMP)
+	rm -f $(FAULT_LOG)
+	EBTSCALE_FAULT_LOG=$(CURDIR)/$(FAULT_LOG) $(BIN)/python -m pytest tests/reliability --durations=0 \
+	  $(PYTEST_ARGS); status=$$?; $(BIN)/python tests/reliability/fault_summary.py $(FAULT_LOG); exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -185,6 +185,14 @@ def _describe(values: np.ndarray) -> str:
     return ", ".join(f"{v:g}" for v in values[:3]) + (", ..." if values.size > 3 else "")
 
 
+def _as_floats(values: Any, name: str) -> np.ndarray:
+    """A float array, or FitError naming the input (strings, None, ragged lists: not numbers)."""
+    try:
+        return np.asarray(values, float)
+    except (TypeError, ValueError) as err:
+        raise FitError(f"{name} must be numbers: {' '.join(str(err).split())}") from None
+
+
 def _validate(X: np.ndarray, y: np.ndarray, law: Law, x_names: Sequence[str], y_name: str) -> None:
     """FitError with a message naming the problem for every input the law cannot be identified from."""
     n, p = y.size, law.n_params
@@ -210,6 +218,8 @@ def _validate(X: np.ndarray, y: np.ndarray, law: Law, x_names: Sequence[str], y_
             raise FitError(
                 f"all {n} points share a single {name} value ({distinct[0]:g}): no exponent can be fitted"
             )
+    if n and np.unique(y).size == 1:
+        raise FitError(f"all {n} points share a single {y_name} value ({y[0]:g}): there is no trend to fit")
     n_design = np.unique(X, axis=0).shape[0]
     if n_design < p:
         raise FitError(
@@ -330,9 +340,11 @@ def fit_law(
         raise FitError(f"bootstrap must be >= 0, got {bootstrap}")
     law = FORMS[form]
     x_names = tuple(x_names or law.variables)
-    X = np.asarray(X, float)
+    if len(x_names) != law.n_terms:
+        raise FitError(f"the {law.form} law takes {law.n_terms} x column(s), got names {list(x_names)}")
+    X = _as_floats(X, ", ".join(x_names))
     X = X.reshape(-1, 1) if X.ndim == 1 else X
-    y = np.asarray(y, float).ravel()
+    y = _as_floats(y, y_name).ravel()
     _validate(X, y, law, x_names, y_name)
 
     lx, ly = np.log(X), np.log(y)
@@ -360,6 +372,12 @@ def fit_law(
         k: ParamEstimate(float(v[0]), *percentile_interval(derived_draws[k], level))
         for k, v in derived_point.items()
     }
+    broken = [k for k, v in {**params, **derived}.items() if not math.isfinite(v.value)]
+    if broken or not math.isfinite(objective):
+        raise FitError(
+            f"the {form} law is not identifiable from these {y.size} points of {y_name} vs "
+            f"{', '.join(x_names)}: {', '.join(broken) or 'the objective'} came out non-finite"
+        )
     return FitResult(
         form=form,
         params=params,

@@ -112,6 +112,9 @@ def isoflop_allocation(
         if not np.isfinite(u_star[0]):
             skipped[float(c)] = "loss is not convex in log N here (no interior minimum)"
             continue
+        if abs(u_star[0] + centre) > 700:  # exp() overflows: a vertex absurdly far from the sampled sizes
+            skipped[float(c)] = f"the loss minimum lies at log N = {u_star[0] + centre:.3g}, outside the data"
+            continue
         n = u.size
         _, ub, yb = _parabola_vertices(u, y[sel], bootstrap_weights(n, bootstrap, budget_seed))
         boot_logN.append(ub + centre)
@@ -146,6 +149,12 @@ def isoflop_allocation(
         sb, ib = _loglog_fit(logC, draws)
         exponents[slope_name] = ParamEstimate(float(s[0]), *percentile_interval(sb, level))
         exponents[coef_name] = ParamEstimate(float(np.exp(i[0])), *percentile_interval(np.exp(ib), level))
+    broken = [k for k, e in exponents.items() if not math.isfinite(e.value)]
+    if broken:
+        raise FitError(
+            f"isoFLOP allocation is not identifiable from these minima ({', '.join(broken)} came out "
+            f"non-finite; N_opt per budget: {', '.join(f'{v:.3g}' for v in minima['N_opt'])})"
+        )
     return IsoFlopResult(minima, skipped, exponents, parabolas, level, bootstrap)
 
 

@@ -3,7 +3,12 @@
 DeepSpeed writes every rank's shards into `<dir>/<tag>/`. We let it write into a temporary tag, then rank 0
 records a SHA-256 manifest of every file and renames the folder to its final tag. A crash mid-write leaves
 only a `tmp-*` folder, which is never loaded; a corrupted file fails its checksum and the previous good
-checkpoint is used instead.
+checkpoint is used instead. A save that fails (disk full, file size limit, I/O error) removes its partial
+folder and raises `CheckpointError`, naming the folder and the free space left.
+
+`required_bytes` estimates the most space a trial's folder will need (the checkpoints kept, the one being
+written and the final weights), so that `trainer.ensure_writable` can refuse a trial that could never
+checkpoint before it trains at all.
 """
 
 from __future__ import annotations
@@ -14,12 +19,56 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import distributed
+from orchestrator.config import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.config import TrialConfig
 
 MANIFEST = "manifest.json"
 _TAG = re.compile(r"^step-(\d+)$")
+KEEP = 2  # valid checkpoints kept (the newest ones)
+# Measured on DeepSpeed's ZeRO checkpoints: fp32 weights (4 B/param, bf16 2 B) + fp32 master copy and the two
+# Adam moments (12 B/param), plus pickling overhead; and a fixed overhead per checkpoint folder.
+BYTES_PER_PARAM = 17
+BYTES_PER_CHECKPOINT = 64 << 10
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the previous valid checkpoint is untouched."""
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def required_bytes(cfg: TrialConfig, trial_dir: Path, keep: int = KEEP) -> int:
+    """Free space the trial still needs at its peak: `keep` checkpoints plus the one being written (fewer if
+    the trial checkpoints less often), less what its existing checkpoints already occupy, plus model.pt."""
+    from model.flops import count_params
+
+    n = count_params(cfg.model)["total"]
+    per_checkpoint = n * BYTES_PER_PARAM + BYTES_PER_CHECKPOINT
+    count = min(keep + 1, (cfg.total_steps - 1) // cfg.train.checkpoint_every)
+    ckpt_dir = trial_dir / "checkpoints"
+    existing = sum(_folder_bytes(ckpt_dir / tag) for _, tag in valid_checkpoints(ckpt_dir))
+    return max(0, count * per_checkpoint - existing) + n * 4
+
+
+def ensure_free_space(folder: Path, needed: int) -> None:
+    """ConfigError naming the folder if its filesystem has less than `needed` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(
+            f"output folder {folder} has {_mib(free)} free but this trial needs about {_mib(needed)} "
+            "for its checkpoints and final weights; free some space or choose another output_dir"
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _sha256(path: Path) -> str:
@@ -63,18 +112,30 @@ def valid_checkpoints(ckpt_dir: Path) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int = 2) -> Path:
-    """Collective: every rank calls it. Returns the final folder."""
+def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int = KEEP) -> Path:
+    """Collective: every rank calls it. Returns the final folder. Raises CheckpointError if the write fails
+    (after removing the partial folder); earlier checkpoints are untouched."""
     tmp_tag, tag = f"tmp-step-{step}", f"step-{step}"
     if distributed.rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
     distributed.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    distributed.barrier()
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        distributed.barrier()
+        if distributed.rank() == 0:
+            _write_manifest(ckpt_dir / tmp_tag, step)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)  # never loaded, and frees what it took
+        previous = valid_checkpoints(ckpt_dir)
+        kept = f"the last good one ({previous[0][1]}) is kept" if previous else "there is no earlier one"
+        free = shutil.disk_usage(ckpt_dir).free
+        raise CheckpointError(
+            f"checkpoint {tag} could not be written to {ckpt_dir} ({_mib(free)} free): "
+            f"{type(err).__name__}: {err}; {kept}"
+        ) from err
     final = ckpt_dir / tag
     if distributed.rank() == 0:
-        _write_manifest(ckpt_dir / tmp_tag, step)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(ckpt_dir / tmp_tag, final)
         for _, old in valid_checkpoints(ckpt_dir)[keep:]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 
 from orchestrator.config import ConfigError, TrialConfig, load_trial_config, yaml_load
@@ -43,7 +44,7 @@ TrackingOption = Annotated[
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line (or short) error and return the Exit to raise: no traceback for user errors."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # no wrap at 80 columns
     return typer.Exit(code)
 
 
@@ -58,7 +59,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml_load(raw)
+        try:
+            node[leaf] = yaml_load(raw)
+        except yaml.YAMLError as err:  # e.g. a python/object tag: refused by the safe loader
+            raise ConfigError(f"--set {key.strip()}: not valid YAML: {' '.join(str(err).split())}") from None
     return out
 
 

@@ -26,13 +26,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_OWN_WORLD_PORT = "EBTSCALE_SINGLE_PROCESS_PORT"  # marks a one-process world this module made, not a launcher
+
+
 def ensure_single_process_env() -> None:
-    """A lone process must look like rank 0 of 1, else DeepSpeed searches for MPI."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    """A lone process must look like rank 0 of 1, else DeepSpeed searches for MPI. Variables a launcher set
+    (torchrun, Ray Train, `spawn`) are kept; ones inherited from a parent's own one-process world are not:
+    that parent still holds their MASTER_PORT, and reusing it fails with "address already in use"."""
+    inherited = os.environ.get(_OWN_WORLD_PORT) == os.environ.get("MASTER_PORT")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not inherited:
         return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    port = str(free_port())
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=port,
+        **{_OWN_WORLD_PORT: port},
+    )
 
 
 def init_process_group() -> None:

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,34 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
             run_id = run.run_id
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_json(folder / "run.json", {"run_id": run_id})
+    _close_done_runs(layout, units, client, exp_id, parent_id)
     return parent_id
+
+
+def _close_done_runs(
+    layout: SweepLayout, units: list[TrialUnit], client: Any, exp_id: str, parent_id: str
+) -> None:
+    """A trial killed between writing result.json and closing its MLflow run is done (never trained again),
+    but its run was left open: record its outcome from result.json and close it."""
+    open_runs = {
+        r.info.run_id
+        for r in client.search_runs(
+            [exp_id],
+            f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status != 'FINISHED'",
+            max_results=50000,
+        )
+    }
+    for unit in units:
+        folder = layout.trial_dir(unit)
+        result_file, run_file = folder / "result.json", folder / "run.json"
+        if not (result_file.is_file() and run_file.is_file()):
+            continue
+        run_id = json.loads(run_file.read_text())["run_id"]
+        if run_id in open_runs:
+            from orchestrator.trainer import TrialResult, record_outcome
+
+            tracker = RunTracker.start(layout.tracking_uri, layout.spec.name, unit.name, resume_run_id=run_id)
+            record_outcome(tracker, TrialResult.load(result_file), folder)
 
 
 def _row_tag(row: PlannedTrial) -> dict[str, Any]:
@@ -298,6 +326,19 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
+def ray_env(layout: SweepLayout) -> dict[str, str]:
+    """Environment of every process the sweep's Ray starts (trial actors, Train workers)."""
+    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "EBTSCALE_CACHE_DIR", "HF_HOME") if k in os.environ}
+    env.update(
+        MLFLOW_TRACKING_URI=layout.tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1"
+    )
+    # Starting a worker imports torch + DeepSpeed; on a loaded 2-core machine that can exceed Ray Train's 60 s
+    # default, after which it retries the start forever. A generous limit lets a slow start succeed.
+    timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    env[timeout_var] = os.environ.setdefault(timeout_var, "600")
+    return env
+
+
 def concurrent_slots(units: list[TrialUnit]) -> int:
     """How many trials fit on the cluster at once, from each trial's requested workers x resources."""
     import ray
@@ -327,17 +368,39 @@ def run_sweep(
     gives every trial a Ray Train TorchTrainer."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    import fcntl
+
     layout = SweepLayout(spec)
     units = trial_units(expand(spec))
-    parent_id = ensure_runs(layout, units)
-    pending = [u for u in units if unit_status(layout, u)["status"] not in DONE]
-    if pending:
-        _run_on_ray(layout, units, pending, address, max_failures, max_concurrent, progress, launcher)
-    statuses = {u.id: unit_status(layout, u) | {"name": u.name} for u in units}
-    if all(s["status"] in DONE for s in statuses.values()):
-        from mlflow.tracking import MlflowClient
+    # One driver per sweep at a time: a second one would create MLflow runs of its own for the same trials
+    # and train them into the same folders. The kernel drops the lock when the driver exits or is killed, so
+    # a rerun after a crash is never refused.
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock_path = layout.root / "driver.lock"
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"sweep {spec.name} is already running: another driver holds {lock_path}; wait for it "
+                "(`ebtscale sweep status`) or stop it, then run again"
+            ) from None
+        except OSError:  # a filesystem without locks (some NFS mounts): run unguarded, as before
+            pass
+        pending = [u for u in units if unit_status(layout, u)["status"] not in DONE]
+        with ThreadPoolExecutor(1) as pool:
+            # Ray starts (seconds) while the MLflow runs are created: both are done before any trial trains.
+            runs = pool.submit(ensure_runs, layout, units)
+            if pending:
+                init_ray(address, ray_env(layout))
+            parent_id = runs.result()
+        if pending:
+            _run_on_ray(layout, units, pending, address, max_failures, max_concurrent, progress, launcher)
+        statuses = {u.id: unit_status(layout, u) | {"name": u.name} for u in units}
+        if all(s["status"] in DONE for s in statuses.values()):
+            from mlflow.tracking import MlflowClient
 
-        MlflowClient(layout.tracking_uri).set_terminated(parent_id, status="FINISHED")
+            MlflowClient(layout.tracking_uri).set_terminated(parent_id, status="FINISHED")
     return statuses
 
 
@@ -353,15 +416,7 @@ def _run_on_ray(
 ) -> None:
     from ray import tune
 
-    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "EBTSCALE_CACHE_DIR", "HF_HOME") if k in os.environ}
-    env.update(
-        MLFLOW_TRACKING_URI=layout.tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1"
-    )
-    # Starting a worker imports torch + DeepSpeed; on a loaded 2-core machine that can exceed Ray Train's 60 s
-    # default, after which it retries the start forever. A generous limit lets a slow start succeed.
-    timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-    env[timeout_var] = os.environ.setdefault(timeout_var, "600")
-    init_ray(address, env)
+    init_ray(address, ray_env(layout))  # already started by run_sweep: a no-op
     ray_dir = layout.root / "ray"
     attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
     jobs = {

@@ -5,6 +5,7 @@ as `thinking.json`, where the report finds them)."""
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,13 @@ def load_trained(trial_dir: Path) -> tuple[TrialConfig, nn.Module]:
         raise ConfigError(f"{trial_dir}: no model.pt (is the trial finished?)")
     cfg = parse_trial_config(yaml.safe_load((trial_dir / "config.yaml").read_text()), str(trial_dir))
     model = build_model(cfg.model)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # anything but tensors (e.g. a pickled object): refused, not run
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "nsupported" in ln), lines[0])[:300]
+        raise ConfigError(f"{weights}: refused: not a plain tensor state dict ({reason})") from None
+    model.load_state_dict(state)
     return cfg, model.eval()
 
 

@@ -1,22 +1,40 @@
 """MLflow tracking: one run per trial (a child of its sweep's parent run), written in buffered batches.
 
 Default store: an absolute `sqlite:///<output_dir>/mlflow.db` (MLflow 3 refuses the old ./mlruns file store);
-`MLFLOW_TRACKING_URI` (e.g. a tracking server for clusters) wins. Metrics are buffered and sent with
-`log_batch`; if the store is unreachable they stay buffered and are retried, so training never waits on it.
+`MLFLOW_TRACKING_URI` (e.g. a tracking server for clusters) wins.
+
+Training never waits on the store: a `RunTracker` only queues metrics, params, tags and artifacts, and a
+background thread of its own sends them (`log_batch`). While the store is unreachable everything stays queued
+and is retried every few seconds; each attempt is a single request with a short timeout (`fail_fast`), since
+MLflow's HTTP client would otherwise retry with exponential backoff for minutes and deliver long after the
+store is back. `end()` waits (bounded) for the queue to drain before it closes the run.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import logging
 import math
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 TAG_PREFIX = "ebtscale."
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
+# One attempt, no backoff, a short timeout: how the tracker talks to a tracking server while training runs.
+FAIL_FAST_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+_env_lock = threading.Lock()
+_senders: set[RunTracker] = set()  # trackers whose sender thread runs (not yet ended): drained at exit
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +53,43 @@ def _client(uri: str) -> Any:  # mlflow is imported lazily (slow import)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    # The first client of a new sqlite store creates its tables (alembic migrations). Two processes doing it
+    # at once (two sweeps sharing an output_dir) collide and one fails ("expected to match one row ... in
+    # 'alembic_version'"), so store creation is serialised by a lock file beside the database. MLflow caches
+    # the store per process: later clients of the same URI do not migrate again.
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+    """MLflow calls inside this block make one HTTP attempt with a short timeout instead of retrying with
+    backoff for minutes (MLflow reads these variables at each request). Restored on exit. The variables are
+    process-wide: another thread's MLflow request made meanwhile fails fast too."""
+    with _env_lock:
+        saved = {k: os.environ.get(k) for k in FAIL_FAST_ENV}
+        os.environ.update(FAIL_FAST_ENV)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _rejected(err: Exception) -> bool:
+    """The store answered and refused the request (HTTP 4xx: bad value, changed param, deleted run):
+    sending it again cannot succeed. Anything else (refused connection, timeout, 5xx) is transient."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
@@ -73,15 +127,29 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunTracker:
-    """Writes one MLflow run. Create with `start`; `flush()` often, `end()` once."""
+    """Writes one MLflow run. Create with `start`; log freely, `flush()` at checkpoints, `end()` once.
+
+    Only `start` and `end` talk to the store from the caller's thread; everything else is queued and sent by
+    a sender thread (started on first use), so a slow or unreachable store never stalls training."""
 
     def __init__(self, uri: str, run_id: str, flush_every_s: float = 5.0) -> None:
         self.uri = uri
         self.run_id = run_id
         self.client = _client(uri)
         self.flush_every_s = flush_every_s
+        self._lock = threading.RLock()  # guards the queues below; the sender removes only what it sent
+        self._sent = threading.Condition(self._lock)  # notified after every send attempt
         self._buffer: list[Any] = []
+        self._params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._artifacts: list[tuple[str, str | None]] = []
+        self._wake = threading.Event()
+        self._stop = False
+        self._sender: threading.Thread | None = None
+        self._reachable = True  # the last attempt reached the store
         self._last_flush = time.monotonic()
+        self.failed_flushes = 0  # send attempts that found the store unreachable (for reports and tests)
+        self.max_buffered = 0  # the most metrics ever waiting in the queue
         self.last_logged_step = self._last_step()
 
     @classmethod
@@ -116,54 +184,204 @@ class RunTracker:
             return -1
         return max((m.step for m in history), default=-1)
 
+    @property
+    def pending(self) -> int:
+        """Metrics, params, tags and artifacts not yet in the store."""
+        with self._lock:
+            return len(self._buffer) + len(self._params) + len(self._tags) + len(self._artifacts)
+
+    # -- what the trainer calls: queue, never wait -------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         """Params are immutable in MLflow: on a resumed run only the missing ones are written."""
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
-        new = [
-            Param(k, str(v)[:6000]) for k, v in flatten(params).items() if k not in existing and v is not None
-        ]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100])
+        with self._lock:
+            self._params.update({k: str(v)[:6000] for k, v in flatten(params).items() if v is not None})
+        self._kick()
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with self._lock:
+            self._tags.update({k: str(v) for k, v in tags.items()})
+        self._kick()
 
     def log_metrics(self, metrics: dict[str, float], step: int, force: bool = False) -> None:
-        """Buffer metrics for `step`; steps at or below one already in the store are skipped (resume)."""
+        """Queue metrics for `step`; steps at or below one already in the store are skipped (resume)."""
         from mlflow.entities import Metric
 
         if step > self.last_logged_step or force:
             now = int(time.time() * 1000)
-            for key, value in metrics.items():
-                if value is not None and math.isfinite(float(value)):
-                    self._buffer.append(Metric(key, float(value), now, step))
+            batch = [
+                Metric(key, float(value), now, step)
+                for key, value in metrics.items()
+                if value is not None and math.isfinite(float(value))
+            ]
+            with self._lock:
+                self._buffer.extend(batch)
+                self.max_buffered = max(self.max_buffered, len(self._buffer))
         if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
-
-    def flush(self) -> bool:
-        """Send buffered metrics; on failure keep them for the next try. Returns True if all were sent."""
-        self._last_flush = time.monotonic()
-        while self._buffer:
-            chunk = self._buffer[:MAX_BATCH]
-            try:
-                self.client.log_batch(self.run_id, metrics=chunk)
-            except Exception as err:  # store unreachable: keep buffering, training goes on
-                log.warning("MLflow unavailable (%s); %d metrics buffered", err, len(self._buffer))
-                return False
-            del self._buffer[: len(chunk)]
-        return True
+            self._last_flush = time.monotonic()
+            self._kick()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with self._lock:
+            self._artifacts.append((str(path), artifact_path))
+        self._kick()
+
+    def flush(self, wait_s: float = 5.0) -> bool:
+        """Have everything queued sent now. While the store answers, wait up to `wait_s` for it (metrics up
+        to a checkpoint should be in the store before the checkpoint); while it does not, return at once.
+        True if nothing is pending."""
+        self._last_flush = time.monotonic()
+        self._kick()
+        deadline = time.monotonic() + wait_s
+        with self._sent:
+            while self._reachable and self.pending and time.monotonic() < deadline:
+                self._sent.wait(deadline - time.monotonic())
+            return not self.pending
+
+    def drain(self, timeout: float, retry_every_s: float = 2.0) -> bool:
+        """Wait up to `timeout` seconds for the queue to empty, retrying every `retry_every_s` while the
+        store is down. True once nothing is pending."""
+        deadline = time.monotonic() + timeout
+        next_try = time.monotonic()
+        while True:
+            if time.monotonic() >= next_try:  # one attempt per interval, not one per failure notice
+                self._kick()
+                next_try = time.monotonic() + retry_every_s
+            with self._sent:
+                if not self.pending:
+                    return True
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                self._sent.wait(max(0.01, min(next_try, deadline) - now))
 
     def end(self, status: str = "FINISHED", retries: int = 30, wait_s: float = 2.0) -> None:
-        """Flush everything (retrying while the store is down), then close the run."""
-        for _ in range(retries):
-            if self.flush():
-                break
-            time.sleep(wait_s)
+        """Send everything (waiting up to retries x wait_s while the store is down), then close the run."""
+        if not self.drain(retries * wait_s, wait_s):
+            log.error(
+                "MLflow still unreachable after %.0f s: run %s closes without %d pending items",
+                retries * wait_s,
+                self.run_id,
+                self.pending,
+            )
+        self._stop_sender()
         self.client.set_terminated(self.run_id, status=status)
+
+    # -- the sender thread -------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        """Wake the sender (starting it on first use)."""
+        with self._lock:
+            if self._sender is None and not self._stop:
+                self._sender = threading.Thread(
+                    target=self._send_loop, name=f"mlflow-sender-{self.run_id[:8]}", daemon=True
+                )
+                self._sender.start()
+                _senders.add(self)
+        self._wake.set()
+
+    def _stop_sender(self) -> None:
+        with self._lock:
+            self._stop = True
+            sender = self._sender
+        self._wake.set()
+        if sender is not None:
+            sender.join(timeout=30)  # at most one request in flight (FAIL_FAST_ENV's timeout)
+        _senders.discard(self)
+
+    def _send_loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.flush_every_s)
+            self._wake.clear()
+            if self._stop:
+                break
+            ok = self._send_params() and self._send_tags() and self._send_metrics() and self._send_artifacts()
+            with self._sent:
+                self._reachable = ok
+                if not ok:
+                    self.failed_flushes += 1
+                self._sent.notify_all()
+
+    def _attempt(self, what: str, send: Any, *args: Any, **kwargs: Any) -> bool:
+        """One fail-fast `send(*args, **kwargs)`; False (and a warning) if the store is unreachable. A
+        request the store rejects is dropped with an error: sending it again could never succeed."""
+        try:
+            with fail_fast():
+                send(*args, **kwargs)
+        except Exception as err:
+            if _rejected(err):
+                log.error("MLflow rejected %s for run %s, dropped: %s", what, self.run_id, err)
+                return True
+            log.warning("MLflow unavailable (%s); %d metrics buffered", err, len(self._buffer))
+            return False
+        return True
+
+    def _send_params(self) -> bool:
+        from mlflow.entities import Param
+
+        with self._lock:
+            queued = dict(self._params)
+        if not queued:
+            return True
+        existing: dict[str, str] = {}
+        if not self._attempt("params", lambda: existing.update(self.client.get_run(self.run_id).data.params)):
+            return False
+        new = [(k, v) for k, v in queued.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            chunk = [Param(k, v) for k, v in new[i : i + 100]]
+            if not self._attempt("params", self.client.log_batch, self.run_id, params=chunk):
+                return False
+        with self._lock:
+            for k, v in queued.items():
+                if self._params.get(k) == v:
+                    del self._params[k]
+        return True
+
+    def _send_tags(self) -> bool:
+        from mlflow.entities import RunTag
+
+        with self._lock:
+            sent = dict(self._tags)
+        if not sent:
+            return True
+        tags = [RunTag(k, v) for k, v in sent.items()]
+        if not self._attempt("tags", self.client.log_batch, self.run_id, tags=tags):
+            return False
+        with self._lock:
+            for k, v in sent.items():
+                if self._tags.get(k) == v:  # unless set again meanwhile
+                    del self._tags[k]
+        return True
+
+    def _send_metrics(self) -> bool:
+        while True:
+            with self._lock:
+                chunk = self._buffer[:MAX_BATCH]
+            if not chunk:
+                return True
+            if not self._attempt("metrics", self.client.log_batch, self.run_id, metrics=chunk):
+                return False
+            with self._lock:
+                del self._buffer[: len(chunk)]  # only this thread removes, always from the front
+
+    def _send_artifacts(self) -> bool:
+        while True:
+            with self._lock:
+                if not self._artifacts:
+                    return True
+                path, artifact_path = self._artifacts[0]
+            if not self._attempt(
+                f"artifact {path}", self.client.log_artifact, self.run_id, path, artifact_path
+            ):
+                return False
+            with self._lock:
+                self._artifacts.pop(0)
+
+
+@atexit.register
+def _deliver_unsent() -> None:
+    """Last chance, at exit, for what a tracker queued but nobody waited for (e.g. params of a run whose
+    owner never calls `end`)."""
+    for tracker in list(_senders):
+        if not tracker.drain(timeout=10):
+            log.error(
+                "MLflow unreachable: %d items of run %s were never logged", tracker.pending, tracker.run_id
+            )

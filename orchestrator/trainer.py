@@ -31,6 +31,7 @@ from model.flops import count_params, train_flops_per_token
 from orchestrator import checkpoint, distributed
 from orchestrator.config import ConfigError, TrialConfig
 from orchestrator.second_order import SecondOrderSafe
+from orchestrator.tracking import RunTracker
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,6 @@ class Trial:
     def _start_tracker(self) -> None:
         if self.tracking is None or self.rank != 0:
             return
-        from orchestrator.tracking import RunTracker
-
         run_file = self.trial_dir / "run.json"
         resume_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
         t = self.tracking
@@ -416,22 +415,26 @@ class Trial:
             self.save_final_weights()
         if self.rank == 0 and result.status != "interrupted":
             result.save(self.trial_dir / "result.json")
-        if self.tracker is None:
-            return
-        final = {"train_time_s": result.train_time_s}
-        if result.final_val_loss is not None:
-            final.update(
-                final_val_loss=result.final_val_loss, final_val_perplexity=result.final_val_perplexity
-            )
-        self.tracker.log_metrics(final, step=result.steps, force=True)
-        self.tracker.set_tags({"ebtscale.status": result.status, "ebtscale.status_reason": result.reason})
-        if result.status != "interrupted":
-            self.tracker.log_artifact(self.trial_dir / "result.json")
-        self.tracker.end("KILLED" if result.status == "interrupted" else "FINISHED")
+        if self.tracker is not None:
+            record_outcome(self.tracker, result, self.trial_dir)
 
 
-def ensure_writable(folder: Path) -> None:
-    """Fail before any training, with a clear message, if the trial's folder cannot be written."""
+def record_outcome(tracker: RunTracker, result: TrialResult, trial_dir: Path) -> None:
+    """Final metrics, status tags and result.json into the trial's run, then close it. Also used by the sweep
+    driver for a run left open by a crash after result.json was written (sweep_runner.ensure_runs)."""
+    final = {"train_time_s": result.train_time_s}
+    if result.final_val_loss is not None:
+        final.update(final_val_loss=result.final_val_loss, final_val_perplexity=result.final_val_perplexity)
+    tracker.log_metrics(final, step=result.steps, force=True)
+    tracker.set_tags({"ebtscale.status": result.status, "ebtscale.status_reason": result.reason})
+    if result.status != "interrupted":
+        tracker.log_artifact(trial_dir / "result.json")
+    tracker.end("KILLED" if result.status == "interrupted" else "FINISHED")
+
+
+def ensure_writable(folder: Path, needed_bytes: int = 0) -> None:
+    """Fail before any training, with a clear message, if the trial's folder cannot be written or its
+    filesystem has less than `needed_bytes` free (see checkpoint.required_bytes)."""
     probe = folder / ".write-probe"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -439,6 +442,8 @@ def ensure_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"output folder {folder} is not writable: {err.strerror or err}") from None
+    if needed_bytes:
+        checkpoint.ensure_free_space(folder, needed_bytes)
 
 
 def train_trial(
@@ -455,7 +460,7 @@ def train_trial(
     done = trial_dir / "result.json"
     if done.is_file():
         return TrialResult.load(done)
-    ensure_writable(trial_dir)
+    ensure_writable(trial_dir, checkpoint.required_bytes(cfg, trial_dir))
     failed = trial_dir / "failed.json"
     trial = None
     try:
@@ -464,10 +469,13 @@ def train_trial(
         return trial.run(stop_after_steps=stop_after_steps)
     except BaseException as err:
         if distributed.rank() == 0:  # recorded for `sweep status`; a rerun tries again
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            failed.write_text(
-                json.dumps({"error": f"{type(err).__name__}: {err}"[:2000], "time": time.time()})
-            )
+            try:
+                trial_dir.mkdir(parents=True, exist_ok=True)
+                failed.write_text(
+                    json.dumps({"error": f"{type(err).__name__}: {err}"[:2000], "time": time.time()})
+                )
+            except OSError as write_err:  # e.g. the disk that failed the trial is full: keep its error
+                log.error("could not record the failure in %s: %s", failed, write_err)
         if trial is not None and trial.tracker is not None:
             trial.tracker.set_tags({"ebtscale.status": "failed", "ebtscale.status_reason": str(err)[:500]})
             trial.tracker.end("FAILED")

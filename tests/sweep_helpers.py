@@ -123,3 +123,19 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll_s: fl
             return value
         time.sleep(poll_s)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def record_fault(guarantee: str, fault: str, injected: int, survived: int, lost: int, **details: Any) -> None:
+    """Append one fault-injection outcome to $EBTSCALE_FAULT_LOG (JSON lines), when set: `make chaos` sets
+    it and prints the table that docs/reliability.md quotes. Recorded before the test's assertions, so a
+    failing run is counted too. survived: trials that finished despite the fault; lost: planned trials or
+    metric steps without exactly one FINISHED record."""
+    path = os.environ.get("EBTSCALE_FAULT_LOG")
+    if not path:
+        return
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    row = {"guarantee": guarantee, "fault": fault, "injected": injected, "survived": survived, "lost": lost}
+    with open(path, "a") as f:
+        f.write(json.dumps(row | details) + "\n")

@@ -7,7 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_helpers import child_runs, cli, kill_session, result_mtimes, start_cli, wait_for, write_spec
+from sweep_helpers import (
+    child_runs,
+    cli,
+    kill_session,
+    record_fault,
+    result_mtimes,
+    start_cli,
+    wait_for,
+    write_spec,
+)
 
 SWEEP = "killed"
 
@@ -52,6 +61,15 @@ def test_driver_killed_at_three_points_finishes_on_rerun_with_one_run_per_trial(
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     uri = f"sqlite:///{out / 'mlflow.db'}"
     runs = child_runs(uri, SWEEP)
+    finished_runs = {r.data.tags["ebtscale.trial_id"] for r in runs if r.info.status == "FINISHED"}
+    retrained = sum(result_mtimes(out).get(p) != t for p, t in finished_before.items())
+    record_fault(
+        "2 driver killed",
+        "SIGKILL driver + its Ray: planning, mid-trial, between trials",
+        injected=3,
+        survived=len(finished_runs),
+        lost=abs(len(runs) - 4) + (4 - len(finished_runs)) + retrained,
+    )
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["ebtscale.trial_id"] for r in runs}) == 4
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1

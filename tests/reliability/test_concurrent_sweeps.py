@@ -1,0 +1,154 @@
+"""Guarantee: sweeps running at the same time against one MLflow store (one output_dir, one sqlite file) do
+not disturb each other, and the same sweep started twice at once still trains each trial once, into one run.
+
+Each sweep is a real `python -m orchestrator.cli sweep run` driver with its own embedded Ray; the store is
+the real sqlite file both write to."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sweep_helpers import EBTSCALE, child_runs, kill_session, record_fault, write_spec
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+
+
+def start(*args: str, log: Path) -> subprocess.Popen:
+    """The CLI in a session of its own (the driver and its Ray can be killed together), output to `log`."""
+    env = dict(os.environ)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*EBTSCALE, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    deadline = time.time() + timeout
+    try:
+        return [p.wait(timeout=max(1.0, deadline - time.time())) for p in procs]
+    finally:
+        for p in procs:
+            kill_session(p.pid)  # stray Ray processes, or everything if a wait timed out
+
+
+def tiny_spec(tmp_path: Path, name: str, lr: float) -> Path:
+    """Two Transformer++ trials (two widths); the learning rate makes the specs' trials differ (ids are
+    config hashes, so two otherwise equal specs would share trial ids)."""
+    return write_spec(tmp_path, name, tokens=8 * 32 * STEPS, families=("transformer_pp",), optim={"lr": lr})
+
+
+def sweep_runs(uri: str, sweep: str) -> tuple[list, list]:
+    """(parent runs, child runs) of a sweep's experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ebtscale.role") == "sweep"]
+    return parents, child_runs(uri, sweep)
+
+
+def check_sweep(uri: str, out: Path, sweep: str) -> tuple[str, list]:
+    """One FINISHED parent, one FINISHED child per trial under it, each tied to its own trial folder, with
+    every step of train_loss once. Returns (parent id, children)."""
+    from mlflow.tracking import MlflowClient
+
+    parents, children = sweep_runs(uri, sweep)
+    assert len(parents) == 1, f"{sweep}: {len(parents)} parent runs"
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert json.loads((out / sweep / "sweep.json").read_text())["parent_run_id"] == parent.info.run_id
+    assert len(children) == 2, f"{sweep}: {len(children)} child runs for 2 trials"
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    folders = sorted((out / sweep / "trials").iterdir())
+    assert len(folders) == 2
+    by_folder = {json.loads((d / "run.json").read_text())["run_id"]: d for d in folders}
+    assert set(by_folder) == {r.info.run_id for r in children}
+    client = MlflowClient(uri)
+    for r in children:
+        folder = by_folder[r.info.run_id]
+        assert folder.name.endswith(r.data.tags["ebtscale.trial_id"])
+        assert json.loads((folder / "result.json").read_text())["status"] == "finished"
+        steps = Counter(m.step for m in client.get_metric_history(r.info.run_id, "train_loss"))
+        assert sorted(steps) == list(range(1, STEPS + 1)) and set(steps.values()) == {1}
+    return parent.info.run_id, children
+
+
+def record_outcome(uri: str, specs: dict[str, Path], fault: str) -> None:
+    """For the fault table: trials with exactly one FINISHED child run, and the runs too many or missing."""
+    finished = lost = 0
+    for sweep in specs:
+        try:
+            parents, children = sweep_runs(uri, sweep)
+        except Exception:  # no store or experiment at all
+            parents, children = [], []
+        ids = Counter(r.data.tags.get("ebtscale.trial_id") for r in children)
+        finished += sum(
+            1
+            for r in children
+            if r.info.status == "FINISHED" and ids[r.data.tags.get("ebtscale.trial_id")] == 1
+        )
+        lost += abs(len(children) - 2) + abs(len(parents) - 1) + (2 - min(2, len(ids)))
+    record_fault("concurrent sweeps on one store", fault, injected=1, survived=finished, lost=lost)
+
+
+def test_two_sweeps_share_one_store_at_once(tmp_path: Path) -> None:
+    specs = {"alpha": tiny_spec(tmp_path, "alpha", 1e-3), "beta": tiny_spec(tmp_path, "beta", 2e-3)}
+    t0 = time.monotonic()
+    procs = [start("sweep", "run", str(p), log=tmp_path / f"{n}.log") for n, p in specs.items()]
+    codes = wait_all(procs, timeout=600)
+    took = time.monotonic() - t0
+    logs = {n: (tmp_path / f"{n}.log").read_text()[-3000:] for n in specs}
+    out = tmp_path / "out"
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    record_outcome(uri, specs, "2 different sweeps started at once on one output_dir (one sqlite store)")
+    assert codes == [0, 0], logs
+
+    (alpha_parent, alpha), (beta_parent, beta) = (check_sweep(uri, out, n) for n in specs)
+    assert alpha_parent != beta_parent
+    ids = [r.info.run_id for r in alpha + beta] + [alpha_parent, beta_parent]
+    assert len(set(ids)) == 6
+    assert not {r.data.tags["ebtscale.trial_id"] for r in alpha} & {
+        r.data.tags["ebtscale.trial_id"] for r in beta
+    }
+    from mlflow.tracking import MlflowClient
+
+    experiments = {MlflowClient(uri).get_run(r.info.run_id).info.experiment_id for r in alpha + beta}
+    assert len(experiments) == 2  # one experiment per sweep
+    print(f"\ntwo sweeps at once on one store: {took:.0f} s, 2 parents + 4 children, no collision")
+
+
+def test_the_same_sweep_started_twice_at_once_trains_once(tmp_path: Path) -> None:
+    spec = tiny_spec(tmp_path, "twice", 1e-3)
+    t0 = time.monotonic()
+    procs = [start("sweep", "run", str(spec), log=tmp_path / f"driver-{i}.log") for i in range(2)]
+    codes = wait_all(procs, timeout=600)
+    took = time.monotonic() - t0
+    logs = [(tmp_path / f"driver-{i}.log").read_text() for i in range(2)]
+    assert sorted(codes) == [0, 2], logs  # one driver runs the sweep, the other is refused
+    out = tmp_path / "out"
+    record_outcome(f"sqlite:///{out / 'mlflow.db'}", {"twice": spec}, "the same sweep started twice at once")
+    refused = logs[codes.index(2)] if 2 in codes else ""
+    assert "error: sweep twice is already running" in refused and "Traceback" not in refused
+
+    check_sweep(f"sqlite:///{out / 'mlflow.db'}", out, "twice")
+    # and once it is done, the sweep can be run again (the lock went with the driver): nothing to train
+    again = subprocess.run(
+        [*EBTSCALE, "sweep", "run", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    check_sweep(f"sqlite:///{out / 'mlflow.db'}", out, "twice")
+    print(f"\nsame sweep twice at once: {took:.0f} s; the second driver was refused")
