@@ -216,13 +216,17 @@ class Stack:
         return http_json(f"{self.dashboard}/api/v0/nodes?limit=100", self.token)["data"]["result"]["result"]
 
     def train_worker_nodes(self, ray_job_id: str) -> set[str]:
-        """Nodes where the Ray Train workers (the DeepSpeed ranks) of one Ray job ran, dead ones included."""
-        url = (
-            f"{self.dashboard}/api/v0/actors?limit=10000&detail=1"
-            "&filter_keys=class_name&filter_predicates=%3D&filter_values=RayTrainWorker"
-        )
-        actors = http_json(url, self.token)["data"]["result"]["result"]
-        return {a["node_id"] for a in actors if a["job_id"] == ray_job_id}
+        """Nodes where the DeepSpeed ranks of one Ray job ran, dead ones included: Ray Train workers, and the
+        Tune trial actors that train single-worker trials themselves (`--launcher auto`)."""
+        nodes = set()
+        for actor_class in ("RayTrainWorker", "ImplicitFunc"):
+            url = (
+                f"{self.dashboard}/api/v0/actors?limit=10000&detail=1"
+                f"&filter_keys=class_name&filter_predicates=%3D&filter_values={actor_class}"
+            )
+            actors = http_json(url, self.token)["data"]["result"]["result"]
+            nodes |= {a["node_id"] for a in actors if a["job_id"] == ray_job_id}
+        return nodes
 
     def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         try:
