@@ -1,26 +1,30 @@
 """Dry-run plan of a sweep: size, compute, memory and time of every trial, before anything runs.
 
-Estimates are analytic and deliberately simple (see docs/sweeps.md), good to a small factor: enough to catch
-a sweep that would not fit in memory, would take a week, or exceeds a compute cap.
+Estimates are analytic, with coefficients measured on this project's code (benchmarks/bench_memory.py and
+benchmarks/bench_planner.py check them against measured runs; the tables are in benchmarks/NOTES.md §4).
+Target: within 25% of the measured peak memory and training time on the CPU smoke sweeps. Good enough to
+catch a sweep that would not fit in memory, would take a week, or exceeds a compute cap.
 
-Memory per worker = model states + activations + a fixed runtime overhead:
-- model states (mixed-precision AdamW, the ZeRO paper's accounting): fp32 training keeps params 4 + grads 4 +
-  Adam moments 8 = 16 bytes/param; bf16 keeps params 2 + grads 2 + fp32 master params and moments 12 =
-  16 bytes/param. ZeRO-1 shards the optimizer states over `resources.num_workers`, ZeRO-2 also the
-  gradients, ZeRO-3 also the parameters.
-- activations ~ micro_batch x context x d_model x n_layers x ACTIVATION_BYTES_PER_ELEMENT_LAYER (per layer
-  and token: ~34 values per hidden unit saved for backward, Korthikanti et al. 2022, without recomputation
-  and without the T^2 attention term that fused SDPA avoids), plus the vocabulary logits and their gradient
-  (micro_batch x context x vocab x 2 x 4 bytes). EBT: the sequence is doubled (observed + candidate stream)
-  and the graph of every optimisation step is kept for the second-order backward, so blocks x 2 x steps and
-  logits x steps (steps = mcmc_steps_random_max or mcmc_steps).
-- RUNTIME_OVERHEAD_BYTES for the framework (torch/DeepSpeed/CUDA context, allocator slack).
+Memory per worker = runtime + model states + DeepSpeed's own buffers + peak activations:
+- runtime (`runtime_bytes`): the process before the model exists (torch, DeepSpeed, Ray's worker library):
+  0.5 GiB on CPU (measured 450-493 MiB + ~50 MiB for ray.train), 1 GiB on GPU (CUDA context, allocator).
+- model states (`model_state_bytes`, the ZeRO paper's accounting of mixed-precision AdamW): 16 bytes/param
+  unsharded; ZeRO-1 shards the optimizer states over `resources.num_workers`, ZeRO-2 also the gradients,
+  ZeRO-3 also the parameters.
+- DeepSpeed's buffers beyond that accounting (`implementation_bytes`): measured bytes per parameter per
+  ZeRO stage.
+- activations (`activation_terms`): what autograd keeps for the backward of one micro-batch, counted from
+  the code (hidden-size values per row and layer, the EBT's T x T attention matrices of the MATH kernel, the
+  vocabulary-sized tensors, the EBT's per-forward weight clones), plus the backward's transient buffers.
 
-Time = C / (per-worker throughput x num_workers): the throughput is given (`--throughput`, FLOP/s per
-worker) or calibrated by timing fp32 GEMMs of the sweep's own shapes on this machine and multiplying by
-CALIBRATION_EFFICIENCY (the share of raw GEMM speed a whole training step achieves on small models:
-attention, norms, optimizer, data loading and Python overhead). Trials on GPUs get no time unless a GPU is
-present here or a throughput is given.
+Time per optimizer step (`step_seconds`, over `time_terms`) = a fixed cost per step + a dispatch cost per
+layer pass (Python, autograd and DeepSpeed per layer and micro-batch; an EBT micro-batch makes K + 2 x kept
+passes) + the EBT's MATH-kernel attention (memory-bound work per T x T element, which FLOPs undervalue) +
+the FLOPs the model executes / the per-worker throughput. The throughput is calibrated by timing fp32
+GEMMs of the sweep's own shapes on this machine, x CALIBRATION_EFFICIENCY. A throughput given by the user
+(`--throughput`, FLOP/s per worker in the study's FLOP convention) is taken as the whole effective rate:
+time = C / (throughput x num_workers), nothing added.
+Trials on GPUs get no time unless a GPU is present here or a throughput is given.
 """
 
 from __future__ import annotations
@@ -32,16 +36,78 @@ from typing import Any
 
 from rich.table import Table
 
-from model.flops import count_params, train_flops_per_token
+from model.config import ModelConfig
+from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
 from orchestrator.config import TrialConfig
 from orchestrator.spec import PlannedTrial, SpecError, si
 
-ACTIVATION_BYTES_PER_ELEMENT_LAYER = {"fp32": 68, "bf16": 34}  # bytes per (token x hidden unit x layer)
-LOGIT_BYTES = 4 * 2  # fp32 logits + their gradient, per (token x vocabulary entry)
-RUNTIME_OVERHEAD_BYTES = 1 << 30  # 1 GiB: torch + DeepSpeed + (CUDA context), measured order of magnitude
-# Measured here: a plain torch AdamW step of d_model 32-64 models (both families, 1 thread) reaches 12-32
-# GFLOP/s where a 1-thread GEMM of the same shapes reaches ~100: 0.1-0.3, before DeepSpeed/eval overhead.
-CALIBRATION_EFFICIENCY = 0.2
+MIB, GIB = 1 << 20, 1 << 30
+
+# --- memory coefficients (bench_memory.py measures every one of them; benchmarks/NOTES.md §4) -------------
+
+# The process before the model exists. CPU: RSS after importing torch, DeepSpeed and the project and one
+# throwaway DeepSpeed step: 447-450 MiB (ZeRO 0), 490-493 MiB (ZeRO 1-3); a sweep's Ray Train worker also
+# imports ray.train (+50 MiB). GPU: the CUDA context and allocator slack (not measured here).
+RUNTIME_OVERHEAD_BYTES = {"cpu": 512 * MIB, "gpu": GIB}
+
+# DeepSpeed's buffers beyond the ZeRO paper's 16 B/param, per parameter (fp32 on CPU, one worker, measured
+# on d_model 512/768 Transformer++ models whose parameters dominate: peak RSS - runtime = 21.4 / 37.6 / 35.6
+# / 42.5 B/param at ZeRO 0/1/2/3). Every stage: the optimizer step's and gradient clipping's temporaries
+# (~5 B, not sharded). ZeRO-1/2: an fp32 copy of the parameter partition and flat gradient partitions
+# (~16 / 15 B, sharded: 2 workers measured 13.5 / 12.2 B above the paper). ZeRO-3: gathered parameters,
+# gradient buckets and flat copies (~21.5 B, taken as sharded; 2 workers on CPU measured 28.5 B, above
+# this: see NOTES.md §4).
+DEEPSPEED_UNSHARDED_BYTES_PER_PARAM = 5.0
+DEEPSPEED_SHARDED_BYTES_PER_PARAM = {0: 0.0, 1: 16.0, 2: 15.0, 3: 21.5}
+# SecondOrderSafe (orchestrator/second_order.py) runs the EBT on clones of its weights, made per forward: the
+# clones and, in the outer backward, their accumulated gradients: 2 values per parameter in the parameter
+# dtype. Measured in fp32: the EBT's peak above the Transformer++'s of the same parameters, less its
+# activations, 7-10.5 B/param (d_model 512).
+EBT_WEIGHT_CLONE_VALUES_PER_PARAM = 2
+
+# Saved-for-backward values per row and layer, as (x d_model, x d_ff), counted by walking the autograd graph
+# of one micro-batch from its loss and summing the distinct storages the nodes keep (torch 2.13; the same
+# count is `bench_memory.py`'s "saved" table). Hidden-size tensors are in the activation dtype.
+# Transformer++ block, fused causal attention (no T x T): the norms' inputs and normalised outputs, q/k/v,
+# attention output and log-sum-exp, the projection's input; the MLP's gate, up, silu and down inputs.
+TPP_SAVED_PER_LAYER = (13, 4)
+TPP_SAVED_ENDS = 3  # x d_model per token: final norm, the head's input
+# EBT block in a kept descent step: its forward under the MATH attention kernel (required for the double
+# backward) saves (10, 4) and one (H, rows, keys) probability matrix; the candidate gradient's graph
+# (autograd.grad with create_graph=True) saves (14, 8) and two more (H, rows, keys) matrices.
+EBT_SAVED_PER_LAYER = (10 + 14, 4 + 8)
+EBT_ATTENTION_MATRICES = 1 + 2
+# reuse_observed_kv: the candidate stream's attention also keeps the observed + candidate keys/values it
+# concatenates (+2 x d per candidate row); the observed stream is forward only (10, 4) and one (H, n, n)
+# matrix per layer, except its last layer, of which only the keys/values path is kept (3 x d per row).
+EBT_REUSE_CANDIDATE_PER_LAYER = (26, 12)
+EBT_OBSERVED_PER_LAYER = (10, 4)
+EBT_OBSERVED_LAST_LAYER = 3
+EBT_SAVED_ENDS = {False: 8, True: 7}  # x d_model per observed token per kept step: candidate map, final norm
+# Vocabulary-sized tensors, fp32 whatever the precision (the EBT's candidate logits are fp32; the
+# Transformer++ loss runs on .float() logits), per token: Transformer++ the log-softmax (1 value); EBT per
+# kept step the candidate's softmax, the CE's log-softmax and two of the candidate gradient's graph (4).
+TPP_VOCAB_VALUES = 1
+EBT_VOCAB_VALUES_PER_STEP = 4
+# Peak / saved: the backward creates gradient buffers before it frees what it consumed. Measured (peak RSS -
+# runtime - parameter bytes) / saved: Transformer++ 1.2-1.6 (the transient scales with the graph); EBT:
+# saved + 1.2 x one kept step's saved bytes (the double backward's buffers belong to the step in flight:
+# one kept step 2.0-2.2x, two 1.5-1.7x, three 1.5x).
+TPP_TRANSIENT = 0.4
+EBT_TRANSIENT_STEPS = 1.2
+
+# --- time coefficients (bench_planner.py; benchmarks/NOTES.md §4) ----------------------------------------
+
+# Least-squares fit (relative error) of measured per-step train times (bench_planner.py: the mean of three
+# runs, each trial the best of 4 rounds) on `time_terms`: the smoke sweeps' trials (d_model 32-96, 1-4
+# layers, 1-4 micro-batches, context 64) and the paper's d_model 128/256 shapes at context 256, both
+# families, the EBT with reuse_observed_kv false and true; 1 torch thread, fp32, ZeRO-1, against the
+# calibrated GEMM rate (~110 GFLOP/s here). Fitted separately, the two families' pass costs came out equal
+# (1.1 ms Transformer++, 1.1 ms EBT): one constant.
+CALIBRATION_EFFICIENCY = 0.75  # executed FLOPs run at this share of the calibrated GEMM rate
+STEP_OVERHEAD_S = 2.0e-3  # per optimizer step: DeepSpeed's step bookkeeping, scheduler, loss reduction
+PASS_OVERHEAD_S = 1.1e-3  # per layer pass (see time_terms): Python, autograd and DeepSpeed dispatch
+MATH_ATTENTION_S_PER_ELEMENT = 6.5e-9  # per (B, H, query, key) element and pass of the MATH kernel
 _CALIBRATION_SECONDS = 0.25  # time spent timing GEMMs, per device
 
 
@@ -144,7 +210,8 @@ def precision(cfg: TrialConfig) -> str:
 
 
 def model_state_bytes(n_params: int, zero_stage: int, num_workers: int, prec: str = "fp32") -> float:
-    """Params + grads + AdamW states per worker under ZeRO stage 0-3 (16 bytes/param unsharded)."""
+    """Params + grads + AdamW states per worker under ZeRO stage 0-3 (16 bytes/param unsharded: fp32 keeps
+    params 4 + grads 4 + moments 8, bf16 params 2 + grads 2 + fp32 master params and moments 12)."""
     p, g, opt = (4, 4, 8) if prec == "fp32" else (2, 2, 12)
     w = num_workers
     if zero_stage >= 1:
@@ -156,21 +223,191 @@ def model_state_bytes(n_params: int, zero_stage: int, num_workers: int, prec: st
     return n_params * (p + g + opt)
 
 
-def activation_bytes(cfg: TrialConfig) -> float:
+def implementation_bytes(n_params: int, zero_stage: int, num_workers: int) -> float:
+    """Per-worker bytes DeepSpeed keeps beyond `model_state_bytes`: its step temporaries and the ZeRO stage's
+    buffers (DEEPSPEED_*_BYTES_PER_PARAM). Measured in fp32 on CPU; the same bytes are assumed for bf16."""
+    sharded = DEEPSPEED_SHARDED_BYTES_PER_PARAM[zero_stage] / num_workers
+    return n_params * (DEEPSPEED_UNSHARDED_BYTES_PER_PARAM + sharded)
+
+
+def _values(coef: tuple[int, int], m: ModelConfig) -> int:
+    """(a, b) -> a x d_model + b x d_ff: saved values per row of one layer."""
+    return coef[0] * m.d_model + coef[1] * m.ff_dim
+
+
+def activation_terms(cfg: TrialConfig) -> dict[str, float]:
+    """Activation memory of one micro-batch, in bytes: what autograd keeps for the backward, by kind, and
+    the peak it causes. Keys: hidden, attention, vocabulary, weights, saved (their sum), transient, peak.
+
+    B = micro-batch, S = context, L layers, H heads, d = d_model, f = d_ff, V = vocabulary, e = bytes per
+    activation value (4 fp32, 2 bf16; vocabulary-sized tensors are fp32). Values per row and layer are
+    counted from what the code saves (coefficients and where they were counted: the constants above).
+
+    Transformer++ (one graph; fused attention keeps no T x T matrix):
+        hidden = B S (L (13d + 4f) + 3d) e,  vocabulary = B S V 4,  transient = TPP_TRANSIENT x saved.
+
+    EBT (model/ebt.py: K = mcmc_steps_random_max or mcmc_steps descent steps; the graph of every step is kept
+    for the second-order backward, only the last one's with truncate_to_last_step: k kept steps; P = 1 step
+    token for variant time_embed, else 0; n = P + S observed rows). Per kept step:
+    - full recompute (reuse_observed_kv false): every energy evaluation runs all T = P + 2S rows through L
+      blocks, keeping their forward and candidate-gradient graphs: hidden B (T L (24d + 12f) + 8Sd) e and
+      three (B, H, T, T) attention matrices per layer (MATH kernel): 3 B H L T^2 e;
+    - reuse_observed_kv: only the S candidate rows run per step, attending to the n + S observed and
+      candidate keys: hidden B S (L (26d + 12f) + 7d) e, attention 3 B H L S (n + S) e. The observed stream
+      is computed once per distinct step index (min(k, mcmc_steps - 1)), forward only, and only its keys and
+      values are used: B n ((L-1)(10d + 4f) + 3d) e hidden and (L-1) B H n^2 e attention per index (the
+      backward keeps the kept steps' indices; with truncate_to_last_step the others live during the descent
+      only: counted as transient);
+    - vocabulary: 4 B S V 4 (candidate softmax, CE log-softmax, two of the candidate gradient's graph).
+    weights: SecondOrderSafe runs the EBT on clones of its weights, made by every forward and kept by the
+    graph until the backward has summed their gradients: N x EBT_WEIGHT_CLONE_VALUES_PER_PARAM x e.
+    transient = EBT_TRANSIENT_STEPS x one kept step's saved bytes (the outer backward's buffers belong to the
+    step it is in) + the descent-only observed streams.
+    """
     m = cfg.model
-    tokens = cfg.train.micro_batch_size * m.context_length
-    blocks = tokens * m.d_model * m.n_layers * ACTIVATION_BYTES_PER_ELEMENT_LAYER[precision(cfg)]
-    logits = tokens * m.vocab_size * LOGIT_BYTES
-    if m.family == "ebt":
-        steps = m.ebt.mcmc_steps_random_max or m.ebt.mcmc_steps
-        return blocks * 2 * steps + logits * steps
-    return blocks + logits
+    B, S, L, H, V = cfg.train.micro_batch_size, m.context_length, m.n_layers, m.n_heads, m.vocab_size
+    e = 4 if precision(cfg) == "fp32" else 2
+    if m.family != "ebt":
+        hidden = B * S * (L * _values(TPP_SAVED_PER_LAYER, m) + TPP_SAVED_ENDS * m.d_model) * e
+        vocabulary = B * S * V * 4 * TPP_VOCAB_VALUES
+        saved = hidden + vocabulary
+        return _terms(hidden, 0.0, vocabulary, 0.0, TPP_TRANSIENT * saved)
+    x = m.ebt
+    P = 1 if x.variant == "time_embed" else 0
+    n, T = P + S, P + 2 * S
+    K = x.mcmc_steps_random_max or x.mcmc_steps  # the largest draw: memory must fit the worst step
+    kept = 1 if x.truncate_to_last_step else K
+    ends = EBT_SAVED_ENDS[x.reuse_observed_kv] * S * m.d_model
+    if x.reuse_observed_kv:
+        step_hidden = B * (S * L * _values(EBT_REUSE_CANDIDATE_PER_LAYER, m) + ends) * e
+        step_attention = EBT_ATTENTION_MATRICES * B * H * L * S * (n + S) * e
+        # observed streams: one per step index (steps past mcmc_steps reuse the last), alive while the
+        # descent runs; the backward keeps those of the kept steps (one with truncate_to_last_step)
+        streams = min(K, x.mcmc_steps)
+        indices = 1 if x.truncate_to_last_step else streams
+        observed_hidden = (
+            B * n * ((L - 1) * _values(EBT_OBSERVED_PER_LAYER, m) + EBT_OBSERVED_LAST_LAYER * m.d_model) * e
+        )
+        observed_attention = B * H * (L - 1) * n * n * e
+    else:
+        step_hidden = B * (T * L * _values(EBT_SAVED_PER_LAYER, m) + ends) * e
+        step_attention = EBT_ATTENTION_MATRICES * B * H * L * T * T * e
+        streams = indices = 0
+        observed_hidden = observed_attention = 0
+    step_vocabulary = B * S * V * 4 * EBT_VOCAB_VALUES_PER_STEP
+    one_step = step_hidden + step_attention + step_vocabulary
+    forward_only_streams = (streams - indices) * (observed_hidden + observed_attention)
+    return _terms(
+        kept * step_hidden + indices * observed_hidden,
+        kept * step_attention + indices * observed_attention,
+        kept * step_vocabulary,
+        count_params(m)["total"] * EBT_WEIGHT_CLONE_VALUES_PER_PARAM * e,
+        EBT_TRANSIENT_STEPS * one_step + forward_only_streams,
+    )
+
+
+def _terms(
+    hidden: float, attention: float, vocabulary: float, weights: float, transient: float
+) -> dict[str, float]:
+    saved = hidden + attention + vocabulary + weights
+    return {
+        "hidden": hidden,
+        "attention": attention,
+        "vocabulary": vocabulary,
+        "weights": weights,
+        "saved": saved,
+        "transient": transient,
+        "peak": saved + transient,
+    }
+
+
+def activation_bytes(cfg: TrialConfig) -> float:
+    """Peak activation bytes of one micro-batch (saved for backward + the backward's transient buffers)."""
+    return activation_terms(cfg)["peak"]
+
+
+def runtime_bytes(cfg: TrialConfig) -> int:
+    """The worker process before its model exists: RUNTIME_OVERHEAD_BYTES of its device kind."""
+    return RUNTIME_OVERHEAD_BYTES["gpu" if cfg.resources.gpus_per_worker > 0 else "cpu"]
+
+
+def memory_terms(cfg: TrialConfig, n_params: int | None = None) -> dict[str, float]:
+    """Per-worker memory by term (bytes): runtime, states, implementation, activations, total."""
+    n = count_params(cfg.model)["total"] if n_params is None else n_params
+    stage, workers = cfg.deepspeed.zero_stage, cfg.resources.num_workers
+    terms = {
+        "runtime": float(runtime_bytes(cfg)),
+        "states": model_state_bytes(n, stage, workers, precision(cfg)),
+        "implementation": implementation_bytes(n, stage, workers),
+        "activations": activation_bytes(cfg),
+    }
+    return {**terms, "total": sum(terms.values())}
 
 
 def memory_per_worker(cfg: TrialConfig, n_params: int | None = None) -> int:
-    n = count_params(cfg.model)["total"] if n_params is None else n_params
-    states = model_state_bytes(n, cfg.deepspeed.zero_stage, cfg.resources.num_workers, precision(cfg))
-    return int(states + activation_bytes(cfg) + RUNTIME_OVERHEAD_BYTES)
+    """Peak memory of one worker (bytes): `memory_terms`' total."""
+    return int(memory_terms(cfg, n_params)["total"])
+
+
+def time_terms(cfg: TrialConfig) -> dict[str, float]:
+    """What one optimizer step of one worker does, as the time model counts it (`step_seconds`):
+    - layer_passes: micro-batches x passes x (n_layers + 1), the unit of the FLOP-independent dispatch cost
+      (Python, autograd, DeepSpeed hooks; + 1 for the ends: embeddings, head or energy head, loss). A
+      Transformer++ micro-batch is one pass (forward + backward); an EBT's is K + 2 x kept (each descent
+      step's energy and candidate gradient, twice again for the outer backward of a kept step: the weighting
+      of its FLOP count, with `expected_train_steps`' expected K);
+    - attention_elements: (B, H, queries, keys) elements the EBT's MATH-kernel attention materialises per
+      micro-batch, weighted the same way: T^2 per layer per pass (full recompute, T = P + 2S), or S (n + S)
+      for the candidate stream plus n^2 per observed stream (forward once per step index, backward for the
+      kept ones) with reuse_observed_kv. Scores, mask, softmax and their (double) backward are memory-bound
+      work that the FLOP count undervalues. The Transformer++'s fused kernel: 0;
+    - executed_flops: the FLOPs the model executes per step on this worker (`executed_train_flops_per_token`:
+      less than the study's count for an EBT with reuse_observed_kv)."""
+    m = cfg.model
+    B, S, L, H = cfg.train.micro_batch_size, m.context_length, m.n_layers, m.n_heads
+    micro = cfg.grad_accum_steps
+    passes, elements = 1.0, 0.0
+    if m.family == "ebt":
+        from model.ebt import expected_train_steps
+
+        K, kept = expected_train_steps(m)
+        passes = K + 2 * kept
+        P = 1 if m.ebt.variant == "time_embed" else 0
+        n = P + S
+        if m.ebt.reuse_observed_kv:
+            streams = min(K, m.ebt.mcmc_steps)
+            kept_streams = 1 if m.ebt.truncate_to_last_step else streams
+            elements = B * H * L * (S * (n + S) * passes + n * n * (streams + 2 * kept_streams))
+        else:
+            elements = B * H * L * (P + 2 * S) ** 2 * passes
+    return {
+        "layer_passes": micro * passes * (m.n_layers + 1),
+        "attention_elements": micro * elements,
+        "executed_flops": executed_train_flops_per_token(m) * cfg.tokens_per_step / cfg.resources.num_workers,
+    }
+
+
+def step_seconds(cfg: TrialConfig, rate: float) -> float:
+    """Seconds of one optimizer step at a calibrated `rate` (effective FLOP/s per worker), from `time_terms`:
+    STEP_OVERHEAD_S + layer_passes x PASS_OVERHEAD_S + attention_elements x
+    MATH_ATTENTION_S_PER_ELEMENT + executed_flops / rate."""
+    t = time_terms(cfg)
+    return (
+        STEP_OVERHEAD_S
+        + t["layer_passes"] * PASS_OVERHEAD_S
+        + t["attention_elements"] * MATH_ATTENTION_S_PER_ELEMENT
+        + t["executed_flops"] / rate
+    )
+
+
+def trial_seconds(cfg: TrialConfig, rate: float, calibrated: bool = True) -> float:
+    """Training time of a whole trial (train_time_s: optimizer steps only, no evaluation or checkpoints):
+    total_steps x `step_seconds` at a calibrated rate. A given rate is the user's effective throughput in the
+    study's FLOP convention: study FLOPs / (rate x workers), nothing added."""
+    if not calibrated:
+        tokens = cfg.total_steps * cfg.tokens_per_step
+        return train_flops_per_token(cfg.model) * tokens / (rate * cfg.resources.num_workers)
+    return cfg.total_steps * step_seconds(cfg, rate)
 
 
 def calibrate_throughput(
@@ -254,7 +491,7 @@ def plan(trials: list[PlannedTrial], throughput_flops: float | None = None, cali
                 steps=cfg.total_steps,
                 global_batch=cfg.train.global_batch_size,
                 memory_bytes=memory_per_worker(cfg, counts["total"]),
-                seconds=None if rate is None else flops / (rate * cfg.resources.num_workers),
+                seconds=None if rate is None else trial_seconds(cfg, rate, calibrated=source == "calibrated"),
                 duplicate=t.id in seen,
             )
         )
