@@ -77,6 +77,12 @@ class SweepLayout:
         return resolve_tracking_uri(self.spec.output_dir)
 
 
+def unit_flops(unit: TrialUnit) -> float:
+    """Training FLOPs of a unit's trial (the study's count), for the progress ETA and the schedule order."""
+    cfg = unit.config
+    return train_flops_per_token(cfg.model) * cfg.total_steps * cfg.tokens_per_step
+
+
 def trial_units(trials: Iterable[PlannedTrial]) -> list[TrialUnit]:
     units: dict[str, TrialUnit] = {}
     for t in trials:
@@ -155,9 +161,10 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
                 "ebtscale.status": "pending",
                 ROWS_TAG: json.dumps([_row_tag(r) for r in unit.rows]),
             }
-            run = RunTracker.start(uri, spec.name, unit.name, tags=tags, parent_run_id=parent_id)
-            client.set_terminated(run.run_id, status="SCHEDULED")
-            run_id = run.run_id
+            # The client directly (one request, not a tracker's start-up queries): 17 runs took 8 s otherwise.
+            tags[PARENT_TAG] = parent_id
+            run_id = client.create_run(exp_id, run_name=unit.name, tags=tags).info.run_id
+            client.set_terminated(run_id, status="SCHEDULED")
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_json(folder / "run.json", {"run_id": run_id})
     _close_done_runs(layout, units, client, exp_id, parent_id)
@@ -430,7 +437,9 @@ def _run_on_ray(
             "launcher": launcher,
             "attempt": attempt,
         }
-        for u in pending
+        # Longest first (by training FLOPs): short trials fill the gaps at the end instead of one long trial
+        # running alone while the other slots idle.
+        for u in sorted(pending, key=unit_flops, reverse=True)
     }
     trainable = tune.with_resources(_trial_driver, trial_resources)
     # A fresh Tune experiment per invocation, over the pending trials only. What a restore would give (skip
@@ -483,7 +492,7 @@ class _ProgressMonitor:
         for u in self.units:
             st = unit_status(self.layout, u)
             counts[st["status"]] = counts.get(st["status"], 0) + 1
-            flops = train_flops_per_token(u.config.model) * u.config.total_steps * u.config.tokens_per_step
+            flops = unit_flops(u)
             total_flops += flops
             if st["status"] in ("finished", "diverged"):
                 done_flops += flops
