@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -231,3 +232,12 @@ def console() -> Any:
 
     c = Console()
     return c if c.is_terminal else Console(width=160)
+
+
+def run_child(script: str, cfg: Any, steps: int, out: Path) -> subprocess.CompletedProcess:
+    """Run `script --child CONFIG --steps N --out DIR` in a fresh interpreter, so that each measurement (peak
+    RSS, first-step costs) starts clean. A parent's own one-process world is not passed down."""
+    out.mkdir(parents=True)
+    cmd = [sys.executable, script, "--child", cfg.model_dump_json(), "--steps", str(steps), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)

@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from _bench import (
-    REPO,
     RESULTS,
     LoadMonitor,
     console,
     cpu_environment,
     machine_info,
     print_targets,
+    run_child,
     write_json,
 )
 
@@ -211,20 +208,8 @@ def plan_memory(cfg: Any) -> dict[str, Any]:
 
 def measure_memory(cfg: Any, steps: int, root: Path) -> dict[str, Any]:
     out = root / cfg.name
-    out.mkdir(parents=True)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        cfg.model_dump_json(),
-        "--steps",
-        str(steps),
-        "--out",
-        str(out),
-    ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    proc = run_child(__file__, cfg, steps, out)
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     if proc.returncode != 0 or len(ranks) != cfg.resources.num_workers:
         return {"error": (proc.stderr or proc.stdout)[-2000:], "returncode": proc.returncode}

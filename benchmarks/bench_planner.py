@@ -34,9 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +47,7 @@ from _bench import (
     cpu_environment,
     machine_info,
     print_targets,
+    run_child,
     sample_busy_cores,
     write_json,
 )
@@ -145,19 +143,7 @@ def large_trials(reuse: list[bool], out: Path) -> list[Any]:
 
 def measure(cfg: Any, steps: int, root: Path) -> dict[str, Any]:
     out = root / cfg.name
-    out.mkdir(parents=True)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        cfg.model_dump_json(),
-        "--steps",
-        str(steps),
-        "--out",
-        str(out),
-    ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    proc = run_child(__file__, cfg, steps, out)
     times = out / "times.json"
     if proc.returncode != 0 or not times.is_file():
         return {"error": (proc.stderr or proc.stdout)[-2000:], "returncode": proc.returncode}
