@@ -264,17 +264,22 @@ def test_fit_command_answers_in_one_line_or_fits(
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
 
 
-def test_cli_fit_error_is_one_line_naming_the_column(tmp_path: Path) -> None:
-    path = tmp_path / "points.csv"
-    pd.DataFrame({"tokens": [1e6, 1e7, 1e8, 1e9], "val_loss": [3.0, "oops", 2.5, 2.4]}).to_csv(
-        path, index=False
-    )
-    done = subprocess.run(
+def fit_cli(path: Path) -> subprocess.CompletedProcess:
+    """`ebtscale fit` of a tokens -> val_loss table, as a user runs it."""
+    return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "fit", str(path), "--x", "D=tokens", "--y", "val_loss"],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_cli_fit_error_is_one_line_naming_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "points.csv"
+    pd.DataFrame({"tokens": [1e6, 1e7, 1e8, 1e9], "val_loss": [3.0, "oops", 2.5, 2.4]}).to_csv(
+        path, index=False
+    )
+    done = fit_cli(path)
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == "error: column 'val_loss' has non-numeric value(s): 'oops'"
@@ -282,12 +287,7 @@ def test_cli_fit_error_is_one_line_naming_the_column(tmp_path: Path) -> None:
     pd.DataFrame({"tokens": [1e6, 1e7, 1e8, -1e9], "val_loss": [3.0, 2.7, 2.5, 2.4]}).to_csv(
         path, index=False
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "fit", str(path), "--x", "D=tokens", "--y", "val_loss"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = fit_cli(path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: tokens has non-positive value(s) (-1e+09)")
