@@ -25,6 +25,58 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 
+PAPER_SHAPES = {128: (2, 2), 256: (4, 4), 384: (6, 6)}  # d_model -> n_layers, n_heads (4xs, 3xs, xxs)
+
+
+def bench_trial_config(
+    name: str,
+    family: str,
+    d: int,
+    *,
+    vocab: int,
+    context: int,
+    micro_batch: int,
+    steps: int,
+    output_dir: Path,
+    zero_stage: int = 1,
+    workers: int = 1,
+    layers: int | None = None,
+    ebt: dict[str, Any] | None = None,
+) -> Any:
+    """A benchmark trial: the paper's shape for d (else `layers` or 4 layers, d/64 heads), the stdlib corpus,
+    fp32, one micro-batch per worker per step, `steps` steps, no evaluation or checkpoint on the way."""
+    from orchestrator.config import parse_trial_config
+
+    default_layers, heads = PAPER_SHAPES.get(d, (4, max(1, d // 64)))
+    model: dict[str, Any] = {
+        "family": family,
+        "d_model": d,
+        "n_layers": layers or default_layers,
+        "n_heads": heads,
+        "vocab_size": vocab,
+        "context_length": context,
+    }
+    if ebt is not None:
+        model["ebt"] = ebt
+    return parse_trial_config(
+        {
+            "name": name,
+            "model": model,
+            "data": {"source": "stdlib", "tokenizer": "bpe", "vocab_size": vocab},
+            "train": {
+                "tokens": micro_batch * workers * context * steps,
+                "global_batch_size": micro_batch * workers,
+                "micro_batch_size": micro_batch,
+                "eval_every": 10**6,
+                "checkpoint_every": 10**6,
+            },
+            "deepspeed": {"zero_stage": zero_stage, "precision": "fp32"},
+            "resources": {"num_workers": workers, "cpus_per_worker": 1},
+            "output_dir": str(output_dir),
+        }
+    )
+
+
 def cpu_environment() -> None:
     """Environment every benchmark runs in: DeepSpeed on its CPU accelerator, quiet tokenizers and logs."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

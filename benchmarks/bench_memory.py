@@ -40,6 +40,7 @@ from typing import Any
 from _bench import (
     RESULTS,
     LoadMonitor,
+    bench_trial_config,
     console,
     cpu_environment,
     machine_info,
@@ -50,7 +51,6 @@ from _bench import (
 
 cpu_environment()
 
-PAPER_SHAPES = {128: (2, 2), 256: (4, 4), 384: (6, 6)}  # d_model -> n_layers, n_heads (4xs, 3xs, xxs)
 DEFAULT_MICRO_BATCH = {128: 8, 256: 4, 384: 2}
 TARGET_ERROR = 0.25  # issue: planner estimates within 25%
 MIB = 1 << 20
@@ -153,36 +153,18 @@ EBT_VARIANTS = {  # name -> EBTConfig fields (others: the config's defaults)
 def trial_config(
     family: str, d: int, stage: int, workers: int, args: argparse.Namespace, out: Path, variant: str = ""
 ) -> Any:
-    from orchestrator.config import parse_trial_config
-
-    layers, heads = PAPER_SHAPES.get(d, (4, max(1, d // 64)))
-    micro = args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 2)
-    model: dict[str, Any] = {
-        "family": family,
-        "d_model": d,
-        "n_layers": layers,
-        "n_heads": heads,
-        "vocab_size": args.vocab,
-        "context_length": args.context,
-    }
-    if family == "ebt":
-        model["ebt"] = EBT_VARIANTS[variant]
-    return parse_trial_config(
-        {
-            "name": f"mem-{family}{'-' + variant if variant else ''}-d{d}-z{stage}-w{workers}",
-            "model": model,
-            "data": {"source": "stdlib", "tokenizer": "bpe", "vocab_size": args.vocab},
-            "train": {
-                "tokens": micro * workers * args.context * 100,
-                "global_batch_size": micro * workers,
-                "micro_batch_size": micro,
-                "eval_every": 10**6,
-                "checkpoint_every": 10**6,
-            },
-            "deepspeed": {"zero_stage": stage, "precision": "fp32"},
-            "resources": {"num_workers": workers, "cpus_per_worker": 1},
-            "output_dir": str(out),
-        }
+    return bench_trial_config(
+        f"mem-{family}{'-' + variant if variant else ''}-d{d}-z{stage}-w{workers}",
+        family,
+        d,
+        vocab=args.vocab,
+        context=args.context,
+        micro_batch=args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 2),
+        steps=100,
+        output_dir=out,
+        zero_stage=stage,
+        workers=workers,
+        ebt=EBT_VARIANTS[variant] if family == "ebt" else None,
     )
 
 

@@ -25,7 +25,7 @@ What is measured, per model size (default: the paper's 4xs/3xs/xxs shapes at con
   cpus_per_worker=1, the time the step actually ran). CPU time would be robust to other processes taking the
   core, but this VM's thread CPU clock was seen to run ahead of the wall clock under heavy load (CPU > wall
   for one thread), so it is reported with a validity flag (`cpu_clock_valid`) and not used for targets.
-The reuse path's FLOPs are model.ebt.ebt_reuse_train_flops_per_token (derivation in its docstring) and
+The reuse path's FLOPs are model.flops.ebt_reuse_train_flops_per_token (derivation in its docstring) and
 checked against torch's FlopCounterMode on the smallest size.
 """
 
@@ -45,6 +45,7 @@ from _bench import (
     Clock,
     LoadMonitor,
     Spans,
+    bench_trial_config,
     console,
     cpu_environment,
     gemm_peak,
@@ -62,11 +63,12 @@ cpu_environment()
 import torch  # noqa: E402 - after the DeepSpeed accelerator is chosen
 
 from model.config import ModelConfig  # noqa: E402
-from model.ebt import ebt_reuse_train_flops_per_token  # noqa: E402
-from model.flops import count_params, train_flops_per_token  # noqa: E402
+from model.flops import (  # noqa: E402
+    count_params,
+    ebt_reuse_train_flops_per_token,
+    train_flops_per_token,
+)
 
-# the paper's smallest shapes (d_model -> n_layers, n_heads): 4xs, 3xs, xxs
-PAPER_SHAPES = {128: (2, 2), 256: (4, 4), 384: (6, 6)}
 DEFAULT_MICRO_BATCH = {128: 4, 256: 2, 384: 1}  # sequences per step: keeps the EBT steps to a few seconds
 VARIANTS = ("transformer_pp", "ebt", "ebt_reuse")
 TARGET_TPP_MFU = 0.50  # issue: TPP at d_model >= 256 reaches 50% of the fp32 GEMM peak
@@ -133,36 +135,19 @@ def variant_flops(cfg: ModelConfig, variant: str) -> tuple[float, float]:
 
 
 def trial_config(variant: str, d: int, args: argparse.Namespace, micro_batch: int, output_dir: Path) -> Any:
-    from orchestrator.config import parse_trial_config
-
-    layers, heads = PAPER_SHAPES.get(d, (args.layers or 4, max(1, d // 64)))
-    layers = args.layers or layers
     family = "transformer_pp" if variant == "transformer_pp" else "ebt"
-    model: dict[str, Any] = {
-        "family": family,
-        "d_model": d,
-        "n_layers": layers,
-        "n_heads": heads,
-        "vocab_size": args.vocab,
-        "context_length": args.context,
-    }
-    if family == "ebt":
-        model["ebt"] = {"reuse_observed_kv": variant == "ebt_reuse"}
-    return parse_trial_config(
-        {
-            "name": f"bench-{variant}-d{d}",
-            "model": model,
-            "data": {"source": "stdlib", "tokenizer": "bpe", "vocab_size": args.vocab},
-            "train": {
-                "tokens": micro_batch * args.context * 1000,
-                "global_batch_size": micro_batch,
-                "micro_batch_size": micro_batch,
-                "eval_every": 10**6,
-                "checkpoint_every": 10**6,
-            },
-            "deepspeed": {"zero_stage": args.zero_stage, "precision": "fp32"},
-            "output_dir": str(output_dir),
-        }
+    return bench_trial_config(
+        f"bench-{variant}-d{d}",
+        family,
+        d,
+        vocab=args.vocab,
+        context=args.context,
+        micro_batch=micro_batch,
+        steps=1000,
+        output_dir=output_dir,
+        zero_stage=args.zero_stage,
+        layers=args.layers,
+        ebt={"reuse_observed_kv": variant == "ebt_reuse"} if family == "ebt" else None,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from model.config import EBTConfig, ModelConfig
+
+if TYPE_CHECKING:  # torch is imported where a model is built, not by every config reader (the CLI's start)
+    from torch import nn
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -28,14 +28,16 @@ import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from filelock import FileLock
 from pydantic import Field
 
 from model.config import FrozenModel
+
+if TYPE_CHECKING:  # torch loads with the training stack; the configs here are read by the CLI without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +451,8 @@ class TokenDataset:
 
     def windows(self, split: str, indices: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), int64 (n, T): x = tokens[i*T : i*T+T], y = the same window shifted by one token."""
+        import torch
+
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n, t = self.num_windows(split), self.context_length
         if idx.size and (idx.min() < 0 or idx.max() >= n):

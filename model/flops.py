@@ -21,9 +21,7 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     d, V = cfg.d_model, cfg.vocab_size
     blocks = cfg.n_layers * block_params(cfg) + d  # + final norm
     if cfg.family == "ebt":
-        from model.ebt import ebt_extra_params  # candidate map, step embeddings, energy head, alpha
-
-        extra = ebt_extra_params(cfg)
+        extra = ebt_extra_params(cfg)  # candidate map, step embeddings, energy head, alpha
         # a token embedding but no vocabulary head (tie_embeddings ties the EBT's candidate map instead)
         return {"total": blocks + V * d + extra["total"], "non_embedding": blocks + extra["non_embedding"]}
     embedding = V * d + (0 if cfg.tie_embeddings else V * d)
@@ -42,8 +40,6 @@ def train_flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token (forward + backward) for the family in cfg. For the EBT: every descent step's
     forward and candidate gradient, and the outer backward through them (model.ebt, docs/ebt.md)."""
     if cfg.family == "ebt":
-        from model.ebt import ebt_train_flops_per_token
-
         return ebt_train_flops_per_token(cfg)
     return 3 * forward_flops_per_token(cfg)
 
@@ -53,7 +49,114 @@ def executed_train_flops_per_token(cfg: ModelConfig) -> float:
     convention, the authors' full recompute), except an EBT with `reuse_observed_kv`, which computes less.
     What time estimates and hardware utilisation need."""
     if cfg.family == "ebt" and cfg.ebt.reuse_observed_kv:
-        from model.ebt import ebt_reuse_train_flops_per_token
-
         return ebt_reuse_train_flops_per_token(cfg)
     return train_flops_per_token(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The EBT's parameter and FLOP counts (same conventions; derivation in docs/ebt.md). Arithmetic on the
+# config only, here rather than in model/ebt.py so that planning never imports torch.
+
+
+def tied_candidate_map(cfg: ModelConfig) -> bool:
+    """Candidate embedding = probs @ token embedding ('token_embedding', or tie_embeddings=True)."""
+    return cfg.tie_embeddings or cfg.ebt.candidate_embedding == "token_embedding"
+
+
+def ebt_extra_params(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of the EBT beyond the blocks, final norm and token embedding (which count_params adds):
+    candidate map V*d ('linear', untied), step embeddings K*d ('time_embed'), energy head d, learnable alpha.
+    Non-embedding counts the energy head and alpha (the vocabulary-sized map is excluded like the
+    Transformer++ head, the step embeddings like position embeddings)."""
+    e, d, V = cfg.ebt, cfg.d_model, cfg.vocab_size
+    cand = 0 if tied_candidate_map(cfg) else V * d
+    steps = e.mcmc_steps * d if e.variant == "time_embed" else 0
+    own = d + (1 if e.step_size_learnable else 0)  # energy head + alpha
+    return {"total": cand + steps + own, "non_embedding": own}
+
+
+def energy_eval_flops(cfg: ModelConfig, seq_len: int | None = None) -> tuple[float, float]:
+    """(forward, candidate-gradient backward) matmul FLOPs of one energy evaluation of one sequence.
+
+    Forward over T = P + 2S rows: per layer 2T(4d^2 + 3df) for the linears plus 4T^2 d for QK^T and AV;
+    candidate map 2SVd; energy head 2Sd. The candidate gradient (autograd.grad w.r.t. the candidate only)
+    skips weight gradients: each linear costs one matmul (its input gradient, over all T rows since the
+    observed keys/values are on the path), attention backward costs twice its forward (dQ, dK, dV, dP).
+    """
+    S = seq_len or cfg.context_length
+    P = 1 if cfg.ebt.variant == "time_embed" else 0
+    T, d, f, V, L = P + 2 * S, cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
+    linears = L * 2 * T * (4 * d * d + 3 * d * f)
+    attention = L * 2 * 2 * T * T * d
+    ends = 2 * S * V * d + 2 * S * d  # candidate map + energy head
+    return linears + attention + ends, linears + 2 * attention + ends
+
+
+def expected_train_steps(cfg: ModelConfig) -> tuple[float, float]:
+    """(E[K] steps, E[steps whose graph is kept]) of one training forward."""
+    e = cfg.ebt
+    K = e.mcmc_steps if e.mcmc_steps_random_max is None else (e.mcmc_steps + e.mcmc_steps_random_max) / 2
+    return K, 1.0 if e.truncate_to_last_step else K
+
+
+def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per observed token: every step costs its forward f and candidate gradient g; the outer
+    backward through a kept step (forward + gradient graph) costs 2(f + g), as any backward is twice its
+    forward. Steps outside the kept graph (truncate) are never backpropagated. Counts the authors' full
+    recompute, also when reuse_observed_kv computes less."""
+    S = seq_len or cfg.context_length
+    fwd, grad = energy_eval_flops(cfg, S)
+    K, K_graph = expected_train_steps(cfg)
+    return (K + 2 * K_graph) * (fwd + grad) / S
+
+
+def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
+    """Training matmul FLOPs per token of the EBT with `reuse_observed_kv=True` (model.flops conventions: 2
+    per multiply-add, attention over the full rectangle, a backward costs twice its forward).
+
+    With n = P + S observed rows (step token + tokens), per layer lin(r) = 2r(4d^2 + 3df) for r rows and
+    attn(q, k) = 4qkd for q queries over k keys:
+    - observed stream, once per distinct step index: F_o = L(lin(n) + attn(n, n)). Only its keys/values are
+      used, so the last block's attention output, projection and MLP (attn(n, n) + 2nd^2 + 6ndf) feed
+      nothing: computed in the forward but never backpropagated;
+    - candidate stream, every step: F_c = L(lin(S) + attn(S, n + S)) + 2SVd + 2Sd (queries are the S
+      candidates, keys the n observed + S candidates; candidate map + energy head);
+    - candidate gradient (autograd.grad w.r.t. the candidate): G_c = L(lin(S) + 2 attn(S, n + S)) + 2SVd + 2Sd
+      (input gradients only, attention backward twice its forward);
+    - outer backward: 2(F_c + G_c) per kept step, 2(F_o - unused) per distinct index the kept steps use.
+    Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range.
+    Checked against torch's FlopCounterMode (tests/test_ebt.py)."""
+    e, S = cfg.ebt, cfg.context_length
+    P = 1 if e.variant == "time_embed" else 0
+    d, f, V, L = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
+    n = P + S
+
+    def lin(rows: int) -> float:
+        return 2 * rows * (4 * d * d + 3 * d * f)
+
+    def attn(queries: int, keys: int) -> float:
+        return 4 * queries * keys * d
+
+    ends = 2 * S * V * d + 2 * S * d
+    obs_fwd = L * (lin(n) + attn(n, n))
+    obs_bwd = 2 * (obs_fwd - (attn(n, n) + 2 * n * d * d + 6 * n * d * f))
+    cand_fwd = L * (lin(S) + attn(S, n + S)) + ends
+    cand_grad = L * (lin(S) + 2 * attn(S, n + S)) + ends
+    counts = range(e.mcmc_steps, (e.mcmc_steps_random_max or e.mcmc_steps) + 1)
+    total = 0.0
+    for K in counts:
+        index = [min(k, e.mcmc_steps - 1) for k in range(K)]
+        kept = [K - 1] if e.truncate_to_last_step else list(range(K))
+        total += len(set(index)) * obs_fwd + K * (cand_fwd + cand_grad)
+        total += len({index[k] for k in kept}) * obs_bwd + len(kept) * 2 * (cand_fwd + cand_grad)
+    return total / len(counts) / S
+
+
+def ebt_inference_flops_per_token(
+    cfg: ModelConfig, steps: int, candidates: int = 1, seq_len: int | None = None
+) -> float:
+    """FLOPs per token of `think(steps, candidates)`: steps * candidates energy evaluations, each a forward
+    and a candidate gradient."""
+    S = seq_len or cfg.context_length
+    fwd, grad = energy_eval_flops(cfg, S)
+    return steps * candidates * (fwd + grad) / S

@@ -37,7 +37,12 @@ from typing import Any
 from rich.table import Table
 
 from model.config import ModelConfig
-from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
+from model.flops import (
+    count_params,
+    executed_train_flops_per_token,
+    expected_train_steps,
+    train_flops_per_token,
+)
 from orchestrator.config import TrialConfig
 from orchestrator.spec import PlannedTrial, SpecError, si
 
@@ -368,8 +373,6 @@ def time_terms(cfg: TrialConfig) -> dict[str, float]:
     micro = cfg.grad_accum_steps
     passes, elements = 1.0, 0.0
     if m.family == "ebt":
-        from model.ebt import expected_train_steps
-
         K, kept = expected_train_steps(m)
         passes = K + 2 * kept
         P = 1 if m.ebt.variant == "time_embed" else 0

@@ -16,15 +16,18 @@ from model.ebt import (
     EBT,
     NonFiniteEnergyGradient,
     candidate_mask,
-    ebt_inference_flops_per_token,
-    ebt_reuse_train_flops_per_token,
-    ebt_train_flops_per_token,
-    expected_train_steps,
     full_mask,
     positions,
     system2_recipe,
 )
-from model.flops import count_params, executed_train_flops_per_token
+from model.flops import (
+    count_params,
+    ebt_inference_flops_per_token,
+    ebt_reuse_train_flops_per_token,
+    ebt_train_flops_per_token,
+    executed_train_flops_per_token,
+    expected_train_steps,
+)
 from model.thinking import thinking_curves
 from model.transformer_pp import TransformerPP
 
