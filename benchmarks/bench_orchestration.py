@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,58 @@ class RayHead:
         self.log.close()
 
 
+CPU_GROUPS = ("driver", "trial processes", "ray system")
+
+
+def _cpu_seconds(pid: int) -> tuple[float, str] | None:
+    """(user + system CPU seconds, process title) of one process, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK"), cmdline
+
+
+class CpuByGroup:
+    """CPU seconds used by the sweep's processes, grouped: the CLI driver (Tune's controller, MLflow run
+    creation), trial processes (Ray workers: Tune trial actors, Train workers; their training included) and
+    Ray's own system processes (GCS, raylet, dashboard, agents, log monitor). Sampled every 0.25 s over the
+    CLI's session; a process's last sample counts, so the CPU of its final <0.25 s is missed."""
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.cpu: dict[int, float] = {}
+        self.title: dict[int, str] = {}  # a Ray worker's title once it names itself (ray::ImplicitFunc...)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            for pid in session_pids(self.sid):
+                if (got := _cpu_seconds(pid)) is not None:
+                    self.cpu[pid] = got[0]
+                    if got[1].startswith("ray::") or pid not in self.title:
+                        self.title[pid] = got[1]
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self.thread.join()
+        out = dict.fromkeys(CPU_GROUPS, 0.0)
+        for pid, cpu in self.cpu.items():
+            title = self.title[pid]
+            if pid == self.sid:
+                group = "driver"
+            elif title.startswith("ray::") and not title.startswith(("ray::IDLE", "ray::DashboardAgent")):
+                group = "trial processes"
+            else:
+                group = "ray system"
+            out[group] += cpu
+        return out
+
+
 def run_cli(
     spec_path: Path, env: dict[str, str], address: str | None, timeout: float, log: Path
 ) -> dict[str, Any]:
@@ -204,13 +257,16 @@ def run_cli(
         proc = subprocess.Popen(
             cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        cpu = CpuByGroup(proc.pid)
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             rc = None
         finally:
+            wall = time.perf_counter() - start
+            cpu_s = cpu.stop()
             stop_session(proc, grace_s=20)
-    return {"returncode": rc, "wall_s": time.perf_counter() - start, "timed_out": rc is None}
+    return {"returncode": rc, "wall_s": wall, "timed_out": rc is None, "cpu_s": cpu_s}
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -445,6 +501,12 @@ def render(result: dict[str, Any]) -> None:
             f"per-trial fixed cost: median {med['fixed']:.1f} s (target < {TARGET_FIXED_COST_S:.0f} s); "
             f"steps needed per trial for {TARGET_EFFICIENCY:.0%} at this fixed cost: "
             f"{s['train_s_per_trial_for_target']:.0f} s of training"
+        )
+    if cpu := result["cli"].get("cpu_s"):
+        out.print(
+            f"CPU seconds by process group over the sweep ({s['sweep_wall_s'] * s['slots']:.0f} slot-s): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+            + f" (training steps {s['sum_train_time_s']:.1f} s)"
         )
     if result.get("driver"):
         out.print("driver: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["driver"].items() if v == v))

@@ -107,6 +107,13 @@ def run_command(
             "Ray Train TorchTrainer; ray_train: a TorchTrainer for every trial"
         ),
     ] = "auto",
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard",
+            help="start the embedded Ray's dashboard even when no trial needs it (trials under Ray Train do)",
+        ),
+    ] = False,
 ) -> None:
     """Train every trial of SPEC on Ray Tune, tracked in MLflow (multi-worker trials under Ray Train).
 
@@ -123,6 +130,7 @@ def run_command(
             max_failures=max_failures,
             max_concurrent=max_concurrent,
             launcher=launcher,
+            dashboard=dashboard,
         )
     except (ConfigError, OSError) as err:
         raise _fail(err) from None

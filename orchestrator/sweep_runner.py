@@ -218,15 +218,20 @@ def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
 LAUNCHERS = ("auto", "ray_train")
 
 
-def runs_in_tune_actor(job: dict[str, Any]) -> bool:
-    """Whether a trial trains inside its Tune trial actor rather than under a Ray Train TorchTrainer.
+def uses_ray_train(launcher: str, num_workers: int) -> bool:
+    """Whether a trial trains under a Ray Train TorchTrainer rather than inside its Tune trial actor.
 
-    `auto` does this for single-worker trials. Ray Train adds nothing such a trial uses (no process group to
-    form across workers; retries are Tune's and checkpoints are the trainer's own), but it costs ~16 Python
-    processes and ~15 s of start-up and teardown per trial (benchmarks/NOTES.md). In the Tune actor, which
-    holds the trial's real CPUs/GPUs and is reused by the next trial of the same shape, torch, DeepSpeed and
-    MLflow are imported once per slot instead of once per trial. Multi-worker trials always use Ray Train."""
-    return job["launcher"] == "auto" and job["config"]["resources"]["num_workers"] == 1
+    `auto` trains single-worker trials in the Tune actor. Ray Train adds nothing such a trial uses (no process
+    group to form across workers; retries are Tune's and checkpoints are the trainer's own), but it costs ~16
+    Python processes and ~15 s of start-up and teardown per trial (benchmarks/NOTES.md). In the Tune actor,
+    which holds the trial's real CPUs/GPUs and is reused by the next trial of the same shape, torch, DeepSpeed
+    and MLflow are imported once per slot instead of once per trial. Multi-worker trials always use Ray
+    Train."""
+    return launcher != "auto" or num_workers > 1
+
+
+def runs_in_tune_actor(job: dict[str, Any]) -> bool:
+    return not uses_ray_train(job["launcher"], job["config"]["resources"]["num_workers"])
 
 
 def trial_resources(tune_config: dict[str, Any]) -> dict[str, float]:
@@ -298,14 +303,16 @@ def _trial_driver(tune_config: dict[str, Any]) -> None:
     trainer.fit()
 
 
-def init_ray(address: str | None, env: dict[str, str]) -> None:
-    """Connect to a cluster (`address` or RAY_ADDRESS) or start a private embedded local instance."""
+def init_ray(address: str | None, env: dict[str, str], dashboard: bool = True) -> str | None:
+    """Connect to a cluster (`address` or RAY_ADDRESS) or start a private embedded local instance, with its
+    dashboard if `dashboard` (Ray Train needs it; it delays the start by ~2 s and takes a few % of a core).
+    Returns the embedded instance's dashboard URL, if it has one."""
     import ray
 
     from orchestrator.distributed import free_port
 
     if ray.is_initialized():
-        return
+        return None
     address = address or os.environ.get("RAY_ADDRESS")
     env = dict(env)
     if address is None:
@@ -318,11 +325,11 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(
+        context = ray.init(
             address=address or "local",
             # Ray Train's placement-group cleaner needs the State API, which the dashboard serves. Bound to
             # loopback unless the user says otherwise.
-            include_dashboard=True,
+            include_dashboard=dashboard,
             dashboard_host=os.environ.get("EBTSCALE_DASHBOARD_HOST", "127.0.0.1"),
             logging_level="WARNING",
             log_to_driver=False,
@@ -331,6 +338,7 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
         )
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    return context.dashboard_url if address is None and dashboard else None
 
 
 def ray_env(layout: SweepLayout) -> dict[str, str]:
@@ -369,10 +377,12 @@ def run_sweep(
     max_concurrent: int | None = None,
     progress: bool = True,
     launcher: str = "auto",
+    dashboard: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Plan, create the MLflow runs, train every pending trial on Ray; returns {trial id: status dict}.
     `launcher`: "auto" trains single-worker trials in their Tune actor (`runs_in_tune_actor`), "ray_train"
-    gives every trial a Ray Train TorchTrainer."""
+    gives every trial a Ray Train TorchTrainer. An embedded Ray gets its dashboard when a trial uses Ray
+    Train, or when `dashboard` asks for it."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     import fcntl
@@ -399,10 +409,15 @@ def run_sweep(
             # Ray starts (seconds) while the MLflow runs are created: both are done before any trial trains.
             runs = pool.submit(ensure_runs, layout, units)
             if pending:
-                init_ray(address, ray_env(layout))
+                dashboard = dashboard or any(
+                    uses_ray_train(launcher, u.config.resources.num_workers) for u in pending
+                )
+                url = init_ray(address, ray_env(layout), dashboard=dashboard)
+                if url and progress:
+                    print(f"Ray dashboard: http://{url}", flush=True)
             parent_id = runs.result()
         if pending:
-            _run_on_ray(layout, units, pending, address, max_failures, max_concurrent, progress, launcher)
+            _run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)
         statuses = {u.id: unit_status(layout, u) | {"name": u.name} for u in units}
         if all(s["status"] in DONE for s in statuses.values()):
             from mlflow.tracking import MlflowClient
@@ -415,7 +430,6 @@ def _run_on_ray(
     layout: SweepLayout,
     units: list[TrialUnit],
     pending: list[TrialUnit],
-    address: str | None,
     max_failures: int,
     max_concurrent: int | None,
     progress: bool,
@@ -423,7 +437,6 @@ def _run_on_ray(
 ) -> None:
     from ray import tune
 
-    init_ray(address, ray_env(layout))  # already started by run_sweep: a no-op
     ray_dir = layout.root / "ray"
     attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
     jobs = {

@@ -3,6 +3,7 @@ turns a bad config into a one-line error with exit code 2 (no traceback)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,37 @@ def test_unwritable_output_dir_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not writable"):
         train_trial(cfg, progress=False)
     assert blocker.read_text() == "in the way"  # nothing was lost
+
+
+EXIT_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from orchestrator.cli import main
+
+marker = Path(sys.argv[1])
+atexit.register(lambda: print("atexit handler ran"))  # not flushed by itself
+# a non-daemon thread still working when the command returns: the exit must wait for it
+threading.Thread(target=lambda: (time.sleep(0.5), marker.write_text("thread finished"))).start()
+sys.stdout.write("buffered line, no newline")  # left in the buffer: the exit must flush it
+sys.argv = ["ebtscale", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["sweep", "plan", "missing.yaml"], 2)])
+def test_cli_exit_keeps_pythons_exit_semantics(tmp_path: Path, args: list[str], code: int) -> None:
+    """main() skips the interpreter's module teardown: threads, atexit handlers, flushing and the exit status
+    must still be what a normal exit gives."""
+    marker = tmp_path / "marker"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as piped
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, str(marker), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert "atexit handler ran" in proc.stdout
+    assert "buffered line, no newline" in proc.stdout
+    assert marker.read_text() == "thread finished"
