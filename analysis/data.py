@@ -112,29 +112,37 @@ def tidy_thinking(df: pd.DataFrame) -> pd.DataFrame:
 
 def exclusion_reasons(trials: pd.DataFrame, y: str = "val_loss") -> pd.Series:
     """Why each row of a tidy trials table cannot enter a fit ('' when it can): not finished, unknown axis,
-    or a missing / non-positive x or y. Non-finished rows carry their status and status_reason."""
+    or a missing / non-positive x or y. Non-finished rows carry their status and status_reason.
+
+    Column-wise (a report calls this once per axis, on every row of the sweep): only the excluded rows'
+    messages are formatted one by one."""
     if y not in trials.columns:
         raise SchemaError(f"trials table has no column {y!r} to fit")
-    reasons = pd.Series("", index=trials.index, dtype=object)
-    for i, row in trials.iterrows():
-        status = row["status"]
-        if status != "finished":
-            detail = row["status_reason"]
-            reasons[i] = f"{status}: {detail}" if detail else str(status)
-            continue
-        x_col = AXIS_X.get(row["axis"])
-        if x_col is None:
-            reasons[i] = f"unknown axis {row['axis']!r}"
+    out = np.full(len(trials), "", dtype=object)
+    status = trials["status"].to_numpy()
+    pending = status == "finished"  # rows with no reason yet
+    for i in np.flatnonzero(~pending):
+        detail = trials["status_reason"].iat[i]
+        out[i] = f"{status[i]}: {detail}" if detail else str(status[i])
+    x_cols = np.array([AXIS_X.get(a) for a in trials["axis"]], dtype=object)
+    unknown = pending & np.array([c is None for c in x_cols], dtype=bool)
+    for i in np.flatnonzero(unknown):
+        out[i] = f"unknown axis {trials['axis'].iat[i]!r}"
+    pending &= ~unknown
+    for x_col in dict.fromkeys(AXIS_X.values()):
+        rows = pending & (x_cols == x_col)
+        if not rows.any():  # an axis absent from the table need not have its x column
             continue
         for col in (x_col, y):
-            value = row[col]
-            if not np.isfinite(value):
-                reasons[i] = f"{col} is missing"
-                break
-            if value <= 0:
-                reasons[i] = f"{col} = {value:g} is not positive"
-                break
-    return reasons
+            values = trials[col].to_numpy()
+            missing = rows & ~np.isfinite(values)
+            out[missing] = f"{col} is missing"
+            rows &= ~missing
+            not_positive = rows & (values <= 0)
+            for i in np.flatnonzero(not_positive):
+                out[i] = f"{col} = {values[i]:g} is not positive"
+            rows &= ~not_positive
+    return pd.Series(out, index=trials.index, dtype=object)
 
 
 def split_trials(trials: pd.DataFrame, y: str = "val_loss") -> tuple[pd.DataFrame, pd.DataFrame]:

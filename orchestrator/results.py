@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.sweep_runner import ROWS_TAG
-from orchestrator.tracking import PARENT_TAG
+from orchestrator.tracking import PARENT_TAG, gc_paused
 
 COLUMNS = [
     "trial_id", "name", "family", "axis", "axis_value", "status", "status_reason", "n_params",
@@ -54,7 +54,8 @@ def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
 
     client = MlflowClient(uri)
     exp_id, parent_id = sweep_parent_run(uri, sweep)
-    runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
+    with gc_paused():
+        runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
     records = []
     for run in runs:
         p, m, t = run.data.params, run.data.metrics, run.data.tags
