@@ -167,7 +167,13 @@ def load_text(load: dict[str, Any]) -> str:
         return (
             f"machine load: {load['machine_busy_cores']:.2f} of {load['cpus']} cores busy during the run; "
             f"without it {load['background_busy_cores_before']:.2f} cores busy before and "
-            f"{load['background_busy_cores_after']:.2f} after (other users); load average "
+            f"{load['background_busy_cores_after']:.2f} after (other users)"
+            + (
+                f", {load['other_busy_cores_during']:.2f} during it"
+                if "other_busy_cores_during" in load
+                else ""
+            )
+            + "; load average "
             f"{load['loadavg_start'][0]:.2f} -> {load['loadavg_end'][0]:.2f}; {load['wall_s']:.0f} s"
         )
     return (

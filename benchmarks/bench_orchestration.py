@@ -55,6 +55,8 @@ from _bench import (
     write_json,
 )
 
+from orchestrator.ports import free_port
+
 HOOKS = Path(__file__).resolve().parent / "_hooks"
 TARGET_EFFICIENCY = 0.85  # issue: >= 85% of slot time inside training steps on the 16-trial sweep
 TARGET_FIXED_COST_S = 10.0  # issue: per-trial fixed cost < 10 s on CPU
@@ -98,12 +100,6 @@ def sweep_spec(trials: int, steps: int, output_dir: Path) -> dict[str, Any]:
         "axes": {"params": {"d_model": d_models, "head_dim": 16}},
         "output_dir": str(output_dir),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
@@ -580,6 +576,11 @@ def main() -> None:
     del load_summary["own_busy_cores"], load_summary["other_busy_cores"]
     load_summary["background_busy_cores_before"] = background_before
     load_summary["background_busy_cores_after"] = sample_busy_cores(args.load_sample)
+    # during the run: the machine's busy CPU less the sweep's own (sampled per process) = everyone else's,
+    # the benchmark's sampler included
+    busy_s = load_summary["machine_busy_cores"] * load_summary["wall_s"]
+    session_s = sum(cli.get("cpu_s", {}).values())
+    load_summary["other_busy_cores_during"] = max(0.0, busy_s - session_s) / load_summary["wall_s"]
 
     sweep_root = Path(spec["output_dir"]) / spec["name"]
     results = trial_results(sweep_root)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from orchestrator.ports import free_port
 
 
 def configure_accelerator() -> str:
@@ -18,12 +19,6 @@ def configure_accelerator() -> str:
     if "DS_ACCELERATOR" not in os.environ:
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
     return os.environ["DS_ACCELERATOR"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _OWN_WORLD_PORT = "EBTSCALE_SINGLE_PROCESS_PORT"  # marks a one-process world this module made, not a launcher

@@ -31,6 +31,7 @@ from orchestrator.spec import PlannedTrial, SweepSpec, expand
 from orchestrator.tracking import (
     PARENT_TAG,
     RunTracker,
+    gc_paused,
     get_or_create_experiment,
     resolve_tracking_uri,
 )
@@ -143,10 +144,9 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
             parent.log_params({"spec": spec.model_dump(mode="json")})
             parent_id = parent.run_id
         _atomic_json(sweep_file, {"parent_run_id": parent_id, "tracking_uri": uri, "name": spec.name})
-    existing = {
-        r.data.tags.get("ebtscale.trial_id"): r.info.run_id
-        for r in client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
-    }
+    with gc_paused():
+        children = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
+    existing = {r.data.tags.get("ebtscale.trial_id"): r.info.run_id for r in children}
     for unit in units:
         folder = layout.trial_dir(unit)
         if (folder / "run.json").is_file():
@@ -176,14 +176,13 @@ def _close_done_runs(
 ) -> None:
     """A trial killed between writing result.json and closing its MLflow run is done (never trained again),
     but its run was left open: record its outcome from result.json and close it."""
-    open_runs = {
-        r.info.run_id
-        for r in client.search_runs(
+    with gc_paused():
+        unfinished = client.search_runs(
             [exp_id],
             f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status != 'FINISHED'",
             max_results=50000,
         )
-    }
+    open_runs = {r.info.run_id for r in unfinished}
     for unit in units:
         folder = layout.trial_dir(unit)
         result_file, run_file = folder / "result.json", folder / "run.json"
@@ -309,7 +308,7 @@ def init_ray(address: str | None, env: dict[str, str], dashboard: bool = True) -
     Returns the embedded instance's dashboard URL, if it has one."""
     import ray
 
-    from orchestrator.distributed import free_port
+    from orchestrator.ports import free_port
 
     if ray.is_initialized():
         return None

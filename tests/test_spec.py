@@ -789,3 +789,30 @@ def test_gpu_trials_get_no_cpu_calibrated_time() -> None:
     assert all(r.seconds is None for r in p.rows) and p.total_seconds is None
     assert all(r.memory_bytes < 80 * 2**30 for r in p.rows)  # the paper's sizes fit an 80 GB GPU
     assert plan(trials, throughput_flops=1e14).total_seconds == pytest.approx(p.total_flops / 8e14)
+
+
+DRIVER_IMPORTS = """
+import sys
+from orchestrator import cli, ports, results, sweep_cli, sweep_runner  # what `ebtscale sweep run` loads
+from orchestrator.plan import check_budget, plan
+from orchestrator.spec import expand, load_spec
+
+units = sweep_runner.trial_units(expand(load_spec(sys.argv[1])))
+check_budget(plan([r for u in units for r in u.rows], calibrate=False, throughput_flops=1.0))
+print(sorted(sweep_runner.unit_flops(u) for u in units)[-1] > 0)
+sweep_runner.init_ray(None, {}, dashboard=False)  # the embedded Ray's start, as run_sweep does it
+import ray
+
+ray.shutdown()
+heavy = [m for m in ("torch", "deepspeed") if m in sys.modules]
+assert not heavy, f"the sweep driver imported {heavy}"
+"""
+
+
+def test_the_sweep_driver_plans_without_torch() -> None:
+    """The driver's start-up is on every sweep's critical path: parsing, planning, scheduling order and
+    starting Ray need no torch (importing it cost ~0.8 s of CPU there, and ~1 s more at exit)."""
+    spec = ROOT / "sweeps" / "smoke-params.yaml"
+    proc = subprocess.run([sys.executable, "-c", DRIVER_IMPORTS, str(spec)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"

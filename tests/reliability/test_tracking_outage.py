@@ -29,7 +29,7 @@ import yaml
 from conftest import tiny_trial
 from sweep_helpers import record_fault
 
-from orchestrator.distributed import free_port
+from orchestrator.ports import free_port
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 OUTAGE_S = 30.0
