@@ -9,6 +9,7 @@ in one run are robust to that load; absolute times are not.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -75,6 +76,14 @@ def bench_trial_config(
             "output_dir": str(output_dir),
         }
     )
+
+
+def bench_parser(doc: str | None, results_name: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its module docstring as help, and --json-out (default
+    benchmarks/results/<results_name>)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json-out", type=Path, default=RESULTS / results_name)
+    return parser
 
 
 def cpu_environment() -> None:

@@ -17,10 +17,10 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import scipy
+from _bench import bench_parser
 from rich.console import Console
 from rich.table import Table
 from scipy.optimize import minimize
@@ -129,10 +129,7 @@ def bench_case(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json-out", type=Path, default=Path("benchmarks/results/analysis.json"))
+    parser = bench_parser(__doc__, "analysis.json")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--points", type=int, default=250, help="chinchilla points")
     parser.add_argument("--single-points", type=int, default=40, help="single-axis (saturating) points")

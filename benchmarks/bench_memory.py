@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from _bench import (
-    RESULTS,
     LoadMonitor,
+    bench_parser,
     bench_trial_config,
     console,
     cpu_environment,
@@ -368,10 +368,7 @@ def render(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json-out", type=Path, default=RESULTS / "memory.json")
+    parser = bench_parser(__doc__, "memory.json")
     parser.add_argument("--sizes", default="128,256", help="d_model values (paper shapes: 128, 256, 384)")
     parser.add_argument("--families", default="transformer_pp,ebt")
     parser.add_argument("--stages", default="0,1,3", help="ZeRO stages")

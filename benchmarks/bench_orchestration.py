@@ -26,7 +26,6 @@ evaluation, checkpoints and final weights. No project file is modified.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -45,8 +44,8 @@ from typing import Any
 import yaml
 from _bench import (
     REPO,
-    RESULTS,
     LoadMonitor,
+    bench_parser,
     console,
     machine_info,
     median,
@@ -524,10 +523,7 @@ def render(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json-out", type=Path, default=RESULTS / "orchestration.json")
+    parser = bench_parser(__doc__, "orchestration.json")
     parser.add_argument("--trials", type=int, default=16, help="trials in the sweep (both families)")
     parser.add_argument(
         "--steps", type=int, default=64, help="optimizer steps per trial (8 x 64 tokens each)"

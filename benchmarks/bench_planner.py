@@ -41,8 +41,8 @@ from typing import Any
 
 from _bench import (
     REPO,
-    RESULTS,
     LoadMonitor,
+    bench_parser,
     console,
     cpu_environment,
     machine_info,
@@ -354,10 +354,7 @@ def render(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json-out", type=Path, default=RESULTS / "planner.json")
+    parser = bench_parser(__doc__, "planner.json")
     parser.add_argument(
         "--specs",
         default=",".join(str(REPO / "sweeps" / f"{s}.yaml") for s in DEFAULT_SPECS),

@@ -28,7 +28,6 @@ theirs). In-process stages are the best of --repeat runs (wall clock; the machin
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import io
@@ -48,8 +47,8 @@ import numpy as np
 import yaml
 from _bench import (
     REPO,
-    RESULTS,
     LoadMonitor,
+    bench_parser,
     console,
     cpu_environment,
     machine_info,
@@ -431,10 +430,7 @@ def render(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json-out", type=Path, default=RESULTS / "store.json")
+    parser = bench_parser(__doc__, "store.json")
     parser.add_argument(
         "--trials", default="1000,10000", help="comma-separated sweep sizes (distinct trials)"
     )

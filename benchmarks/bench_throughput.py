@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from _bench import (
-    RESULTS,
     Clock,
     LoadMonitor,
     Spans,
+    bench_parser,
     bench_trial_config,
     console,
     cpu_environment,
@@ -615,10 +615,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json-out", type=Path, default=RESULTS / "throughput.json")
+    parser = bench_parser(__doc__, "throughput.json")
     parser.add_argument("--sizes", default="128,256,384", help="d_model values (paper shapes: 128, 256, 384)")
     parser.add_argument("--layers", type=int, default=None, help="n_layers for every size (default: paper's)")
     parser.add_argument("--context", type=int, default=256)
