@@ -59,3 +59,20 @@ def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
     parent = runs[0].data.tags["mlflow.parentRunId"]
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
     assert {"report/report.html", "report/report.md"} <= logged
+
+
+def test_launcher_decides_where_a_trial_trains_what_it_asks_ray_for_and_the_dashboard() -> None:
+    """auto: a one-worker trial trains in its Tune actor, which holds the trial's CPUs/GPUs; a multi-worker
+    trial (or any trial with ray_train) runs a TorchTrainer, whose waiting Tune actor takes no CPU, and needs
+    the dashboard (Ray Train's State API)."""
+    from orchestrator.sweep_runner import runs_in_tune_actor, trial_resources, uses_ray_train
+
+    def job(launcher: str, workers: int) -> dict:
+        resources = {"num_workers": workers, "cpus_per_worker": 2, "gpus_per_worker": 0}
+        return {"launcher": launcher, "config": {"resources": resources}}
+
+    assert not uses_ray_train("auto", 1)
+    assert uses_ray_train("auto", 2) and uses_ray_train("ray_train", 1)
+    assert runs_in_tune_actor(job("auto", 1)) and not runs_in_tune_actor(job("ray_train", 1))
+    assert trial_resources({"job": job("auto", 1)}) == {"cpu": 2, "gpu": 0}
+    assert trial_resources({"job": job("auto", 2)})["cpu"] == 0
