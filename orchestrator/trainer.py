@@ -435,7 +435,7 @@ def record_outcome(tracker: RunTracker, result: TrialResult, trial_dir: Path) ->
 def ensure_writable(folder: Path, needed_bytes: int = 0) -> None:
     """Fail before any training, with a clear message, if the trial's folder cannot be written or its
     filesystem has less than `needed_bytes` free (see checkpoint.required_bytes)."""
-    probe = folder / ".write-probe"
+    probe = folder / f".write-probe-{os.getpid()}"  # per process: the ranks of one trial probe at once
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
