@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sweep_helpers import EBTSCALE
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -35,7 +36,6 @@ from orchestrator.jobs import STAGED_SPEC_DIR, plan_job, staged_working_dir
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-EBTSCALE = [sys.executable, "-m", "orchestrator.cli"]
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
 SWEEP = "cluster-tiny"
 

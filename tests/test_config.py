@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sweep_helpers import cli
 
 from orchestrator.cli import parse_overrides
 from orchestrator.config import ConfigError, TrialConfig, parse_trial_config
@@ -79,8 +80,7 @@ def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path: Path) 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**GOOD, "model": {**GOOD["model"], "n_heads": 3}}))
     for args in (["train", str(bad)], ["train", str(tmp_path / "missing.yaml")], ["sweep", "plan", str(bad)]):
-        command = [sys.executable, "-m", "orchestrator.cli", *args]
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = cli(*args)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower()
 

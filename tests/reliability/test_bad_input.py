@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from sweep_helpers import cli
 from typer.testing import CliRunner
 
 from analysis.compare import compare_axis
@@ -266,12 +266,7 @@ def test_fit_command_answers_in_one_line_or_fits(
 
 def fit_cli(path: Path) -> subprocess.CompletedProcess:
     """`ebtscale fit` of a tokens -> val_loss table, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "fit", str(path), "--x", "D=tokens", "--y", "val_loss"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return cli("fit", str(path), "--x", "D=tokens", "--y", "val_loss", timeout=300)
 
 
 def test_cli_fit_error_is_one_line_naming_the_column(tmp_path: Path) -> None:

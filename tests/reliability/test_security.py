@@ -10,13 +10,12 @@ create a file, which must not exist afterwards."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_trial
+from sweep_helpers import cli
 
 REPO = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".venv", ".git", "outputs", "build", "dist", "node_modules", "__pycache__"}
@@ -200,21 +199,7 @@ def test_trial_config_with_a_python_tag_is_rejected_without_running_it(tmp_path:
     # and as a command-line override of a good config
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(tiny_trial(tmp_path).model_dump(mode="json")))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "train",
-            str(good),
-            "--no-track",
-            "--set",
-            f"name={payload(marker)}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli("train", str(good), "--no-track", "--set", f"name={payload(marker)}", timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: --set name: not valid YAML")
     assert not marker.exists()
@@ -228,12 +213,7 @@ def test_sweep_spec_with_a_python_tag_is_rejected_without_running_it(tmp_path: P
     spec.write_text(f"name: evil\nfamilies: [ebt]\noutput_dir: {payload(marker)}\n")
     with pytest.raises(SpecError, match="not valid YAML: could not determine a constructor"):
         load_spec(spec)
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "plan", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli("sweep", "plan", str(spec), timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: invalid {spec}") and "not valid YAML" in line

@@ -18,7 +18,6 @@ import re
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import tiny_trial
-from sweep_helpers import record_fault
+from sweep_helpers import EBTSCALE, cli, record_fault
 
 from orchestrator import checkpoint
 from orchestrator.config import ConfigError, TrialConfig
@@ -64,7 +63,7 @@ def train_cli(cfg: TrialConfig, background: bool = False) -> Any:
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "train", str(config), "--no-track"]
+    cmd = [*EBTSCALE, "train", str(config), "--no-track"]
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -101,12 +100,7 @@ def test_cli_names_the_unwritable_folder_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "trial.yaml"
     config.write_text(yaml.safe_dump(tiny_trial(tmp_path).model_dump(mode="json")))
     out = "/sys/ebtscale-reliability/out"
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "train", str(config), "-o", out, "--no-track"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli("train", str(config), "-o", out, "--no-track", timeout=300)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr + done.stdout
     (line,) = [ln for ln in done.stderr.splitlines() if ln.strip()]

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_trial
-from sweep_helpers import record_fault
+from sweep_helpers import EBTSCALE, record_fault
 
 from orchestrator.ports import free_port
 
@@ -161,7 +161,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
     log = tmp_path / "train.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "train", str(config), "--experiment", "outage"],
+            [*EBTSCALE, "train", str(config), "--experiment", "outage"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
