@@ -334,8 +334,7 @@ class RunTracker:
     def _send_params(self) -> bool:
         from mlflow.entities import Param
 
-        with self._lock:
-            queued = dict(self._params)
+        queued = self._snapshot(self._params)
         if not queued:
             return True
         existing: dict[str, str] = {}
@@ -346,27 +345,31 @@ class RunTracker:
             chunk = [Param(k, v) for k, v in new[i : i + 100]]
             if not self._attempt("params", self.client.log_batch, self.run_id, params=chunk):
                 return False
-        with self._lock:
-            for k, v in queued.items():
-                if self._params.get(k) == v:
-                    del self._params[k]
+        self._forget_sent(self._params, queued)
         return True
 
     def _send_tags(self) -> bool:
         from mlflow.entities import RunTag
 
-        with self._lock:
-            sent = dict(self._tags)
-        if not sent:
+        queued = self._snapshot(self._tags)
+        if not queued:
             return True
-        tags = [RunTag(k, v) for k, v in sent.items()]
+        tags = [RunTag(k, v) for k, v in queued.items()]
         if not self._attempt("tags", self.client.log_batch, self.run_id, tags=tags):
             return False
+        self._forget_sent(self._tags, queued)
+        return True
+
+    def _snapshot(self, pending: dict[str, str]) -> dict[str, str]:
+        with self._lock:
+            return dict(pending)
+
+    def _forget_sent(self, pending: dict[str, str], sent: dict[str, str]) -> None:
+        """Drop what was sent from `pending`, unless it was set again meanwhile (that value still goes)."""
         with self._lock:
             for k, v in sent.items():
-                if self._tags.get(k) == v:  # unless set again meanwhile
-                    del self._tags[k]
-        return True
+                if pending.get(k) == v:
+                    del pending[k]
 
     def _send_metrics(self) -> bool:
         while True:
