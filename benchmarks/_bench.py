@@ -192,6 +192,16 @@ def load_text(load: dict[str, Any]) -> str:
     )
 
 
+def table(title: str, columns: Sequence[str], left: Sequence[str] = ()) -> Any:
+    """A rich Table of these columns: numbers right-aligned, the label columns in `left` left-aligned."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else "right")
+    return t
+
+
 def print_targets(out: Any, result: dict[str, Any]) -> None:
     """The issue's targets, met or not, then the machine load the numbers were measured under."""
     for target in result["targets"]:

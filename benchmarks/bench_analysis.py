@@ -20,9 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy
-from _bench import bench_parser
+from _bench import bench_parser, table
 from rich.console import Console
-from rich.table import Table
 from scipy.optimize import minimize
 
 from analysis.fit import DEFAULT_HUBER_DELTA, fit_law
@@ -166,7 +165,6 @@ def main() -> None:
     }
 
     console = Console(width=140)
-    table = Table(title=f"analysis fits, {args.bootstrap} bootstrap resamples (best of {args.repeat} rounds)")
     columns = (
         "case",
         "points",
@@ -178,13 +176,13 @@ def main() -> None:
         "naive loop s*",
         "speedup vs warm* / naive*",
     )
-    for col in columns:
-        table.add_column(col, justify="left" if col == "case" else "right")
+    title = f"analysis fits, {args.bootstrap} bootstrap resamples (best of {args.repeat} rounds)"
+    grid = table(title, columns, left=("case",))
     for c in cases:
         for clock in ("wall_s", "cpu_s"):
             t = c[clock]
             ex = t["bootstrap_extrapolated_s"]
-            table.add_row(
+            grid.add_row(
                 f"{c['form']} ({clock[:-2]})",
                 str(c["n_points"]),
                 str(c["n_starts"]),
@@ -195,7 +193,7 @@ def main() -> None:
                 f"{ex['naive_multistart_loop']:.0f}",
                 f"{t['speedup_vs_scipy_warm_loop']:.1f}x / {t['speedup_vs_naive_multistart_loop']:.0f}x",
             )
-    console.print(table)
+    console.print(grid)
     console.print(
         "* loops timed on "
         + "; ".join(

@@ -46,6 +46,7 @@ from _bench import (
     machine_info,
     print_targets,
     run_child,
+    table,
     write_json,
 )
 
@@ -292,28 +293,29 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> None:
-    from rich.table import Table
 
     out = console()
-    t = Table(title="peak RSS per worker vs the planner's estimate (MiB)")
-    for col in (
-        "family",
-        "variant",
-        "d",
-        "L",
-        "batch",
-        "ZeRO",
-        "workers",
-        "params",
-        "peak RSS",
-        "plan",
-        "ratio",
-        "after imports",
-        "model part",
-        "plan model part",
-        "ratio",
-    ):
-        t.add_column(col, justify="left" if col in ("family", "variant") else "right")
+    t = table(
+        "peak RSS per worker vs the planner's estimate (MiB)",
+        (
+            "family",
+            "variant",
+            "d",
+            "L",
+            "batch",
+            "ZeRO",
+            "workers",
+            "params",
+            "peak RSS",
+            "plan",
+            "ratio",
+            "after imports",
+            "model part",
+            "plan model part",
+            "ratio",
+        ),
+        left=("family", "variant"),
+    )
     for m in result["memory"]:
         if "error" in m:
             last = [line for line in m["error"].splitlines() if line.strip()][-1:] or ["?"]
@@ -338,21 +340,23 @@ def render(result: dict[str, Any]) -> None:
             f"{m['model_part_ratio']:.2f}",
         )
     out.print(t)
-    a = Table(title="autograd saved tensors of one micro-batch (plain model) vs the plan's saved terms (MiB)")
-    for col in (
-        "family",
-        "variant",
-        "d",
-        "batch",
-        "hidden",
-        "plan",
-        "attention",
-        "plan",
-        "vocabulary",
-        "plan",
-    ):
-        a.add_column(col, justify="left" if col in ("family", "variant") else "right")
-    a.add_column("total / plan", justify="right")
+    a = table(
+        "autograd saved tensors of one micro-batch (plain model) vs the plan's saved terms (MiB)",
+        (
+            "family",
+            "variant",
+            "d",
+            "batch",
+            "hidden",
+            "plan",
+            "attention",
+            "plan",
+            "vocabulary",
+            "plan",
+            "total / plan",
+        ),
+        left=("family", "variant"),
+    )
     for r in result.get("saved_tensors", []):
         b, p = r["bytes"], r["plan"]
         a.add_row(

@@ -51,6 +51,7 @@ from _bench import (
     median,
     print_targets,
     sample_busy_cores,
+    table,
     write_json,
 )
 
@@ -464,14 +465,13 @@ PHASE_COLUMNS = (
 
 
 def render(result: dict[str, Any]) -> None:
-    from rich.table import Table
 
     out = console()
-    t = Table(
-        title=f"per-trial seconds: {result['trials']} trials, {result['slots']} slots, Ray {result['ray']}"
+    t = table(
+        f"per-trial seconds: {result['trials']} trials, {result['slots']} slots, Ray {result['ray']}",
+        [col.replace("_", " ") for col in ("trial", "status", "train", "fixed", *PHASE_COLUMNS)],
+        left=("trial", "status"),
     )
-    for col in ("trial", "status", "train", "fixed", *PHASE_COLUMNS):
-        t.add_column(col.replace("_", " "), justify="left" if col in ("trial", "status") else "right")
     for r in result["per_trial"].values():
         p = r.get("phases")
         cells = [f"{p[c]:.2f}" for c in ("train_steps", "fixed", *PHASE_COLUMNS)] if p else ["-"] * 14

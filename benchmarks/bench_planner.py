@@ -49,6 +49,7 @@ from _bench import (
     print_targets,
     run_child,
     sample_busy_cores,
+    table,
     write_json,
 )
 
@@ -292,23 +293,24 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> None:
-    from rich.table import Table
 
     out = console()
-    t = Table(title="planner time per optimizer step vs measured (train_time_s per step, best of rounds)")
-    for col in (
-        "group",
-        "trial",
-        "micro-b.",
-        "GFLOP/step",
-        "planned ms",
-        "measured ms",
-        "ratio",
-        "mean ratio",
-        "first ms",
-        "trial planned s",
-    ):
-        t.add_column(col, justify="left" if col in ("group", "trial") else "right")
+    t = table(
+        "planner time per optimizer step vs measured (train_time_s per step, best of rounds)",
+        (
+            "group",
+            "trial",
+            "micro-b.",
+            "GFLOP/step",
+            "planned ms",
+            "measured ms",
+            "ratio",
+            "mean ratio",
+            "first ms",
+            "trial planned s",
+        ),
+        left=("group", "trial"),
+    )
     for group, summary in result["summary"].items():
         for r in (x for x in result["rows"] if x["group"] == group):
             if "error" in r:

@@ -53,6 +53,7 @@ from _bench import (
     cpu_environment,
     machine_info,
     print_targets,
+    table,
     write_json,
 )
 
@@ -394,26 +395,21 @@ def recovered_law(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> None:
-    from rich.table import Table
 
     out = console()
-    table = Table(
-        title=f"plan + report of a synthetic sweep, wall s ({result['args']['bootstrap']} bootstrap)"
-    )
     cols = ("trials", "rows", "validate", "expand", "plan", "render", "plan CLI", "store load",
             "write_report", "other", "report CLI")  # fmt: skip
-    for c in cols:
-        table.add_column(c, justify="right")
+    t = table(f"plan + report of a synthetic sweep, wall s ({result['args']['bootstrap']} bootstrap)", cols)
     fmt = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
     for s in result["sizes"]:
         p, r = s["plan"], s["report"]
         rs = r["seconds"]
-        table.add_row(
+        t.add_row(
             str(p["trials"]), str(p["rows"]), *(fmt(p["seconds"][k]) for k in PLAN_STAGES),
             fmt(p["cli_wall_s"]), fmt(rs["load_sweep_trials"]), fmt(rs["write_report"]),
             fmt(rs["open_store"] + rs["provenance_and_thinking"] + rs["publish"]), fmt(r["cli_wall_s"]),
         )  # fmt: skip
-    out.print(table)
+    out.print(t)
     if len(result["sizes"]) > 1:
         a, b = result["sizes"][0], result["sizes"][-1]
         ratio = b["plan"]["trials"] / a["plan"]["trials"]

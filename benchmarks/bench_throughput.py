@@ -54,6 +54,7 @@ from _bench import (
     print_targets,
     quiet_deepspeed,
     si,
+    table,
     use_thread_cpu_clock,
     write_json,
 )
@@ -463,13 +464,13 @@ def render(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     out, peak = console(), result["gemm_peak_flops"]
-    t = Table(
-        title="training throughput through the DeepSpeed engine; fp32 GEMM peak "
-        f"{si(peak['wall'], 'FLOP/s')} ({si(peak['cpu'], 'FLOP/s')} per CPU-second)"
-    )
     cols = ("variant", "d", "L", "params", "batch", "step s", "cpu s", "tokens/s", "model FLOP/s", "MFU")
-    for col in (*cols, "hw MFU", "MFU cpu"):
-        t.add_column(col, justify="left" if col == "variant" else "right")
+    t = table(
+        "training throughput through the DeepSpeed engine; fp32 GEMM peak "
+        f"{si(peak['wall'], 'FLOP/s')} ({si(peak['cpu'], 'FLOP/s')} per CPU-second)",
+        (*cols, "hw MFU", "MFU cpu"),
+        left=("variant",),
+    )
     for s in result["sizes"]:
         for v, r in s["variants"].items():
             c, cpu, wall = r["config"], r["cpu"], r["wall"]
