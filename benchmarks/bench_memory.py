@@ -293,7 +293,6 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> None:
-
     out = console()
     t = table(
         "peak RSS per worker vs the planner's estimate (MiB)",

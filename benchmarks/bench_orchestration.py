@@ -465,7 +465,6 @@ PHASE_COLUMNS = (
 
 
 def render(result: dict[str, Any]) -> None:
-
     out = console()
     t = table(
         f"per-trial seconds: {result['trials']} trials, {result['slots']} slots, Ray {result['ray']}",

@@ -293,7 +293,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> None:
-
     out = console()
     t = table(
         "planner time per optimizer step vs measured (train_time_s per step, best of rounds)",

@@ -395,7 +395,6 @@ def recovered_law(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> None:
-
     out = console()
     cols = ("trials", "rows", "validate", "expand", "plan", "render", "plan CLI", "store load",
             "write_report", "other", "report CLI")  # fmt: skip
