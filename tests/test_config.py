@@ -128,3 +128,25 @@ def test_cli_exit_keeps_pythons_exit_semantics(tmp_path: Path, args: list[str], 
     assert "atexit handler ran" in proc.stdout
     assert "buffered line, no newline" in proc.stdout
     assert marker.read_text() == "thread finished"
+
+
+def _probe_repeatedly(folder: str, times: int) -> None:
+    from orchestrator.trainer import ensure_writable
+
+    for _ in range(times):
+        ensure_writable(Path(folder))
+
+
+def test_ranks_probing_one_folder_at_once_do_not_fail_each_other(tmp_path: Path) -> None:
+    """Every rank of a multi-process trial checks the trial folder at the same moment; one rank's probe must
+    not remove another's (seen as a flaky 'not writable: No such file or directory')."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_probe_repeatedly, args=(str(tmp_path), 2000)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert list(tmp_path.iterdir()) == []  # no probe left behind
