@@ -57,6 +57,11 @@ class EBTConfig(FrozenModel):
             raise ValueError("mcmc_steps_random_max must be >= mcmc_steps")
         return self
 
+    @property
+    def n_step_tokens(self) -> int:
+        """P: step tokens before the sequence (the step embedding of variant time_embed), else 0."""
+        return 1 if self.variant == "time_embed" else 0
+
 
 class ModelConfig(FrozenModel):
     """Architecture of one model. Both families share d_model/n_layers/n_heads/d_ff and the blocks."""

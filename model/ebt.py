@@ -138,7 +138,7 @@ class EBT(nn.Module):
         super().__init__()
         self.cfg, e = cfg, cfg.ebt
         d, V = cfg.d_model, cfg.vocab_size
-        self.P = 1 if e.variant == "time_embed" else 0
+        self.P = e.n_step_tokens
         self.n_step_embeddings = e.mcmc_steps  # steps beyond these reuse the last index ("final landscape")
         self.embed = nn.Embedding(V, d)  # observed tokens
         # candidate probabilities (B,S,V) -> embeddings (B,S,d): own bias-free map, or probs @ token embedding

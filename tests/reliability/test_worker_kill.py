@@ -13,7 +13,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from sweep_helpers import (
+
+from orchestrator.sweep.spec import expand, load_spec
+from orchestrator.train.trainer import launch_trial
+from tests.helpers import (
     child_runs,
     kill_session,
     record_fault,
@@ -22,9 +25,6 @@ from sweep_helpers import (
     wait_for,
     write_spec,
 )
-
-from orchestrator.spec import expand, load_spec
-from orchestrator.trainer import launch_trial
 
 STEPS = 400
 
