@@ -1,5 +1,5 @@
-"""`ebtscale`: the command line. Thin: each command parses its arguments, calls one library function and
-prints; errors a user can cause become one line on stderr with exit code 2 (`common.fail`).
+"""`ebtscale`: every command of the command line. Thin: each command parses its arguments, calls one library
+function and prints; errors a user can cause become one line on stderr with exit code 2 (`common.fail`).
 
     train.py   ebtscale train            sweep.py   ebtscale sweep plan|run|status|export
     think.py   ebtscale think            report.py  ebtscale report

@@ -1,6 +1,6 @@
 """Run a sweep on Ray: one Tune trial per unique trial config. A multi-worker trial launches a Ray Train
 `TorchTrainer` whose workers run the DeepSpeed trainer; a single-worker trial runs the same trainer in its
-Tune trial actor, which holds the trial's resources and is reused across trials (`runs_in_tune_actor`).
+Tune trial actor, which holds the trial's resources and is reused across trials (`TrialJob.in_tune_actor`).
 MLflow gets one parent run per sweep and one child run per trial.
 
 Exactly-once bookkeeping (what makes re-running `sweep run` safe):
@@ -276,8 +276,8 @@ def _trial_worker(job: dict[str, Any]) -> None:
 
 
 def _trial_driver(tune_config: dict[str, Any]) -> None:
-    """The Tune function trainable: trains a single-worker trial itself (`runs_in_tune_actor`), or launches
-    one Ray Train TorchTrainer for it. A failed attempt raises, and Tune retries the trial
+    """The Tune function trainable: trains a single-worker trial itself (`TrialJob.in_tune_actor`), or
+    launches one Ray Train TorchTrainer for it. A failed attempt raises, and Tune retries the trial
     (`--max-failures`); every attempt resumes from the trial's last verified checkpoint."""
     from ray import tune
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import tags
 from orchestrator.sweep.results import load_sweep_trials
-from orchestrator.sweep.runner import ROWS_TAG
-from orchestrator.tracking import PARENT_TAG, gc_paused
+from orchestrator.tracking import gc_paused
 
 
 def _sweep_store(tmp_path: Path) -> str:
@@ -27,14 +27,14 @@ def _sweep_store(tmp_path: Path) -> str:
         {"name": "tpp-d32-L1-D64K-s0", "axis": "data", "axis_value": 64000, "flops_budget": None},
         {"name": "tpp-d32-L1-D64K-s0", "axis": "params", "axis_value": 32, "flops_budget": None},
     ]
-    tags = {
-        PARENT_TAG: parent.info.run_id,
+    run_tags = {
+        tags.PARENT: parent.info.run_id,
         "ebtscale.trial_id": "abc123",
         "ebtscale.family": "transformer_pp",
         "ebtscale.status": "finished",
-        ROWS_TAG: json.dumps(rows),
+        tags.ROWS: json.dumps(rows),
     }
-    child = client.create_run(exp, run_name=rows[0]["name"], tags=tags).info.run_id
+    child = client.create_run(exp, run_name=rows[0]["name"], tags=run_tags).info.run_id
     params = {"tokens": "64000", "n_params": "45000", "train.seed": "0", "model.d_model": "32"}
     client.log_batch(
         child,
@@ -64,7 +64,7 @@ def test_sweep_runs_are_read_with_the_collector_paused(
     assert gc.isenabled()
     frame = load_sweep_trials(uri, "s")
     assert gc.isenabled()  # restored
-    assert [enabled for flt, enabled in searches if PARENT_TAG in flt] == [False]
+    assert [enabled for flt, enabled in searches if tags.PARENT in flt] == [False]
     assert frame["axis"].tolist() == ["data", "params"]
     assert (frame["val_loss"] == 3.5).all() and (frame["tokens"] == 64000).all()
     assert frame["axis_value"].tolist() == [64000.0, 32.0]

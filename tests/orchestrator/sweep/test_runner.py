@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.helpers import child_runs, cli, result_mtimes, write_spec
+from tests.helpers import child_runs, cli, result_mtimes, tiny_trial, write_spec
 
 
 def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
@@ -66,14 +66,19 @@ def test_launcher_decides_where_a_trial_trains_what_it_asks_ray_for_and_the_dash
     """auto: a one-worker trial trains in its Tune actor, which holds the trial's CPUs/GPUs; a multi-worker
     trial (or any trial with ray_train) runs a TorchTrainer, whose waiting Tune actor takes no CPU, and needs
     the dashboard (Ray Train's State API)."""
-    from orchestrator.sweep.runner import runs_in_tune_actor, trial_resources, uses_ray_train
+    from orchestrator.sweep.runner import TrialJob, trial_resources, uses_ray_train
 
     def job(launcher: str, workers: int) -> dict:
         resources = {"num_workers": workers, "cpus_per_worker": 2, "gpus_per_worker": 0}
-        return {"launcher": launcher, "config": {"resources": resources}}
+        cfg = tiny_trial(Path("outputs"), resources=resources)
+        typed = TrialJob("abc", cfg, "sqlite:///x.db", "sweep", "/ray", launcher, "now")
+        payload = typed.to_dict()  # what crosses into Ray: plain data, read back as the same job
+        assert TrialJob.from_dict(payload) == typed and payload["config"]["resources"] == resources
+        return payload
 
     assert not uses_ray_train("auto", 1)
     assert uses_ray_train("auto", 2) and uses_ray_train("ray_train", 1)
-    assert runs_in_tune_actor(job("auto", 1)) and not runs_in_tune_actor(job("ray_train", 1))
+    in_actor = TrialJob.from_dict(job("auto", 1)).in_tune_actor
+    assert in_actor and not TrialJob.from_dict(job("ray_train", 1)).in_tune_actor
     assert trial_resources({"job": job("auto", 1)}) == {"cpu": 2, "gpu": 0}
     assert trial_resources({"job": job("auto", 2)})["cpu"] == 0
