@@ -15,7 +15,10 @@ from model import flops
 from model.config import ModelConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from torch import Tensor
+    from torch.nn import Parameter
 
 # SecondOrderSafe (orchestrator/train/second_order.py) runs the EBT on clones of its weights, made per
 # forward: the clones and, in the outer backward, their accumulated gradients: 2 values per parameter in the
@@ -57,13 +60,15 @@ EBT_TRANSIENT_STEPS = 1.2
 
 @runtime_checkable
 class ModelInterface(Protocol):
-    """What the trainer calls on a model (both families implement it; `build` returns one).
+    """What the trainer calls on a model: a torch module (both families' `build` returns one) with these.
 
     `sample_ids` seed per-sample randomness (the EBT's noise) and `step_seed` per-step randomness, so a
     global batch split across processes trains identically. `second_order`: the loss differentiates through
     the model's own gradients (the trainer then wraps it for DeepSpeed, train/second_order.py)."""
 
     second_order: bool
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]: ...
 
     def forward(
         self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None, step_seed: int | None = None

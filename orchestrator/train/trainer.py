@@ -68,9 +68,9 @@ def lr_lambda(cfg: TrialConfig) -> Callable[[int], float]:
     return f
 
 
-def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
+def param_groups(model: ModelInterface, cfg: TrialConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; per-parameter lr multipliers (e.g. the EBT step size)."""
-    multipliers: dict[str, float] = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
+    multipliers = model.lr_multipliers()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -555,6 +555,7 @@ def test_distinct_configs_get_distinct_ids() -> None:
         b = TrialConfig.model_validate({**a.model_dump(), **change})
         assert b.config_hash() != a.config_hash()
     assert a.model_copy(update={"name": "x", "output_dir": "/y"}).config_hash() == a.config_hash()
+    assert a.model_copy(update={"trial_dir": "/y/trials/x-1"}).config_hash() == a.config_hash()
 
 
 # --------------------------------------------------------------------------------------------------
