@@ -1,4 +1,4 @@
-"""MLflow tag names: every tag ebtscale writes or searches by, named once.
+"""MLflow names: every tag ebtscale writes or searches by, and the artifacts it reads back, named once.
 
 The sweep driver creates runs with them, the trainer updates them, `results` reads them back and the tests
 query by them; a renamed tag changes here only.
@@ -19,6 +19,8 @@ STATUS_REASON = f"{PREFIX}status_reason"
 ROWS = f"{PREFIX}rows"  # JSON: every plan row (axis membership) a trial's run stands for
 
 ROLE_SWEEP = "sweep"
+
+THINKING_ARTIFACT = "thinking.json"  # System-2 curves, on the EBT trial's run and the sweep's parent run
 
 
 def search(tag: str, value: str) -> str:

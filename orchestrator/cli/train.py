@@ -10,6 +10,7 @@ import yaml
 
 from orchestrator.cli.common import TrackingOption, console, fail
 from orchestrator.config import ConfigError, TrialConfig, load_trial_config, yaml_load
+from orchestrator.trial_dir import TrialStatus
 
 SetOption = Annotated[
     list[str] | None,
@@ -81,5 +82,5 @@ def train(
     if tracking is not None:
         console.print(f"MLflow: {tracking.uri}  experiment '{experiment}'  run {result.run_id}")
         console.print(f"  view: mlflow ui --backend-store-uri {tracking.uri} --host 127.0.0.1")
-    if result.status != "finished":
+    if result.status != TrialStatus.FINISHED:
         raise typer.Exit(1)

@@ -98,9 +98,9 @@ def load_thinking_curves(uri: str, sweep: str) -> pd.DataFrame | None:
     client = mlflow_client(uri)
     _, parent_id = sweep_parent_run(uri, sweep)
     names = {a.path for a in client.list_artifacts(parent_id)}
-    if "thinking.json" not in names:
+    if tags.THINKING_ARTIFACT not in names:
         return None
-    path = client.download_artifacts(parent_id, "thinking.json")
+    path = client.download_artifacts(parent_id, tags.THINKING_ARTIFACT)
     with open(path) as f:
         return pd.DataFrame(json.load(f))
 

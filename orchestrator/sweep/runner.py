@@ -89,6 +89,16 @@ class SweepLayout:
     def sweep_file(self) -> Path:
         return self.root / "sweep.json"
 
+    @property
+    def lock(self) -> Path:
+        """Held by the one driver of the sweep (`run_sweep`)."""
+        return self.root / "driver.lock"
+
+    @property
+    def ray(self) -> Path:
+        """Ray Tune's and Ray Train's state."""
+        return self.root / "ray"
+
     def parent_run_id(self) -> str:
         return json.loads(self.sweep_file.read_text())["parent_run_id"]
 
@@ -409,7 +419,7 @@ def run_sweep(
     # and train them into the same folders. The kernel drops the lock when the driver exits or is killed, so
     # a rerun after a crash is never refused.
     layout.root.mkdir(parents=True, exist_ok=True)
-    lock_path = layout.root / "driver.lock"
+    lock_path = layout.lock
     with open(lock_path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -451,7 +461,7 @@ def _run_on_ray(
 ) -> None:
     from ray import tune
 
-    ray_dir = layout.root / "ray"
+    ray_dir = layout.ray
     attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
     jobs = [
         TrialJob(

@@ -18,6 +18,7 @@ from torch import nn
 from model import build_model
 from model.data import prepare_dataset
 from model.thinking import thinking_curves
+from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig, parse_trial_config
 from orchestrator.tracking import mlflow_client
 from orchestrator.trial_dir import TrialDir, TrialStatus
@@ -66,7 +67,7 @@ def log_thinking(rows: list[dict], uri: str, run_ids: list[str]) -> None:
     """Curves as metrics on the EBT trial's run (step = forward passes) and as `thinking.json` on each run."""
     client = mlflow_client(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "thinking.json"
+        path = Path(tmp) / tags.THINKING_ARTIFACT
         path.write_text(json.dumps(rows, indent=1))
         for run_id in run_ids:
             client.log_artifact(run_id, str(path))
