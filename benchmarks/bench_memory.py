@@ -264,7 +264,7 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
     model = build_model(m)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     B, S, H = cfg.train.micro_batch_size, m.context_length, m.n_heads
-    P = 1 if m.family == "ebt" and m.ebt.variant == "time_embed" else 0
+    P = m.ebt.n_step_tokens if m.family == "ebt" else 0
     queries, keys = {S, P + S, P + 2 * S}, {P + S, P + 2 * S}
     attention_sizes = {B * H * q * k * 4 for q in queries for k in keys}
     x = torch.randint(0, m.vocab_size, (B, S))
