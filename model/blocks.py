@@ -25,11 +25,20 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rotary_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin tables for integer positions (T,) -> two (T, h/2) tensors, in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, h/2)
+def rotary_cos_sin(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """cos/sin tables for integer positions (T,) -> two (T, h/2) tensors, in float32 (float64 for a float64
+    model, whose results are then exact to float64: the EBT's reference tests compare at 1e-9)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).to(dtype) / head_dim)
+    angles = positions.to(dtype)[:, None] * inv_freq[None, :]  # (T, h/2)
     return angles.cos(), angles.sin()
+
+
+def table_dtype(weight: Tensor) -> torch.dtype:
+    """Precision of position tables and candidates for a model whose parameters have weight's dtype: float32,
+    or float64 for a float64 model (never bf16: rounding positions or descent updates loses information)."""
+    return torch.promote_types(weight.dtype, torch.float32)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Typed model configuration, shared by Transformer++ and the Energy-Based Transformer.
 
 Validated once at the edge (YAML -> pydantic); the model code receives a frozen object and trusts it.
-Defaults follow the EBT paper's System-1 recipe (../shared/ebt-method.md §4).
+Defaults follow the EBT paper's System-1 recipe (docs/ebt.md, "Recipes").
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ class EBTConfig(FrozenModel):
     mcmc_steps_random_max: int | None = Field(
         None,
         ge=1,
-        description="if set, each training step draws its step count uniformly from "
-        "[mcmc_steps, mcmc_steps_random_max]; extra steps reuse the last step index "
-        "(System-2 recipe: 1 -> 3)",
+        description="if set, each training step draws its step count K uniformly from "
+        "[mcmc_steps_random_min (default mcmc_steps), mcmc_steps_random_max]; steps beyond mcmc_steps repeat "
+        "the last step index, the final landscape (System-2 recipe: one landscape, K in {2, 3})",
+    )
+    mcmc_steps_random_min: int | None = Field(
+        None, ge=1, description="smallest random step count (needs mcmc_steps_random_max); default mcmc_steps"
     )
     step_size: float = Field(500.0, gt=0, description="initial step size alpha")
     step_size_learnable: bool = True
@@ -50,17 +53,41 @@ class EBTConfig(FrozenModel):
         "step (same energies and gradients as the authors' full recompute, 1.5-1.8x faster training steps "
         "measured; false: the full recompute, kept as the reference)",
     )
-
-    @model_validator(mode="after")
-    def _check_random_steps(self) -> EBTConfig:
-        if self.mcmc_steps_random_max is not None and self.mcmc_steps_random_max < self.mcmc_steps:
-            raise ValueError("mcmc_steps_random_max must be >= mcmc_steps")
-        return self
+    replay_buffer_size: int = Field(
+        0,
+        ge=0,
+        description="System-2 replay buffer: sequences kept (the latest, with their final candidates) whose "
+        "candidates restart the descent in later training batches; 0 = off (authors' System-2: 192)",
+    )
+    replay_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="replayed sequences added to each training micro-batch, as a fraction of it",
+    )
 
     @property
     def n_step_tokens(self) -> int:
-        """P: step tokens before the sequence (the step embedding of variant time_embed), else 0."""
+        """P: 1 step-index token at the start of the observed stream ('time_embed'), else 0."""
         return 1 if self.variant == "time_embed" else 0
+
+    @property
+    def train_step_counts(self) -> tuple[int, int]:
+        """(smallest, largest) descent step count K of a training batch (equal unless randomised)."""
+        if self.mcmc_steps_random_max is None:
+            return self.mcmc_steps, self.mcmc_steps
+        return self.mcmc_steps_random_min or self.mcmc_steps, self.mcmc_steps_random_max
+
+    @model_validator(mode="after")
+    def _check_random_steps(self) -> EBTConfig:
+        if self.mcmc_steps_random_min is not None and self.mcmc_steps_random_max is None:
+            raise ValueError("mcmc_steps_random_min needs mcmc_steps_random_max")
+        low, high = self.train_step_counts
+        if low < self.mcmc_steps:
+            raise ValueError("mcmc_steps_random_min must be >= mcmc_steps (every step landscape is visited)")
+        if high < low:
+            raise ValueError("mcmc_steps_random_max must be >= mcmc_steps_random_min (default mcmc_steps)")
+        return self
 
 
 class ModelConfig(FrozenModel):

@@ -450,15 +450,21 @@ class TokenDataset:
         return max(len(self._tokens(split)) - 1, 0) // self.context_length
 
     def windows(self, split: str, indices: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y), int64 (n, T): x = tokens[i*T : i*T+T], y = the same window shifted by one token."""
+        """(x, y), int64 (n, T): x = tokens[i*T : i*T+T], y = the same window shifted by one token, with
+        IGNORE_INDEX where the next token is the end-of-document id: as in the EBT authors' code (their pad
+        id is the EOS id), no loss is taken on predicting a document's end, for either family."""
         import torch
+
+        from model.loss import IGNORE_INDEX  # torch: imported where a batch is built, not by config readers
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n, t = self.num_windows(split), self.context_length
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"window index out of range [0, {n}) for split {split!r}")
         rows = torch.from_numpy(self._tokens(split)[idx[:, None] * t + np.arange(t + 1)].astype(np.int64))
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        targets = rows[:, 1:].clone()
+        targets[targets == self.tokenizer.eod_id] = IGNORE_INDEX
+        return rows[:, :-1].contiguous(), targets
 
     def _permutation(self, seed: int, epoch: int) -> np.ndarray:
         if (seed, epoch) not in self._permutations:

@@ -1,8 +1,9 @@
-"""The autoregressive Energy-Based Transformer (Gladstone et al. 2025), as defined in ../shared/ebt-method.md.
+"""The autoregressive Energy-Based Transformer (Gladstone et al. 2025), as defined in docs/ebt.md.
 
 An EBT learns a scalar energy E(context, candidate) per position and predicts the next token by gradient
-descent on the candidate, starting from noise (§1, §3). Training backpropagates the cross-entropy of every
-step's prediction *through* the descent, so it needs second-order gradients.
+descent on the candidate, starting from noise: each step normalises the candidate logits ŷ to probabilities
+p, takes g = ∂E/∂p and steps to ŷ ← p − α·g (docs/ebt.md §0). Training backpropagates the cross-entropy of
+every step's prediction *through* the descent, so it needs second-order gradients.
 
 Shapes: B batch, S observed tokens, V vocabulary, d width, P = 1 step token ("time_embed") or 0 ("default").
 One energy evaluation runs a sequence of P + 2S rows, ordered [step token | observed x_0..x_{S-1} | candidates
@@ -24,19 +25,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin
+from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin, table_dtype
 from model.config import EBTConfig, ModelConfig
 from model.flops import tied_candidate_map
+from model.loss import training_ce
+from model.replay import ReplayBuffer
 
 
 class NonFiniteEnergyGradient(FloatingPointError):
-    """A NaN/Inf gradient of the energy w.r.t. the candidate: an error, as in the authors' code (§3)."""
+    """A NaN/Inf gradient of the energy w.r.t. the candidate: an error, as in the authors' code."""
 
 
 def system2_recipe(**overrides: object) -> EBTConfig:
-    """The authors' System-2 recipe (§4) minus the replay buffer, which is not implemented here."""
+    """The authors' System-2 recipe (docs/ebt.md, "Recipes"): one landscape descended K ∈ {2, 3} times,
+    alpha 5 fixed and randomised per position, Langevin noise, no detach, truncated, replay buffer."""
     recipe: dict[str, object] = dict(
         mcmc_steps=1,
+        mcmc_steps_random_min=2,
         mcmc_steps_random_max=3,
         step_size=5.0,
         step_size_learnable=False,
@@ -44,6 +49,8 @@ def system2_recipe(**overrides: object) -> EBTConfig:
         langevin_noise_std=3.0,
         detach_between_steps=False,
         truncate_to_last_step=True,
+        replay_buffer_size=192,
+        replay_fraction=0.5,
     )
     return EBTConfig(**{**recipe, **overrides})
 
@@ -53,6 +60,7 @@ def system2_recipe(**overrides: object) -> EBTConfig:
 # gets the same noise however a global batch is split across processes and micro-batches.
 
 _EVAL_SALT = 0x5EED_E7A1  # evaluation/thinking noise: fixed, independent of the training stream
+_REPLAY_SALT = 0x4E91_A7B0  # which stored sequences a micro-batch replays
 
 
 def _mix(*values: int) -> int:
@@ -86,7 +94,7 @@ class Noise:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Layout of one energy evaluation: attention pattern and rotary positions (§2.4, §2.6).
+# Layout of one energy evaluation: attention pattern and rotary positions (docs/ebt.md §1).
 
 
 def candidate_mask(S: int, P: int, device: torch.device | None = None) -> Tensor:
@@ -149,6 +157,8 @@ class EBT(nn.Module):
         self.norm = RMSNorm(d, cfg.norm_eps)
         self.energy_head = nn.Linear(d, 1, bias=False)
         init_weights(self, cfg.init_std, cfg.n_layers)
+        # System-2 replay buffer: per-process training state, not a parameter (model/replay.py)
+        self.replay = ReplayBuffer(e.replay_buffer_size, e.replay_fraction) if e.replay_buffer_size else None
         alpha = torch.tensor([float(e.step_size)])  # shape (1,): DeepSpeed cannot broadcast 0-dim parameters
         if e.step_size_learnable:
             self.alpha = nn.Parameter(alpha)
@@ -159,7 +169,12 @@ class EBT(nn.Module):
         """Parameter name -> learning-rate multiplier; parameters not listed use 1.0."""
         return {"alpha": self.cfg.ebt.step_size_lr_multiplier} if self.cfg.ebt.step_size_learnable else {}
 
-    # --- the energy network (§2) ----------------------------------------------------------------------
+    # --- the energy network (docs/ebt.md §1) ----------------------------------------------------------------
+
+    def _rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        return rotary_cos_sin(
+            positions, self.cfg.head_dim, self.cfg.rope_theta, table_dtype(self.embed.weight)
+        )
 
     def observed_input(self, tokens: Tensor, step: int) -> Tensor:
         """tokens (B, S) -> (B, P+S, d): [learned embedding of the step index,] token embeddings."""
@@ -169,70 +184,75 @@ class EBT(nn.Module):
         index = torch.full((tokens.shape[0], 1), min(step, self.n_step_embeddings - 1), device=tokens.device)
         return torch.cat([self.step_embed(index), x], dim=1)
 
-    def candidate_input(self, candidate: Tensor) -> Tensor:
-        """candidate logits (B, S, V) -> softmax -> embeddings (B, S, d)."""
-        probs = candidate.softmax(-1)
+    def candidate_input(self, probs: Tensor) -> Tensor:
+        """candidate probabilities p = softmax(candidate logits) (B, S, V) -> embeddings (B, S, d)."""
         if self.cand_embed is None:
             return probs.to(self.embed.weight.dtype) @ self.embed.weight  # (B,S,V) @ (V,d)
-        return self.cand_embed(probs.to(self.cand_embed.weight.dtype))
+        # F.linear, not the module call: p can be a leaf of `autograd.grad`, which module backward hooks
+        # (profilers, FlopCounterMode) cannot take as a module input
+        weight = self.cand_embed.weight  # (d, V)
+        return F.linear(probs.to(weight.dtype), weight)
 
-    def energy(self, tokens: Tensor, candidate: Tensor, step: int) -> Tensor:
-        """Reference energy: one pass over the whole (B, P+2S, d) sequence -> energies (B, S)."""
+    def energy(self, tokens: Tensor, probs: Tensor, step: int) -> Tensor:
+        """Reference energy of candidate probabilities (B, S, V): one pass over the whole (B, P+2S, d)
+        sequence, as the authors compute it at every step -> energies (B, S)."""
         S = tokens.shape[1]
         obs_pos, cand_pos = positions(S, self.P, tokens.device)
-        cos, sin = rotary_cos_sin(torch.cat([obs_pos, cand_pos]), self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = self._rotary(torch.cat([obs_pos, cand_pos]))
         mask = full_mask(S, self.P, tokens.device)
-        h = torch.cat([self.observed_input(tokens, step), self.candidate_input(candidate)], dim=1)
+        h = torch.cat([self.observed_input(tokens, step), self.candidate_input(probs)], dim=1)
         for block in self.blocks:
             h = block(h, cos, sin, mask)
         return self.energy_head(self.norm(h[:, self.P + S :])).squeeze(-1)  # candidate rows only
 
     def observed_kv(self, tokens: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
         """Per-layer keys/values (B, H, P+S, h) of the observed stream, which never sees a candidate, so one
-        computation serves every step with this step index (§2 'Consequence worth exploiting')."""
+        computation serves every step with this step index (docs/ebt.md §1, observed-stream reuse)."""
         S = tokens.shape[1]
         obs_pos, _ = positions(S, self.P, tokens.device)
-        cos, sin = rotary_cos_sin(obs_pos, self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = self._rotary(obs_pos)
         x, kvs = self.observed_input(tokens, step), []
         for block in self.blocks:
             x, kv = block.forward_kv(x, cos, sin)  # causal
             kvs.append(kv)
         return kvs
 
-    def candidate_energy(self, observed_kv: list[tuple[Tensor, Tensor]], candidate: Tensor) -> Tensor:
-        """Energies (B, S) from the candidate stream alone, attending to precomputed observed keys/values.
-        Equal to `energy` (same mask and positions), at a fraction of the compute."""
-        S = candidate.shape[1]
-        _, cand_pos = positions(S, self.P, candidate.device)
-        cos, sin = rotary_cos_sin(cand_pos, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = candidate_mask(S, self.P, candidate.device)
-        c = self.candidate_input(candidate)
+    def candidate_energy(self, observed_kv: list[tuple[Tensor, Tensor]], probs: Tensor) -> Tensor:
+        """Energies (B, S) of candidate probabilities (B, S, V) from the candidate stream alone, attending to
+        precomputed observed keys/values. Equal to `energy` (same mask and positions), at a fraction of the
+        compute."""
+        S = probs.shape[1]
+        _, cand_pos = positions(S, self.P, probs.device)
+        cos, sin = self._rotary(cand_pos)
+        mask = candidate_mask(S, self.P, probs.device)
+        c = self.candidate_input(probs)
         for block, kv in zip(self.blocks, observed_kv, strict=True):
             c, _ = block.forward_kv(c, cos, sin, mask, past_kv=kv)
         return self.energy_head(self.norm(c)).squeeze(-1)
 
-    # --- energy minimisation (§3) ---------------------------------------------------------------------
+    # --- energy minimisation (docs/ebt.md §2) ---------------------------------------------------------------
 
     def train_steps(self, step_seed: int | None) -> list[int]:
         """Step indices of one training forward: K = mcmc_steps, or K drawn uniformly from
-        [mcmc_steps, mcmc_steps_random_max] (a batch-level draw: from step_seed, else the global RNG)."""
-        e = self.cfg.ebt
-        K = e.mcmc_steps
-        if e.mcmc_steps_random_max is not None:
+        `train_step_counts` (a batch-level draw: from step_seed, else the global RNG). Steps beyond
+        mcmc_steps keep the last index (the authors' `randomize_mcmc_num_steps_final_landscape`)."""
+        low, high = self.cfg.ebt.train_step_counts
+        K = low
+        if high > low:
             gen = None if step_seed is None else torch.Generator().manual_seed(_mix(step_seed))
-            K = int(torch.randint(e.mcmc_steps, e.mcmc_steps_random_max + 1, (), generator=gen))
+            K = int(torch.randint(low, high + 1, (), generator=gen))
         return list(range(K))
 
     @property
     def eval_steps(self) -> int:
         """Steps at evaluation: the trained count, or its maximum if randomised (the authors' validation)."""
-        return self.cfg.ebt.mcmc_steps_random_max or self.cfg.ebt.mcmc_steps
+        return self.cfg.ebt.train_step_counts[1]
 
     def initial_candidate(self, tokens: Tensor, noise: Noise) -> Tensor:
         """(B, S, V) logits: Gaussian noise (std candidate_init_std) or zeros, in float32 (float64 if the
         model is float64) whatever the parameter dtype, so the descent's updates keep their precision."""
         e, (B, S) = self.cfg.ebt, tokens.shape
-        dtype = torch.promote_types(self.embed.weight.dtype, torch.float32)
+        dtype = table_dtype(self.embed.weight)
         if e.candidate_init == "zeros":
             return torch.zeros(B, S, self.cfg.vocab_size, device=tokens.device, dtype=dtype)
         return (noise.randn(S, self.cfg.vocab_size) * e.candidate_init_std).to(dtype)
@@ -248,32 +268,38 @@ class EBT(nn.Module):
         alpha: Tensor,
         langevin_std: float,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Gradient descent on the energy. Yields, per step, (candidate after the step (B,S,V), energy at the
-        step's input (B,S)). alpha: scalar or (B,S,1). create_graph keeps the graph through every step (only
-        the last with truncate_to_last_step) so the loss can be backpropagated through the descent."""
+        """Gradient descent on the energy, in the authors' form (docs/ebt.md §0, §2): each step reads the
+        candidate ŷ as logits, normalises it, p = softmax(ŷ), takes g = ∂E/∂p (w.r.t. the probabilities, not
+        the logits) and sets ŷ ← p − α·g, which the next softmax and this step's prediction read as logits.
+        Yields, per step, (candidate after the step (B,S,V), energy at the step's input (B,S)).
+        alpha: scalar or (B,S,1). create_graph keeps the graph through every step (only the last with
+        truncate_to_last_step) so the loss can be backpropagated through the descent."""
         e = self.cfg.ebt
         cached_kv: dict[int, list[tuple[Tensor, Tensor]]] = {}  # observed stream per step index, this call
         for k, step in enumerate(steps):
             keep_graph = create_graph and (not e.truncate_to_last_step or k == len(steps) - 1)
             with torch.enable_grad():  # the candidate gradient is needed even under torch.no_grad()
                 if e.detach_between_steps or not create_graph or k == 0:
-                    candidate = candidate.detach().requires_grad_()
+                    candidate = candidate.detach()  # no path back to earlier steps (System-1, inference)
                 if langevin_std > 0:
                     kick = noise.randn(*candidate.shape[1:]).to(candidate.dtype)  # (B, S, V)
-                    candidate = candidate + langevin_std * kick
+                    candidate = candidate + langevin_std * kick  # noise on the logits, before the softmax
+                probs = candidate.softmax(-1)  # (B, S, V): what the energy reads and is differentiated by
+                if not probs.requires_grad:
+                    probs.requires_grad_()  # detached: p is the leaf that ∂E/∂p is taken for
                 # Fused attention kernels have no double backward: the kept graph uses the math kernel.
                 with sdpa_kernel(SDPBackend.MATH) if keep_graph else nullcontext():
                     if e.reuse_observed_kv:
                         index = min(step, self.n_step_embeddings - 1)
                         if index not in cached_kv:
                             cached_kv[index] = self.observed_kv(tokens, step)
-                        energy = self.candidate_energy(cached_kv[index], candidate)
+                        energy = self.candidate_energy(cached_kv[index], probs)
                     else:
-                        energy = self.energy(tokens, candidate, step)
-                (grad,) = torch.autograd.grad(energy.sum(), candidate, create_graph=keep_graph)
+                        energy = self.energy(tokens, probs, step)
+                (grad,) = torch.autograd.grad(energy.sum(), probs, create_graph=keep_graph)  # ∂E/∂p
             if not torch.isfinite(grad).all():
                 raise NonFiniteEnergyGradient(f"non-finite energy gradient at descent step {k}")
-            candidate = candidate - alpha * grad
+            candidate = probs - alpha * grad  # (B, S, V), read as logits from here on
             yield candidate, energy.detach()
 
     def step_size(self, tokens: Tensor, noise: Noise | None) -> Tensor:
@@ -293,14 +319,30 @@ class EBT(nn.Module):
         self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None, step_seed: int | None = None
     ) -> Tensor:
         """Training loss: mean over descent steps of the next-token CE of each step's prediction (last step
-        only with truncate_to_last_step). Second-order through the descent when grad is enabled.
-        sample_ids (B,) seed each row's noise (with step_seed), making the loss independent of how a batch
-        is split; without them the global RNG is used."""
-        e = self.cfg.ebt
-        seeds = None if sample_ids is None else [_mix(i, step_seed or 0) for i in sample_ids.tolist()]
+        only with truncate_to_last_step; `training_ce`: IGNORE_INDEX targets count zero). Second-order
+        through the descent when grad is enabled. sample_ids (B,) seed each row's noise (with step_seed),
+        making the loss independent of how a batch is split; without them the global RNG is used.
+        With the replay buffer (training mode, grad enabled) replayed rows join the batch, starting from
+        their stored candidates, and the fresh rows' final candidates are stored."""
+        e, B = self.cfg.ebt, tokens.shape[0]
+        keys = list(range(B)) if sample_ids is None else sample_ids.tolist()
+        replaying = self.replay is not None and self.training and torch.is_grad_enabled()
+        replayed = []
+        if replaying:
+            seed = None if sample_ids is None else _mix(keys[0], step_seed or 0, _REPLAY_SALT)
+            replayed = self.replay.sample(B, seed)
+        if replayed:
+            tokens = torch.cat([tokens, torch.stack([r.tokens for r in replayed])])  # (B+R, S)
+            targets = torch.cat([targets, torch.stack([r.targets for r in replayed])])
+        seeds = None
+        if sample_ids is not None:
+            seeds = [_mix(key, step_seed or 0) for key in keys + [r.key for r in replayed]]
         noise = Noise(tokens.shape[0], tokens.device, seeds)
         steps = self.train_steps(step_seed)
-        candidate = self.initial_candidate(tokens, noise)
+        candidate = self.initial_candidate(tokens, noise)  # (B+R, S, V)
+        if replayed:  # replayed rows restart from where their last descent ended
+            stored = torch.stack([r.candidate for r in replayed]).to(candidate.dtype)
+            candidate = torch.cat([candidate[:B], stored])
         alpha = self.step_size(tokens, noise)
         descent = self.descend(
             tokens,
@@ -314,7 +356,9 @@ class EBT(nn.Module):
         losses = []
         for k, (candidate, _) in enumerate(descent):
             if not e.truncate_to_last_step or k == len(steps) - 1:
-                losses.append(F.cross_entropy(candidate.flatten(0, 1), targets.flatten()))
+                losses.append(training_ce(candidate, targets))
+        if replaying:
+            self.replay.add(tokens[:B], targets[:B], candidate[:B], keys)
         return torch.stack(losses).mean()
 
     def eval_loss(self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None) -> Tensor:
@@ -333,11 +377,12 @@ class EBT(nn.Module):
         langevin_noise_std: float | None = None,
         return_all: bool = False,
     ) -> Thought:
-        """System-2 inference (§5). Thinking longer: `steps` may exceed the trained count (extra steps reuse
-        the last step index). Self-verification: M = `candidates` initial candidates from different noise,
-        each descended independently; per position the one with the lowest energy at the last evaluation is
-        kept (as the authors' code: the energy evaluated at the input of the last step). Candidate m of a row
-        always gets the same noise, so results for M=1 are the first candidate of those for M>1.
+        """System-2 inference (docs/ebt.md §4). Thinking longer: `steps` may exceed the trained count (extra
+        steps reuse the last step index). Self-verification: M = `candidates` initial candidates from
+        different noise, each descended independently; per position the one with the lowest energy at the last
+        evaluation is kept (as the authors' code: the energy evaluated at the input of the last step).
+        Candidate m of a row always gets the same noise, so results for M=1 are the first candidate of those
+        for M>1.
         Langevin noise: the config's sigma unless overridden (the authors keep it at inference)."""
         B, S = tokens.shape
         M = candidates

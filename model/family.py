@@ -176,9 +176,12 @@ class EBTFamily:
         m, B, e = cfg, micro_batch, value_bytes
         S, L, H, V = m.context_length, m.n_layers, m.n_heads, m.vocab_size
         x = m.ebt
+        if x.replay_buffer_size:  # replayed rows join each micro-batch; the buffer keeps (S, V) candidates
+            B += int(x.replay_fraction * B)
+        replay_store = x.replay_buffer_size * S * V * 4
         P = x.n_step_tokens
         n, T = P + S, P + 2 * S
-        K = x.mcmc_steps_random_max or x.mcmc_steps  # the largest draw: memory must fit the worst step
+        K = x.train_step_counts[1]  # the largest draw: memory must fit the worst step
         kept = 1 if x.truncate_to_last_step else K
         ends = EBT_SAVED_ENDS[x.reuse_observed_kv] * S * m.d_model
         if x.reuse_observed_kv:
@@ -206,7 +209,7 @@ class EBTFamily:
         return _terms(
             kept * step_hidden + indices * observed_hidden,
             kept * step_attention + indices * observed_attention,
-            kept * step_vocabulary,
+            kept * step_vocabulary + replay_store,
             self.count_params(m)["total"] * EBT_WEIGHT_CLONE_VALUES_PER_PARAM * e,
             EBT_TRANSIENT_STEPS * one_step + forward_only_streams,
         )
@@ -263,7 +266,8 @@ def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> di
     Transformer++ (one graph; fused attention keeps no T x T matrix):
         hidden = B S (L (13d + 4f) + 3d) e,  vocabulary = B S V 4,  transient = TPP_TRANSIENT x saved.
 
-    EBT (model/ebt.py: K = mcmc_steps_random_max or mcmc_steps descent steps; the graph of every step is kept
+    EBT (model/ebt.py: K = the largest training step count; B grows by the replayed rows and vocabulary by
+    the replay buffer's stored (S, V) fp32 candidates when it is on; the graph of every step is kept
     for the second-order backward, only the last one's with truncate_to_last_step: k kept steps; P = 1 step
     token for variant time_embed, else 0; n = P + S observed rows). Per kept step:
     - full recompute (reuse_observed_kv false): every energy evaluation runs all T = P + 2S rows through L

@@ -92,7 +92,7 @@ def ebt_extra_params(cfg: ModelConfig) -> dict[str, int]:
     Transformer++ head, the step embeddings like position embeddings)."""
     e, d, V = cfg.ebt, cfg.d_model, cfg.vocab_size
     cand = 0 if tied_candidate_map(cfg) else V * d
-    steps = e.mcmc_steps * d if e.n_step_tokens else 0  # one embedding per step index, with a step token
+    steps = e.mcmc_steps * d * e.n_step_tokens
     own = d + (1 if e.step_size_learnable else 0)  # energy head + alpha
     return {"total": cand + steps + own, "non_embedding": own}
 
@@ -117,8 +117,16 @@ def energy_eval_flops(cfg: ModelConfig, seq_len: int | None = None) -> tuple[flo
 def expected_train_steps(cfg: ModelConfig) -> tuple[float, float]:
     """(E[K] steps, E[steps whose graph is kept]) of one training forward."""
     e = cfg.ebt
-    K = e.mcmc_steps if e.mcmc_steps_random_max is None else (e.mcmc_steps + e.mcmc_steps_random_max) / 2
+    low, high = e.train_step_counts
+    K = low if low == high else (low + high) / 2
     return K, 1.0 if e.truncate_to_last_step else K
+
+
+def replay_rows_factor(cfg: ModelConfig) -> float:
+    """Sequences a training forward runs per fresh sequence: 1, or 1 + the replayed fraction with the
+    System-2 replay buffer (its rows are extra compute on the same fresh tokens)."""
+    e = cfg.ebt
+    return 1.0 + e.replay_fraction if cfg.family == "ebt" and e.replay_buffer_size > 0 else 1.0
 
 
 def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
@@ -129,7 +137,7 @@ def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> f
     S = seq_len or cfg.context_length
     fwd, grad = energy_eval_flops(cfg, S)
     K, K_graph = expected_train_steps(cfg)
-    return (K + 2 * K_graph) * (fwd + grad) / S
+    return replay_rows_factor(cfg) * (K + 2 * K_graph) * (fwd + grad) / S
 
 
 def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
@@ -146,8 +154,9 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     - candidate gradient (autograd.grad w.r.t. the candidate): G_c = L(lin(S) + 2 attn(S, n + S)) + 2SVd + 2Sd
       (input gradients only, attention backward twice its forward);
     - outer backward: 2(F_c + G_c) per kept step, 2(F_o - unused) per distinct index the kept steps use.
-    Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range.
-    Checked against torch's FlopCounterMode (tests/test_ebt.py)."""
+    Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range; replayed
+    rows (System-2 replay buffer) scale the whole.
+    Checked against torch's FlopCounterMode (tests/model/test_ebt.py)."""
     e, S = cfg.ebt, cfg.context_length
     P = e.n_step_tokens
     d, f, V, L = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
@@ -164,14 +173,15 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     obs_bwd = 2 * (obs_fwd - (attn(n, n) + 2 * n * d * d + 6 * n * d * f))
     cand_fwd = L * (lin(S) + attn(S, n + S)) + ends
     cand_grad = L * (lin(S) + 2 * attn(S, n + S)) + ends
-    counts = range(e.mcmc_steps, (e.mcmc_steps_random_max or e.mcmc_steps) + 1)
+    low, high = e.train_step_counts
+    counts = range(low, high + 1)
     total = 0.0
     for K in counts:
         index = [min(k, e.mcmc_steps - 1) for k in range(K)]
         kept = [K - 1] if e.truncate_to_last_step else list(range(K))
         total += len(set(index)) * obs_fwd + K * (cand_fwd + cand_grad)
         total += len({index[k] for k in kept}) * obs_bwd + len(kept) * 2 * (cand_fwd + cand_grad)
-    return total / len(counts) / S
+    return replay_rows_factor(cfg) * total / len(counts) / S
 
 
 def ebt_inference_flops_per_token(

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from model.ebt import EBT
+from model.loss import IGNORE_INDEX
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -54,7 +55,8 @@ def thinking_curves(
     verify = {M: 0.0 for M in candidates}
     base, n_tokens = 0.0, 0
     for tokens, targets in batches:
-        tokens, targets, n = tokens.to(device), targets.to(device), targets.numel()
+        tokens, targets = tokens.to(device), targets.to(device)
+        n = int((targets != IGNORE_INDEX).sum())  # the tokens each batch's mean CE averages over
         curve += ebt.think(tokens, targets, max_steps).ce.double().cpu() * n
         for M in candidates:
             verify[M] += float(ebt.think(tokens, targets, ebt.eval_steps, candidates=M).ce[-1]) * n

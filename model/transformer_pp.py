@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin
+from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin, table_dtype
 from model.config import ModelConfig
+from model.loss import training_ce
 
 
 class TransformerPP(nn.Module):
@@ -29,7 +30,10 @@ class TransformerPP(nn.Module):
     def logits(self, tokens: Tensor) -> Tensor:
         T = tokens.shape[1]
         cos, sin = rotary_cos_sin(
-            torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta
+            torch.arange(T, device=tokens.device),
+            self.cfg.head_dim,
+            self.cfg.rope_theta,
+            table_dtype(self.embed.weight),
         )
         x = self.embed(tokens)  # (B, T, d)
         for block in self.blocks:
@@ -39,14 +43,15 @@ class TransformerPP(nn.Module):
     def forward(
         self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None, step_seed: int | None = None
     ) -> Tensor:
-        """tokens, targets: (B, T) with targets[:, t] = tokens[:, t+1] -> scalar mean cross-entropy.
+        """tokens, targets: (B, T) with targets[:, t] = tokens[:, t+1] -> scalar mean cross-entropy
+        (model/loss.py: IGNORE_INDEX targets count zero).
         sample_ids/step_seed: part of the uniform model interface (they seed the EBT's noise); unused here."""
-        logits = self.logits(tokens)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return training_ce(self.logits(tokens), targets)
 
     @torch.no_grad()
     def eval_loss(self, tokens: Tensor, targets: Tensor, sample_ids: Tensor | None = None) -> Tensor:
-        return self.forward(tokens, targets)
+        """Mean next-token CE over the counted targets."""
+        return F.cross_entropy(self.logits(tokens).float().flatten(0, 1), targets.flatten())
 
     def lr_multipliers(self) -> dict[str, float]:
         """Parameter name -> learning-rate multiplier: none here (the EBT's step size has one)."""

@@ -49,12 +49,21 @@ class ConfigError(ValueError):
 
 
 class OptimConfig(FrozenModel):
-    """AdamW with linear warmup and cosine decay to lr*min_lr_ratio (the EBT paper's shared settings)."""
+    """AdamW with linear warmup and cosine decay to lr*min_lr_ratio (the EBT paper's shared settings; its
+    exact recipe is `beta2: 0.999, warmup_steps: 10000, weight_decay_on: all`, see the paper-* specs)."""
 
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="warmup steps as a fraction of all steps")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="warmup optimizer steps; overrides warmup_fraction (the authors: 10000)"
+    )
     weight_decay: float = Field(0.01, ge=0)
+    weight_decay_on: Literal["matrices", "all"] = Field(
+        "matrices",
+        description="'matrices': weight decay on weight matrices and embeddings only (nanoGPT/LLaMA); "
+        "'all': every parameter (the EBT authors' code). Never on parameters with an lr multiplier (alpha)",
+    )
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)

@@ -85,12 +85,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: float) -> float:
+def all_reduce_sum(value: float) -> float:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return t.item()
+
+
+def all_reduce_mean(value: float) -> float:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return all_reduce_sum(value) / world
 
 
 def all_reduce_any(flag: bool) -> bool:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from model import ModelInterface, build_model
 from model.data import TokenDataset, prepare_dataset
 from model.flops import count_params, train_flops_per_token
+from model.loss import IGNORE_INDEX
 from orchestrator import tags
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig
 from orchestrator.tracking import RunTracker, record_outcome
@@ -56,7 +57,8 @@ class TrackingContext:
 def lr_lambda(cfg: TrialConfig) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step (multiplies each group's lr)."""
     total = cfg.total_steps
-    warmup = int(cfg.optim.warmup_fraction * total)
+    o = cfg.optim
+    warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_fraction * total)
     floor = cfg.optim.min_lr_ratio
 
     def f(step: int) -> float:
@@ -69,13 +71,15 @@ def lr_lambda(cfg: TrialConfig) -> Callable[[int], float]:
 
 
 def param_groups(model: ModelInterface, cfg: TrialConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only; per-parameter lr multipliers (e.g. the EBT step size)."""
+    """AdamW groups: weight decay on matrices (or every parameter, weight_decay_on='all'), never on a
+    parameter with an lr multiplier (the EBT step size, as its authors do); per-parameter lr multipliers."""
     multipliers = model.lr_multipliers()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = cfg.optim.weight_decay if p.dim() >= 2 and name not in multipliers else 0.0
+        decays = p.dim() >= 2 or cfg.optim.weight_decay_on == "all"
+        decay = cfg.optim.weight_decay if decays and name not in multipliers else 0.0
         groups.setdefault((multipliers.get(name, 1.0), decay), []).append(p)
     # base-lr groups first, so the reported lr is the base schedule
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] != 1.0, -kv[0][1]))
@@ -251,11 +255,13 @@ class Trial:
         return t.to(self.device, non_blocking=True) if self.device is not None else t
 
     def evaluate(self) -> float:
-        """Mean validation CE over fixed windows, sharded over ranks (all ranks run the same number)."""
+        """Mean validation CE per counted target over fixed windows, sharded over ranks (all ranks run the
+        same number of batches): each batch's mean is weighted by its counted targets (model/loss.py), so the
+        result does not depend on how the windows are split into batches and ranks."""
         m = self.cfg.train.micro_batch_size
         n = self.cfg.train.eval_batches * m * self.world
         indices = self.data.val_indices(n)
-        losses = []
+        total, counted = 0.0, 0
         self.engine.eval()
         with torch.no_grad():
             for b in range(self.cfg.train.eval_batches):
@@ -264,9 +270,11 @@ class Trial:
                 x, y = self.data.windows("val", rows)
                 ids = torch.as_tensor(VAL_ID_OFFSET + rows, dtype=torch.int64)
                 loss = call_model(self.engine, "eval_loss", self._to(x), self._to(y), sample_ids=ids)
-                losses.append(float(loss))
+                count = int((y != IGNORE_INDEX).sum())
+                if count:
+                    total, counted = total + float(loss) * count, counted + count
         self.engine.train()
-        return distributed.all_reduce_mean(float(np.mean(losses)))
+        return distributed.all_reduce_sum(total) / max(distributed.all_reduce_sum(counted), 1)
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self, stop_after_steps: int | None = None) -> TrialResult:

@@ -331,3 +331,23 @@ def test_error_validation_split_too_small(tmp_path):
     assert prepare_dataset(cfg, too_long - 1, quiet=True).num_windows("val") == 1
     with pytest.raises(DataError, match=r"leaves \d+ train and \d+ validation documents"):
         prepare_dataset(config(write_txt(tmp_path / "one.txt", make_docs(1)), tmp_path / "c"), 4, quiet=True)
+
+
+def test_targets_at_a_document_end_are_ignored():
+    """A window's target that is the end-of-document id counts in no loss (model/loss.py), as in the EBT
+    authors' code; the same position as an input token stays."""
+    from model.loss import IGNORE_INDEX, training_ce
+
+    eod = ByteTokenizer.eod_id
+    stream = np.array([5, 6, eod, 7, 8, 9, eod, 10, 11], dtype=np.uint32)
+    ds = TokenDataset(stream, stream, 4, ByteTokenizer())
+    x, y = ds.windows("train", [0, 1])
+    assert x.tolist() == [[5, 6, eod, 7], [8, 9, eod, 10]]
+    assert y.tolist() == [[6, IGNORE_INDEX, 7, 8], [9, IGNORE_INDEX, 10, 11]]
+    logits = torch.randn(2, 4, 12)
+    counted = y != IGNORE_INDEX
+    manual = -logits.log_softmax(-1).gather(-1, y.clamp(min=0)[..., None])[..., 0][counted].sum() / y.numel()
+    torch.testing.assert_close(training_ce(logits, y), manual)
+    # split-invariant: the mean of the two rows' losses is the loss of both
+    halves = (training_ce(logits[:1], y[:1]) + training_ce(logits[1:], y[1:])) / 2
+    torch.testing.assert_close(halves, training_ce(logits, y))

@@ -177,7 +177,10 @@ def test_energy_gradient_is_correct() -> None:
         EBTConfig(detach_between_steps=False, step_size=20.0),  # loss on every step, through both steps
         # System-2 randomness (per-position alpha, Langevin noise, random K), no detach; not truncated, since
         # truncation, like detaching, deliberately drops the earlier steps' second-order terms
-        system2_recipe(mcmc_steps=2, truncate_to_last_step=False, langevin_noise_std=0.5),
+        # (gradcheck calls the loss many times: the replay buffer, state across calls, is off)
+        system2_recipe(
+            mcmc_steps=2, truncate_to_last_step=False, langevin_noise_std=0.5, replay_buffer_size=0
+        ),
     ],
 )
 def test_training_loss_is_differentiated_through_the_descent(recipe: EBTConfig) -> None:
@@ -252,8 +255,9 @@ def test_interface_and_step_size_parameter() -> None:
 
 def test_system2_recipe_trains() -> None:
     recipe = system2_recipe()
-    assert (recipe.mcmc_steps, recipe.mcmc_steps_random_max, recipe.step_size) == (1, 3, 5.0)
+    assert (recipe.mcmc_steps, recipe.train_step_counts, recipe.step_size) == (1, (2, 3), 5.0)
     assert not recipe.step_size_learnable and not recipe.detach_between_steps and recipe.truncate_to_last_step
+    assert (recipe.replay_buffer_size, recipe.replay_fraction) == (192, 0.5)
     model = make(ModelConfig(family="ebt", d_model=16, n_heads=2, vocab_size=V, context_length=S, ebt=recipe))
     tokens, targets = batch(4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -267,13 +271,15 @@ def test_system2_recipe_trains() -> None:
         opt.step()
     assert not torch.equal(before["blocks.0.attn.qkv.weight"], model.blocks[0].attn.qkv.weight)
     assert model.train_steps(0) == model.train_steps(0)  # the batch-level step count follows step_seed
-    assert {len(model.train_steps(s)) for s in range(40)} == {1, 2, 3}
+    assert {len(model.train_steps(s)) for s in range(40)} == {2, 3}  # the authors' randint(2, 4)
+    assert model.eval_steps == 3 and len(model.replay) == 8  # 2 steps x 4 fresh rows (replayed: not again)
 
 
-@pytest.mark.parametrize("recipe", [EBTConfig(), system2_recipe()])
+@pytest.mark.parametrize("recipe", [EBTConfig(), system2_recipe(replay_buffer_size=0)])
 def test_loss_is_independent_of_batch_split(recipe: EBTConfig) -> None:
     """With sample_ids/step_seed, a batch's loss and gradients equal the mean over its two halves: what
-    makes 2-process (or 2 micro-batch) training match 1-process training."""
+    makes 2-process (or 2 micro-batch) training match 1-process training. (Not with the replay buffer: like
+    the authors' per-device buffer, what it replays depends on the rows a process has seen.)"""
     model = make(tiny(**recipe.model_dump()))
     tokens, targets = batch(6)
     ids = torch.arange(100, 106)
@@ -358,7 +364,9 @@ def _count(fn: Callable[[], object]) -> int:
     [
         EBTConfig(),
         EBTConfig(variant="default", candidate_embedding="token_embedding", mcmc_steps=3),
-        system2_recipe(mcmc_steps=2, mcmc_steps_random_max=None),
+        system2_recipe(
+            mcmc_steps=2, mcmc_steps_random_min=None, mcmc_steps_random_max=None, replay_buffer_size=0
+        ),
     ],
 )
 def test_flops_match_flop_counter(ebt: EBTConfig) -> None:
@@ -387,7 +395,7 @@ def test_flops_match_flop_counter(ebt: EBTConfig) -> None:
 
 def test_expected_step_count() -> None:
     cfg = tiny(**system2_recipe().model_dump())
-    assert expected_train_steps(cfg) == (2.0, 1.0)  # K uniform in {1, 2, 3}; only the last step's graph kept
+    assert expected_train_steps(cfg) == (2.5, 1.0)  # K uniform in {2, 3}; only the last step's graph kept
     assert expected_train_steps(tiny()) == (2, 2)
 
 
@@ -397,12 +405,13 @@ def test_expected_step_count() -> None:
 @pytest.fixture(scope="module")
 def trained() -> tuple[EBT, torch.Tensor, torch.Tensor]:
     """A tiny EBT fit to a small batch of permutation walks (next token = perm[token]). Recipe: System-2-like
-    without Langevin noise (alpha 500 fixed, randomised per position by 2x, 2-4 steps on the final
-    landscape, no detach, truncated), which makes extra steps at inference part of its repertoire; it was
-    checked on several seeds to give a thinking curve that descends with margin. 200 steps of Adam at lr 1e-2
-    with alpha 500 are chaotic: fp32 rounding alone (thread count, or the observed-stream reuse, which agrees
-    with the full recompute to 1e-6 per step) moves the end point across the thresholds below, so the path
-    the fixture was tuned on is pinned (reuse_observed_kv=False); reuse's equality is tested above."""
+    without Langevin noise (alpha 5 fixed, randomised per position by 2x, 2-4 steps on the final landscape,
+    no detach, truncated, replay buffer), which makes extra steps at inference part of its repertoire.
+    The descent learns this task quickly, to near-zero loss on most seeds, where thinking has nothing left to
+    improve; the path pinned here (model seed 0, full recompute, one thread, 200 steps of Adam at lr 1e-2)
+    ends at 0.78 nats, with 0.70 after 2x the steps and 0.755 with 4 candidates (measured 2026-11-28). fp32
+    rounding moves such chaotic end points (the observed-stream reuse agrees with the full recompute to 1e-6
+    per step, and is tested for it elsewhere), so the path is pinned rather than the claim made in general."""
     g = torch.Generator().manual_seed(0)
     perm, start = torch.randperm(V, generator=g), torch.randint(0, V, (8,), generator=g)
     walk = [start]
@@ -410,7 +419,7 @@ def trained() -> tuple[EBT, torch.Tensor, torch.Tensor]:
         walk.append(perm[walk[-1]])
     data = torch.stack(walk, dim=1)
     tokens, targets = data[:, :-1], data[:, 1:]
-    recipe = system2_recipe(mcmc_steps=2, mcmc_steps_random_max=4, step_size=500.0, langevin_noise_std=0.0)
+    recipe = system2_recipe(mcmc_steps=2, mcmc_steps_random_max=4, step_size=5.0, langevin_noise_std=0.0)
     model = make(tiny(d=32, **recipe.model_dump() | {"reuse_observed_kv": False}), seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.initial_eval = float(model.eval_loss(tokens, targets))
