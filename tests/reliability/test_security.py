@@ -172,7 +172,7 @@ def test_the_static_checks_accept_safe_code() -> None:
 
 def test_repository_python_has_no_unsafe_calls() -> None:
     files = python_files()
-    assert len(files) > 30 and REPO / "orchestrator" / "think.py" in files
+    assert len(files) > 30 and REPO / "orchestrator" / "sweep" / "think.py" in files
     problems = problems_in({str(p.relative_to(REPO)): p.read_text() for p in files})
     this = str(Path(__file__).relative_to(REPO))
     # the only exception: this checker's own list of all-interface addresses (in visit_Constant)
@@ -272,7 +272,7 @@ def string_default(tree: ast.Module, env_var: str) -> list[object]:
 
 
 def test_embedded_ray_binds_to_loopback_by_default() -> None:
-    tree = ast.parse((REPO / "orchestrator" / "sweep_runner.py").read_text())
+    tree = ast.parse((REPO / "orchestrator" / "sweep" / "runner.py").read_text())
     assert string_default(tree, "EBTSCALE_DASHBOARD_HOST") == ["127.0.0.1"]
     (init,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "ray.init"]
     kw = {k.arg: ast.unparse(k.value) for k in init.keywords}

@@ -210,7 +210,7 @@ def test_a_failed_checkpoint_write_is_never_loaded(
         )
         # the trial stopped with a clear error naming the checkpoint and the folder
         assert proc.returncode == 1, output[-3000:]
-        found = re.search(r"orchestrator\.checkpoint\.CheckpointError: (.*)", output)
+        found = re.search(r"orchestrator\.train\.checkpoint\.CheckpointError: (.*)", output)
         assert found, output[-3000:]
         message = found.group(1)
         assert f"checkpoint step-{2 * EVERY} could not be written to {ckpt_dir}" in message, message
