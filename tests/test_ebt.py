@@ -63,7 +63,7 @@ def random_candidate(B: int, dtype: torch.dtype = torch.float32, seed: int = 2) 
     return torch.randn(B, S, V, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-# --- attention pattern and positions (method note §2.4, §2.6) ----------------------------------------------
+# --- attention pattern and positions (docs/ebt.md §1) -----------------------------------------------------
 
 
 def test_mask_and_positions_are_the_method_notes() -> None:
