@@ -80,7 +80,7 @@ def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
             "val_perplexity": _float(m.get("final_val_perplexity")),
             "seed": _float(p.get("train.seed")),
             "run_id": run.info.run_id,
-            # NaN until the trainer logs a `flops_executed` param (the analysis then uses `flops`)
+            # NaN for runs logged before the trainer logged it (the analysis then uses `flops`)
             "flops_executed": _float(p.get("flops_executed")),
             "train_time_s": _float(m.get("train_time_s")),
             "num_workers": _float(p.get("resources.num_workers")),
