@@ -1,5 +1,5 @@
-"""Peak memory per worker against the planner's estimate (`orchestrator.plan.memory_terms`), and what autograd
-keeps for the backward against the planner's activation terms. (The planner's time estimate:
+"""Peak memory per worker against the planner's estimate (`orchestrator.sweep.plan.memory_terms`), and what
+autograd keeps for the backward against the planner's activation terms. (The planner's time estimate:
 bench_planner.py.)
 
     .venv/bin/python benchmarks/bench_memory.py [--json-out benchmarks/results/memory.json]
@@ -24,7 +24,7 @@ DeepSpeed): the autograd graph is walked from the loss and the distinct storages
 (parameters excluded), by kind: vocabulary-sized (last dim V), the EBT's attention matrices (a storage of
 exactly B x H x queries x keys values for the sequence's row counts) and hidden-size (the rest). The
 weight clones of SecondOrderSafe are not in the plain model (the plan's "weights" term is left out here).
-Compared with `orchestrator.plan.activation_terms` (whose coefficients were counted this way).
+Compared with `orchestrator.sweep.plan.activation_terms` (whose coefficients were counted this way).
 """
 
 from __future__ import annotations
@@ -93,16 +93,17 @@ def _measure_rank(cfg_json: str, steps: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     import deepspeed  # noqa: F401 - imported here so that the "after imports" baseline includes it
 
-    from orchestrator import distributed
     from orchestrator.config import TrialConfig
-    from orchestrator.trainer import Trial
+    from orchestrator.train import distributed
+    from orchestrator.train.trainer import Trial
 
     cfg = TrialConfig.model_validate_json(cfg_json)
     distributed.init_process_group()
     _warm_runtime(cfg.deepspeed.zero_stage)
     rss_imports = status_kib("VmRSS")
     start = time.perf_counter()
-    trial = Trial(cfg, Path(out_dir) / f"trial-{distributed.rank()}", None, progress=False)
+    folder = Path(out_dir) / f"trial-{distributed.rank()}"
+    trial = Trial(cfg.model_copy(update={"trial_dir": str(folder)}), None, progress=False)
     rss_init = status_kib("VmRSS")
     init_s = time.perf_counter() - start
     step_s = []
@@ -133,7 +134,7 @@ def child_main(cfg_json: str, steps: int, out_dir: str) -> None:
     if workers == 1:
         _measure_rank(cfg_json, steps, out_dir)
     else:
-        from orchestrator import distributed
+        from orchestrator.train import distributed
 
         distributed.spawn(_spawned, workers, args=(cfg_json, steps, out_dir))
 
@@ -176,7 +177,7 @@ def variant_of(cfg: Any) -> str:
 
 def plan_memory(cfg: Any) -> dict[str, Any]:
     from model.flops import count_params
-    from orchestrator import plan
+    from orchestrator.sweep import plan
 
     n = count_params(cfg.model)["total"]
     terms = plan.memory_terms(cfg, n)

@@ -138,7 +138,8 @@ def stop_session(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
 
 class RayHead:
     """A private single-node Ray head for the sweep (see the module docstring): its own temp dir, ports and
-    auth token (as tests/test_cluster.py starts its cluster), RAY_ADDRESS exported to its processes."""
+    auth token (as tests/orchestrator/cluster/test_jobs.py starts its cluster), RAY_ADDRESS exported to its
+    processes."""
 
     def __init__(self, root: Path, cpus: int, env: dict[str, str]) -> None:
         gcs, dashboard, *ports = (free_port() for _ in range(7))

@@ -1,11 +1,12 @@
-"""The planner's time estimate (`orchestrator.plan`) against measured training time on the CPU smoke sweeps.
+"""The planner's time estimate (`orchestrator.sweep.plan`) against measured training time on the CPU smoke
+sweeps.
 
     .venv/bin/python benchmarks/bench_planner.py [--json-out benchmarks/results/planner.json]
     .venv/bin/python benchmarks/bench_planner.py --specs sweeps/smoke-params.yaml --steps 20 --passes 1
     .venv/bin/python benchmarks/bench_planner.py --large        # + paper shapes d128/256, context 256
 
 Every distinct trial of the specs (default: smoke-params, smoke-depth, smoke-batch) is planned with
-`orchestrator.plan.plan` (throughput calibrated here, per spec, as `ebtscale sweep plan SPEC` does) and
+`orchestrator.sweep.plan.plan` (throughput calibrated here, per spec, as `ebtscale sweep plan SPEC` does) and
 trained (all of it, or its first --steps optimizer steps) in a fresh process with 1 torch thread (a sweep
 worker with cpus_per_worker=1), through the trainer's own `Trial._train_step`: the code whose time the
 trainer sums into train_time_s (no MLflow, no evaluation or checkpoints, which train_time_s leaves out
@@ -25,8 +26,8 @@ total). Target (issue): every row and the total within 25%.
 
 `--large` adds the paper's smallest shapes (d_model 128/256, 2/4 layers, context 256, micro-batch 8/4,
 ZeRO-1), a few steps each, planned as one group: an extrapolation check, outside the target.
-A least-squares refit of the time model's coefficients (`orchestrator.plan.time_terms`) on the measured
-rows is printed too: what to put in `orchestrator/plan.py` for another machine.
+A least-squares refit of the time model's coefficients (`orchestrator.sweep.plan.time_terms`) on the measured
+rows is printed too: what to put in `orchestrator/sweep/plan.py` for another machine.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def child_main(cfg_json: str, steps: int, out: str) -> None:
 
     torch.set_num_threads(1)
     from orchestrator.config import TrialConfig
-    from orchestrator.trainer import Trial
+    from orchestrator.train.trainer import Trial
 
     cfg = TrialConfig.model_validate_json(cfg_json)
-    trial = Trial(cfg, Path(out) / "trial", None, progress=False)
+    trial = Trial(cfg.model_copy(update={"trial_dir": str(Path(out) / "trial")}), None, progress=False)
     step_s, cpu_s = [], []
     for step in range(steps):
         start, cpu = time.perf_counter(), time.thread_time()
@@ -100,7 +101,7 @@ def with_reuse(t: Any, reuse: bool) -> Any:
 
 def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
     """Distinct trials of a spec, EBT trials once per reuse_observed_kv setting."""
-    from orchestrator.spec import expand, load_spec, unique_trials
+    from orchestrator.sweep.spec import expand, load_spec, unique_trials
 
     out = []
     for t in unique_trials(expand(load_spec(spec))):
@@ -110,7 +111,7 @@ def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
 
 def large_trials(reuse: list[bool], out: Path) -> list[Any]:
     from orchestrator.config import parse_trial_config
-    from orchestrator.spec import PlannedTrial
+    from orchestrator.sweep.spec import PlannedTrial
 
     trials = []
     for family in ("transformer_pp", "ebt"):
@@ -137,7 +138,9 @@ def large_trials(reuse: list[bool], out: Path) -> list[Any]:
                     "output_dir": str(out),
                 }
             )
-            t = PlannedTrial(cfg.config_hash(), cfg.name, "large", family, "large", 0, d, None, "large", cfg)
+            t = PlannedTrial(
+                cfg.config_hash(), cfg.name, "large", family, "large", 0, d, None, "large", cfg.name, cfg
+            )
             trials += [with_reuse(t, r) for r in reuse] if family == "ebt" else [t]
     return trials
 
@@ -163,15 +166,15 @@ REGRESSORS = ("step", "layer_passes", "attention_elements", "executed_flops")
 
 
 def time_model_features(cfg: Any) -> dict[str, float]:
-    """The time model's regressors for one optimizer step (`orchestrator.plan.time_terms`)."""
-    from orchestrator import plan
+    """The time model's regressors for one optimizer step (`orchestrator.sweep.plan.time_terms`)."""
+    from orchestrator.sweep import plan
 
     return {"step": 1.0, **plan.time_terms(cfg)}
 
 
 def refit(rows: list[dict[str, Any]], gemm_rate: float) -> dict[str, Any]:
     """Least squares (relative error) of measured per-step times on the time model's regressors: the
-    coefficients `orchestrator/plan.py` would need to match these rows."""
+    coefficients `orchestrator/sweep/plan.py` would need to match these rows."""
     import numpy as np
 
     X = np.array([[r["features"][n] for n in REGRESSORS] for r in rows])
@@ -192,7 +195,7 @@ def refit(rows: list[dict[str, Any]], gemm_rate: float) -> dict[str, Any]:
 def planned_rows(trials: list[Any], group: str) -> list[dict[str, Any]]:
     """Plan `trials` as one sweep (calibrated here, as `ebtscale sweep plan` does): one row per distinct
     trial, with its config and planned time."""
-    from orchestrator.plan import plan
+    from orchestrator.sweep.plan import plan
 
     p = plan(trials)
     rows = []
@@ -391,7 +394,7 @@ def main() -> None:
         child_main(args.child, args.steps, args.out)
         return
 
-    from orchestrator.plan import CALIBRATION_EFFICIENCY, calibrate_throughput
+    from orchestrator.sweep.plan import CALIBRATION_EFFICIENCY, calibrate_throughput
 
     load = LoadMonitor()
     reuse = [s.strip().lower() == "true" for s in args.ebt_reuse.split(",") if s.strip()]

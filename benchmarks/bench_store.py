@@ -111,7 +111,7 @@ def synthetic_spec(seeds: int, output_dir: Path) -> dict[str, Any]:
 
 def seeds_for(trials: int) -> int:
     """Seeds that give about `trials` distinct trials (the count per seed is read off a 1-seed expansion)."""
-    from orchestrator.spec import expand, parse_spec, unique_trials
+    from orchestrator.sweep.spec import expand, parse_spec, unique_trials
 
     per_seed = len(unique_trials(expand(parse_spec(synthetic_spec(1, Path(tempfile.gettempdir()))))))
     return max(1, round(trials / per_seed))
@@ -146,8 +146,8 @@ def bench_plan(spec_file: Path, repeat: int, run_cli: bool) -> dict[str, Any]:
     """The in-process stages of `ebtscale sweep plan SPEC`, then the CLI's wall time."""
     from rich.console import Console
 
-    from orchestrator.plan import plan, render_plan
-    from orchestrator.spec import expand, load_spec
+    from orchestrator.sweep.plan import plan, render_plan
+    from orchestrator.sweep.spec import expand, load_spec
 
     def render(p: Any) -> int:
         out = Console(file=io.StringIO(), width=200)  # what the CLI prints to a pipe
@@ -219,37 +219,31 @@ def trial_record(unit: Any, rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _create_child(client: Any, exp_id: str, parent_id: str, unit: Any) -> str:
-    """The child run as `sweep_runner.ensure_runs` creates it (tags, SCHEDULED)."""
-    from orchestrator.sweep_runner import ROWS_TAG, _row_tag
-    from orchestrator.tracking import PARENT_TAG
+    """The child run as `runner.ensure_runs` creates it (its tags; SCHEDULED follows)."""
+    from orchestrator.sweep.runner import child_run_tags
 
-    tags = {
-        "ebtscale.trial_id": unit.id,
-        "ebtscale.sweep": SWEEP,
-        "ebtscale.family": unit.family,
-        "ebtscale.axis": ",".join(sorted({r.axis for r in unit.rows})),
-        "ebtscale.status": "pending",
-        ROWS_TAG: json.dumps([_row_tag(r) for r in unit.rows]),
-        PARENT_TAG: parent_id,
-    }
-    return client.create_run(exp_id, run_name=unit.name, tags=tags).info.run_id
+    return client.create_run(
+        exp_id, run_name=unit.name, tags=child_run_tags(SWEEP, unit, parent_id)
+    ).info.run_id
 
 
 def _write_real(uri: str, client: Any, run_id: str, unit: Any, rec: dict[str, Any], folder: Path) -> None:
     """One trial through the trainer's own tracking calls: RunTracker (resumed run) and record_outcome."""
-    from orchestrator.tracking import RunTracker
-    from orchestrator.trainer import TrialResult, record_outcome
+    from orchestrator import tags
+    from orchestrator.tracking import RunTracker, record_outcome
+    from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus
 
     client.set_terminated(run_id, status="SCHEDULED")
     tracker = RunTracker.start(uri, SWEEP, unit.name, resume_run_id=run_id)
     tracker.log_params(rec["params"])
-    tracker.set_tags({"ebtscale.status": "running", "ebtscale.trial_id": unit.id})
+    tracker.set_tags({tags.STATUS: TrialStatus.RUNNING, tags.TRIAL_ID: unit.id})
     tracker.log_metrics(rec["last"], step=rec["steps"])
     val = rec["last"]["val_loss"]
     result = TrialResult("finished", "", rec["steps"], rec["tokens"], val, math.exp(val), rec["train_time_s"])
+    trial = TrialDir(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    result.save(folder / "result.json")
-    record_outcome(tracker, result, folder)
+    result.save(trial.result)
+    record_outcome(tracker, result, trial)
 
 
 def _write_bulk(client: Any, run_id: str, unit: Any, rec: dict[str, Any]) -> None:
@@ -257,6 +251,7 @@ def _write_bulk(client: Any, run_id: str, unit: Any, rec: dict[str, Any]) -> Non
     metrics of record_outcome, then the run closed FINISHED."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from orchestrator import tags
     from orchestrator.tracking import flatten
 
     now = int(time.time() * 1000)
@@ -269,12 +264,12 @@ def _write_bulk(client: Any, run_id: str, unit: Any, rec: dict[str, Any]) -> Non
     }
     metrics += [Metric(k, float(v), now, rec["steps"]) for k, v in final.items()]
     params = [Param(k, str(v)[:6000]) for k, v in flatten(rec["params"]).items() if v is not None]
-    tags = {"ebtscale.status": "finished", "ebtscale.status_reason": "", "ebtscale.trial_id": unit.id}
+    final_tags = {tags.STATUS: "finished", tags.STATUS_REASON: "", tags.TRIAL_ID: unit.id}
     for i in range(0, len(params), 100):  # MLflow's limit of params per batch
         client.log_batch(
             run_id,
             params=params[i : i + 100],
-            tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [],
+            tags=[RunTag(k, v) for k, v in final_tags.items()] if i == 0 else [],
             metrics=metrics if i == 0 else [],
         )
     client.set_terminated(run_id, status="FINISHED")
@@ -287,7 +282,9 @@ def _same_shape(client: Any, real_id: str, bulk_id: str) -> None:
         ka, kb = set(getattr(a, what)), set(getattr(b, what))
         if ka != kb:
             raise AssertionError(f"bulk-written {what} differ from the real path's: {sorted(ka ^ kb)}")
-    for key in ("ebtscale.status", "ebtscale.status_reason", "ebtscale.sweep"):
+    from orchestrator import tags
+
+    for key in (tags.STATUS, tags.STATUS_REASON, tags.SWEEP):
         if a.tags[key] != b.tags[key]:
             raise AssertionError(f"tag {key}: {a.tags[key]!r} (real) vs {b.tags[key]!r} (bulk)")
 
@@ -295,18 +292,18 @@ def _same_shape(client: Any, real_id: str, bulk_id: str) -> None:
 def build_store(spec_dict: dict[str, Any], root: Path) -> dict[str, Any]:
     """A finished sweep's MLflow store at root/mlflow.db: the parent run (as ensure_runs writes it) and one
     child per distinct trial."""
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.spec import expand, parse_spec
-    from orchestrator.sweep_runner import trial_units
-    from orchestrator.tracking import RunTracker, get_or_create_experiment
+    from orchestrator import tags
+    from orchestrator.sweep.runner import trial_units
+    from orchestrator.sweep.spec import expand, parse_spec
+    from orchestrator.tracking import RunTracker, get_or_create_experiment, mlflow_client
 
     spec = parse_spec(spec_dict)
     units = trial_units(expand(spec))
     uri = f"sqlite:///{root / 'mlflow.db'}"
     exp_id = get_or_create_experiment(uri, SWEEP)
-    client = MlflowClient(uri)
-    parent = RunTracker.start(uri, SWEEP, SWEEP, tags={"ebtscale.role": "sweep", "ebtscale.sweep": SWEEP})
+    client = mlflow_client(uri)
+    role = {tags.ROLE: tags.ROLE_SWEEP, tags.SWEEP: SWEEP}
+    parent = RunTracker.start(uri, SWEEP, SWEEP, tags=role)
     parent.log_params({"spec": spec.model_dump(mode="json")})
     parent.end("FINISHED")
     rng = np.random.default_rng(0)
@@ -348,10 +345,11 @@ def cached_store(seeds: int, cache_dir: Path, rebuild: bool) -> dict[str, Any]:
 
 
 def bench_report(uri: str, out_dir: Path, bootstrap: int, repeat: int, run_cli: bool) -> dict[str, Any]:
-    """The stages of `ebtscale report SWEEP` (orchestrator/cli.py), timed one by one, then the CLI."""
+    """The stages of `ebtscale report SWEEP` (sweep/report.py, build_report), timed one by one, then the
+    CLI."""
     from analysis import write_report
-    from orchestrator.report import provenance_of, publish_report
-    from orchestrator.results import load_sweep_trials, load_thinking_curves, sweep_parent_run
+    from orchestrator.sweep.report import provenance_of, publish_report
+    from orchestrator.sweep.results import load_sweep_trials, load_thinking_curves, sweep_parent_run
 
     times: dict[str, float] = {}
     # the first client of a store opens it (engine, schema check): a fixed cost, kept out of the load's time
@@ -445,8 +443,8 @@ def main() -> None:
     for module in (
         "torch",
         "mlflow.tracking",
-        "orchestrator.plan",
-        "orchestrator.results",
+        "orchestrator.sweep.plan",
+        "orchestrator.sweep.results",
         "analysis.report",
     ):
         importlib.import_module(

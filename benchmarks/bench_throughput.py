@@ -8,8 +8,9 @@ count.
     .venv/bin/python benchmarks/bench_throughput.py --rounds 5 --micro-batch 4    # longer, steadier
 
 What is measured, per model size (default: the paper's 4xs/3xs/xxs shapes at context 256):
-- one `orchestrator.trainer.Trial` per variant (Transformer++, EBT, EBT with reuse_observed_kv), built exactly
-  as the trainer builds it (same DeepSpeed config, ZeRO stage, fp32, torch_adam, SecondOrderSafe wrapper);
+- one `orchestrator.train.trainer.Trial` per variant (Transformer++, EBT, EBT with reuse_observed_kv), built
+  exactly as the trainer builds it (same DeepSpeed config, ZeRO stage, fp32, torch_adam, SecondOrderSafe
+  wrapper);
 - the headline: `Trial._train_step(step)` itself, the code the trainer times as train_time_s (data, forward,
   backward, optimizer step of every micro-batch), best of --rounds; tokens/s = tokens per step / that time;
 - the breakdown: a replica of `_train_step` with a timer around each call (`_micro_batches`, `engine(...)`,
@@ -157,7 +158,7 @@ def ebt_timers(spans: Spans) -> Iterator[None]:
     """Wrap the EBT's energy evaluations, candidate gradients, noise draws and SecondOrderSafe's weight
     clones with timers for the duration of one forward (benchmark-only; restored afterwards)."""
     from model import ebt
-    from orchestrator import second_order
+    from orchestrator.train import second_order
 
     targets: list[tuple[Any, str, str]] = [
         (ebt.EBT, "energy", "energy_forward"),
@@ -212,7 +213,7 @@ def real_step(trial: Any, step: int) -> tuple[float, float, float]:
 def instrumented_step(trial: Any, step: int) -> Spans:
     """A replica of Trial._train_step (fp32, no loss scaling, world size 1) with a timer around every call,
     then Trial._log as Trial.run calls it."""
-    from orchestrator.trainer import SAMPLE_ID_SEED_SHIFT
+    from orchestrator.train.trainer import SAMPLE_ID_SEED_SHIFT
 
     spans, engine = Spans(), trial.engine
     step_seed = (trial.cfg.train.seed << SAMPLE_ID_SEED_SHIFT) + step
@@ -263,7 +264,7 @@ def fused_adamw(enabled: bool) -> Iterator[None]:
     """trainer.deepspeed_config with AdamW's `fused` set to `enabled` (the trainer uses fused=True; DeepSpeed
     passes the params to torch.optim.AdamW). Benchmark-only patch of the config function for the Trials built
     inside, to measure the fused kernel against the for-each one side by side."""
-    from orchestrator import trainer
+    from orchestrator.train import trainer
 
     original = trainer.deepspeed_config
 
@@ -282,7 +283,7 @@ def fused_adamw(enabled: bool) -> Iterator[None]:
 def optimizer_check(d: int, args: argparse.Namespace, root: Path, repeats: int = 8) -> dict[str, Any]:
     """engine.step wall time (best of `repeats`) of the Transformer++ of size d: torch's for-each AdamW vs the
     fused kernel the trainer configures, and the losses of two steps (must be equal)."""
-    from orchestrator.trainer import Trial
+    from orchestrator.train.trainer import Trial
 
     micro = args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 1)
     out: dict[str, Any] = {"d_model": d, "zero_stage": args.zero_stage}
@@ -290,7 +291,7 @@ def optimizer_check(d: int, args: argparse.Namespace, root: Path, repeats: int =
         cfg = trial_config("transformer_pp", d, args, micro, root)
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-fused{int(fused)}"})
         with fused_adamw(fused):
-            trial = Trial(cfg, root / "trials" / cfg.name, None, progress=False)
+            trial = Trial(cfg, None, progress=False)
         losses = [trial._train_step(s) for s in range(2)]
         x, y, ids = trial._micro_batches(2)[0]
         best = math.inf
@@ -330,7 +331,7 @@ class Tracking:
 
 
 def measure_size(d: int, args: argparse.Namespace, root: Path, tracking: Tracking | None) -> dict[str, Any]:
-    from orchestrator.trainer import Trial
+    from orchestrator.train.trainer import Trial
 
     micro = args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 1)
     variants = [v for v in VARIANTS if v in args.variants]
@@ -339,9 +340,9 @@ def measure_size(d: int, args: argparse.Namespace, root: Path, tracking: Trackin
     for v in variants:
         cfg = trial_config(v, d, args, micro, root)
         start = time.perf_counter()
-        trials[v] = Trial(cfg, root / "trials" / cfg.name, None, progress=False)
+        trials[v] = Trial(cfg, None, progress=False)
         init_s[v] = time.perf_counter() - start
-        trials[v].trial_dir.mkdir(parents=True, exist_ok=True)
+        trials[v].dir.path.mkdir(parents=True, exist_ok=True)
         if tracking is not None:
             tracking.attach(trials[v])
     step = {v: 0 for v in variants}

@@ -35,7 +35,6 @@ from filelock import FileLock
 from pydantic import Field
 
 from model.config import FrozenModel
-from model.loss import IGNORE_INDEX
 
 if TYPE_CHECKING:  # torch loads with the training stack; the configs here are read by the CLI without it
     import torch
@@ -455,6 +454,8 @@ class TokenDataset:
         IGNORE_INDEX where the next token is the end-of-document id: as in the EBT authors' code (their pad
         id is the EOS id), no loss is taken on predicting a document's end, for either family."""
         import torch
+
+        from model.loss import IGNORE_INDEX  # torch: imported where a batch is built, not by config readers
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n, t = self.num_windows(split), self.context_length

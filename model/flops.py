@@ -7,7 +7,12 @@ subtracted), a backward pass costs twice its forward. Norms, activations and the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from model.family import Family
 
 
 def block_params(cfg: ModelConfig) -> int:
@@ -18,12 +23,17 @@ def block_params(cfg: ModelConfig) -> int:
 def count_params(cfg: ModelConfig) -> dict[str, int]:
     """{'total', 'non_embedding'} for the family in cfg. Non-embedding excludes the token embedding and the
     vocabulary head (Kaplan et al.'s N), so it measures the network's own capacity."""
+    return _family(cfg).count_params(cfg)
+
+
+def trunk_params(cfg: ModelConfig) -> int:
+    """The blocks and the final norm: what both families share."""
+    return cfg.n_layers * block_params(cfg) + cfg.d_model
+
+
+def transformer_pp_params(cfg: ModelConfig) -> dict[str, int]:
     d, V = cfg.d_model, cfg.vocab_size
-    blocks = cfg.n_layers * block_params(cfg) + d  # + final norm
-    if cfg.family == "ebt":
-        extra = ebt_extra_params(cfg)  # candidate map, step embeddings, energy head, alpha
-        # a token embedding but no vocabulary head (tie_embeddings ties the EBT's candidate map instead)
-        return {"total": blocks + V * d + extra["total"], "non_embedding": blocks + extra["non_embedding"]}
+    blocks = trunk_params(cfg)
     embedding = V * d + (0 if cfg.tie_embeddings else V * d)
     return {"total": blocks + embedding, "non_embedding": blocks}
 
@@ -39,18 +49,20 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> flo
 def train_flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token (forward + backward) for the family in cfg. For the EBT: every descent step's
     forward and candidate gradient, and the outer backward through them (model.ebt, docs/ebt.md)."""
-    if cfg.family == "ebt":
-        return ebt_train_flops_per_token(cfg)
-    return 3 * forward_flops_per_token(cfg)
+    return _family(cfg).train_flops_per_token(cfg)
 
 
 def executed_train_flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token the configured model actually computes: `train_flops_per_token` (the study's
     convention, the authors' full recompute), except an EBT with `reuse_observed_kv`, which computes less.
     What time estimates and hardware utilisation need."""
-    if cfg.family == "ebt" and cfg.ebt.reuse_observed_kv:
-        return ebt_reuse_train_flops_per_token(cfg)
-    return train_flops_per_token(cfg)
+    return _family(cfg).executed_train_flops_per_token(cfg)
+
+
+def _family(cfg: ModelConfig) -> Family:
+    from model.family import family  # model.family builds on this module's arithmetic
+
+    return family(cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -61,6 +73,16 @@ def executed_train_flops_per_token(cfg: ModelConfig) -> float:
 def tied_candidate_map(cfg: ModelConfig) -> bool:
     """Candidate embedding = probs @ token embedding ('token_embedding', or tie_embeddings=True)."""
     return cfg.tie_embeddings or cfg.ebt.candidate_embedding == "token_embedding"
+
+
+def ebt_params(cfg: ModelConfig) -> dict[str, int]:
+    """The EBT's count: the trunk, a token embedding but no vocabulary head (tie_embeddings ties the EBT's
+    candidate map instead), and `ebt_extra_params`."""
+    blocks, extra = trunk_params(cfg), ebt_extra_params(cfg)
+    return {
+        "total": blocks + cfg.vocab_size * cfg.d_model + extra["total"],
+        "non_embedding": blocks + extra["non_embedding"],
+    }
 
 
 def ebt_extra_params(cfg: ModelConfig) -> dict[str, int]:
@@ -134,7 +156,7 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     - outer backward: 2(F_c + G_c) per kept step, 2(F_o - unused) per distinct index the kept steps use.
     Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range; replayed
     rows (System-2 replay buffer) scale the whole.
-    Checked against torch's FlopCounterMode (tests/test_ebt.py)."""
+    Checked against torch's FlopCounterMode (tests/model/test_ebt.py)."""
     e, S = cfg.ebt, cfg.context_length
     P = e.n_step_tokens
     d, f, V, L = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers

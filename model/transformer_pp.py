@@ -14,6 +14,8 @@ from model.loss import training_ce
 class TransformerPP(nn.Module):
     """tokens (B, T) -> next-token logits (B, T, V); `forward(tokens, targets)` returns the mean CE loss."""
 
+    second_order = False  # a plain first-order loss (model.family.ModelInterface)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

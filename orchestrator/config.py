@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenModel, ModelConfig
 from model.data import DataConfig
+from orchestrator.trial_dir import TrialDir
 
 
 class SafeYaml12Loader(yaml.SafeLoader):
@@ -94,8 +95,13 @@ class ResourcesConfig(FrozenModel):
     gpus_per_worker: float = Field(0, ge=0)
 
 
+PLACEMENT_FIELDS = {"name", "output_dir", "trial_dir"}  # where and under which name: not what is trained
+
+
 class TrialConfig(FrozenModel):
-    """Everything one trial needs. `output_dir` is resolved to an absolute path (Ray changes cwd)."""
+    """Everything one trial needs. `output_dir` is resolved to an absolute path (Ray changes cwd).
+    `trial_dir` is the trial's own folder, set where the trial is planned (a sweep's spec expansion,
+    `load_trial_config`); unset, it is `<output_dir>/trials/<name>`. Read it through `folder`."""
 
     name: str = "trial"
     model: ModelConfig = ModelConfig()
@@ -105,6 +111,7 @@ class TrialConfig(FrozenModel):
     train: TrainConfig
     resources: ResourcesConfig = ResourcesConfig()
     output_dir: str = "outputs"
+    trial_dir: str | None = None
 
     @model_validator(mode="after")
     def _check_batch(self) -> TrialConfig:
@@ -117,6 +124,13 @@ class TrialConfig(FrozenModel):
         if self.data.tokenizer == "byte" and self.model.vocab_size < 256:
             raise ValueError("model.vocab_size must be >= 256 for the byte tokenizer")
         return self
+
+    @property
+    def folder(self) -> TrialDir:
+        """Where this trial lives on disk (the one answer: see orchestrator/trial_dir.py)."""
+        if self.trial_dir is not None:
+            return TrialDir(Path(self.trial_dir))
+        return TrialDir.standalone(self.output_dir, self.name)
 
     @property
     def tokens_per_step(self) -> int:
@@ -132,8 +146,9 @@ class TrialConfig(FrozenModel):
         return self.train.global_batch_size // (self.train.micro_batch_size * self.resources.num_workers)
 
     def config_hash(self) -> str:
-        """Stable id of the resolved config (output_dir and name excluded: they do not change results)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "name"})
+        """Stable id of the resolved config (where it lives and its name excluded: they do not change
+        results)."""
+        payload = self.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -168,12 +183,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_trial_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrialConfig:
-    """Load a trial YAML; relative output_dir is resolved against the current directory."""
+    """Load a trial YAML; relative output_dir is resolved against the current directory, and the trial's
+    folder is fixed (`<output_dir>/trials/<name>` unless the YAML sets trial_dir)."""
     data = load_yaml(path)
     if overrides:
         data = deep_merge(data, overrides)
     cfg = parse_trial_config(data, source=str(path))
-    return cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).expanduser().resolve())})
+    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    folder = TrialDir.standalone(output_dir, cfg.name).path if cfg.trial_dir is None else cfg.folder.path
+    return cfg.model_copy(update={"output_dir": str(output_dir), "trial_dir": str(folder.resolve())})
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -23,10 +23,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-TAG_PREFIX = "ebtscale."
-PARENT_TAG = "mlflow.parentRunId"
+from orchestrator import tags
+from orchestrator.trial_dir import TrialStatus
+
+if TYPE_CHECKING:
+    from orchestrator.trial_dir import TrialDir, TrialResult
+
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 # One attempt, no backoff, a short timeout: how the tracker talks to a tracking server while training runs.
 FAIL_FAST_ENV = {
@@ -49,7 +53,8 @@ def resolve_tracking_uri(output_dir: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _client(uri: str) -> Any:  # mlflow is imported lazily (slow import)
+def mlflow_client(uri: str) -> Any:
+    """The one way to get an `MlflowClient` (mlflow is imported lazily: a slow import)."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
@@ -119,7 +124,7 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -152,7 +157,7 @@ class RunTracker:
     def __init__(self, uri: str, run_id: str, flush_every_s: float = 5.0) -> None:
         self.uri = uri
         self.run_id = run_id
-        self.client = _client(uri)
+        self.client = mlflow_client(uri)
         self.flush_every_s = flush_every_s
         self._lock = threading.RLock()  # guards the queues below; the sender removes only what it sent
         self._sent = threading.Condition(self._lock)  # notified after every send attempt
@@ -180,7 +185,7 @@ class RunTracker:
         resume_run_id: str | None = None,
     ) -> RunTracker:
         """Create a run, or continue `resume_run_id` (same run: no duplicate on resume)."""
-        client = _client(uri)
+        client = mlflow_client(uri)
         if resume_run_id:
             run = client.get_run(resume_run_id)
             if run.info.status != "RUNNING":
@@ -188,7 +193,7 @@ class RunTracker:
             return cls(uri, resume_run_id)
         all_tags = dict(tags or {})
         if parent_run_id:
-            all_tags[PARENT_TAG] = parent_run_id
+            all_tags[tags.PARENT] = parent_run_id
         exp_id = get_or_create_experiment(uri, experiment)
         run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
         return cls(uri, run.info.run_id)
@@ -405,3 +410,18 @@ def _deliver_unsent() -> None:
             log.error(
                 "MLflow unreachable: %d items of run %s were never logged", tracker.pending, tracker.run_id
             )
+
+
+def record_outcome(tracker: RunTracker, result: TrialResult, folder: TrialDir) -> None:
+    """Final metrics, status tags and result.json into the trial's run, then close it. The trainer calls it
+    when a trial ends; the sweep driver for a run left open by a crash after result.json was written
+    (sweep/runner.py, `ensure_runs`)."""
+    final = {"train_time_s": result.train_time_s}
+    if result.final_val_loss is not None:
+        final.update(final_val_loss=result.final_val_loss, final_val_perplexity=result.final_val_perplexity)
+    tracker.log_metrics(final, step=result.steps, force=True)
+    tracker.set_tags({tags.STATUS: result.status, tags.STATUS_REASON: result.reason})
+    interrupted = result.status == TrialStatus.INTERRUPTED
+    if not interrupted:
+        tracker.log_artifact(folder.result)
+    tracker.end("KILLED" if interrupted else "FINISHED")

@@ -138,8 +138,8 @@ def _patch_sweep_runner(m: Any) -> None:
 
 
 def _patch_trainer(m: Any) -> None:
-    def trial_fields(self: Any, cfg: Any, trial_dir: Any, *a: Any, **kw: Any) -> dict[str, Any]:
-        _CONTEXT.setdefault("trial", str(trial_dir)[-12:])  # trial folders are <name>-<id>
+    def trial_fields(self: Any, cfg: Any, *a: Any, **kw: Any) -> dict[str, Any]:
+        _CONTEXT.setdefault("trial", str(cfg.folder.path)[-12:])  # trial folders are <name>-<id>
         return {"name": cfg.name}
 
     m.Trial.__init__ = spanned(m.Trial.__init__, "trial_init", trial_fields)
@@ -182,8 +182,8 @@ PATCHES: dict[str, Callable[[Any], None] | None] = {
     "deepspeed": _patch_deepspeed,
     "mlflow": None,
     "ray.train": None,
-    "orchestrator.sweep_runner": _patch_sweep_runner,
-    "orchestrator.trainer": _patch_trainer,
+    "orchestrator.sweep.runner": _patch_sweep_runner,
+    "orchestrator.train.trainer": _patch_trainer,
     "orchestrator.tracking": _patch_tracking,
 }
 

@@ -1,7 +1,4 @@
-"""Synthetic scaling data from known laws, shared by the analysis tests.
-
-A plain module with a unique name rather than a conftest.py: this folder has no __init__.py, and a second
-rootless `conftest` module would shadow tests/conftest.py for `from conftest import ...` elsewhere."""
+"""Synthetic scaling data from known laws, shared by the analysis tests."""
 
 from __future__ import annotations
 

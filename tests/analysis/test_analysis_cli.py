@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_scaling import CHINCHILLA, chinchilla_loss
 from typer.testing import CliRunner
 
 from analysis.cli import app
+from tests.analysis.synthetic_scaling import CHINCHILLA, chinchilla_loss
 
 runner = CliRunner()
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_scaling import TRUE, make_trials
 
 from analysis.compare import compare_axis, compare_rates, crossover, extrapolate
 from analysis.fit import fit_power
+from tests.analysis.synthetic_scaling import TRUE, make_trials
 
 X = np.geomspace(1e6, 1e9, 10)
 

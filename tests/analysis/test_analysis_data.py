@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_scaling import make_trials
 
 from analysis.data import (
     AXIS_X,
@@ -18,6 +17,7 @@ from analysis.data import (
     tidy_trials,
 )
 from analysis.errors import SchemaError
+from tests.analysis.synthetic_scaling import make_trials
 
 
 def test_string_numerics_are_cast_and_extra_columns_kept():

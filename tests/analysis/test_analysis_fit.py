@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 from scipy.optimize import minimize
-from synthetic_scaling import CHINCHILLA, chinchilla_loss
 
 from analysis.errors import FitError
 from analysis.fit import (
@@ -20,6 +19,7 @@ from analysis.fit import (
 )
 from analysis.isoflop import isoflop_allocation
 from analysis.optim import minimize_batched
+from tests.analysis.synthetic_scaling import CHINCHILLA, chinchilla_loss
 
 
 def huber_objective(params: dict[str, float], X: np.ndarray, y: np.ndarray, delta: float) -> float:
@@ -305,7 +305,7 @@ def test_isoflop_skips_budgets_without_three_sizes_and_needs_two():
         isoflop_allocation(N, C, y, bootstrap=0)
 
 
-# --------------------------------------------------------------------------------------------------- coverage
+# -------------------------------------------------------------------------------------------------- coverage
 
 
 def _coverage(

@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_scaling import make_thinking, make_trials
 
 from analysis.compare import axis_points
 from analysis.data import split_trials, tidy_trials
 from analysis.fit import fit_power
 from analysis.report import write_report
+from tests.analysis.synthetic_scaling import make_thinking, make_trials
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sweep_helpers import cli
 from typer.testing import CliRunner
 
 from analysis.compare import compare_axis
@@ -28,6 +27,7 @@ from analysis.errors import AnalysisError
 from analysis.fit import fit_law
 from analysis.isoflop import isoflop_allocation
 from analysis.laws import FORMS
+from tests.helpers import cli
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

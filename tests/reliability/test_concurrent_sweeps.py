@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sweep_helpers import EBTSCALE, child_runs, kill_session, record_fault, write_spec
+
+from tests.helpers import EBTSCALE, kill_session, record_fault, sweep_runs, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -39,21 +40,10 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
             kill_session(p.pid)  # stray Ray processes, or everything if a wait timed out
 
 
-def tiny_spec(tmp_path: Path, name: str, lr: float) -> Path:
+def lr_spec(tmp_path: Path, name: str, lr: float) -> Path:
     """Two Transformer++ trials (two widths); the learning rate makes the specs' trials differ (ids are
     config hashes, so two otherwise equal specs would share trial ids)."""
     return write_spec(tmp_path, name, tokens=8 * 32 * STEPS, families=("transformer_pp",), optim={"lr": lr})
-
-
-def sweep_runs(uri: str, sweep: str) -> tuple[list, list]:
-    """(parent runs, child runs) of a sweep's experiment."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(sweep)
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("ebtscale.role") == "sweep"]
-    return parents, child_runs(uri, sweep)
 
 
 def check_sweep(uri: str, out: Path, sweep: str) -> tuple[str, list]:
@@ -102,7 +92,7 @@ def record_outcome(uri: str, specs: dict[str, Path], fault: str) -> None:
 
 
 def test_two_sweeps_share_one_store_at_once(tmp_path: Path) -> None:
-    specs = {"alpha": tiny_spec(tmp_path, "alpha", 1e-3), "beta": tiny_spec(tmp_path, "beta", 2e-3)}
+    specs = {"alpha": lr_spec(tmp_path, "alpha", 1e-3), "beta": lr_spec(tmp_path, "beta", 2e-3)}
     t0 = time.monotonic()
     procs = [start("sweep", "run", str(p), log=tmp_path / f"{n}.log") for n, p in specs.items()]
     codes = wait_all(procs, timeout=600)
@@ -128,7 +118,7 @@ def test_two_sweeps_share_one_store_at_once(tmp_path: Path) -> None:
 
 
 def test_the_same_sweep_started_twice_at_once_trains_once(tmp_path: Path) -> None:
-    spec = tiny_spec(tmp_path, "twice", 1e-3)
+    spec = lr_spec(tmp_path, "twice", 1e-3)
     t0 = time.monotonic()
     procs = [start("sweep", "run", str(spec), log=tmp_path / f"driver-{i}.log") for i in range(2)]
     codes = wait_all(procs, timeout=600)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_helpers import child_runs, cli, record_fault, write_spec
+from tests.helpers import child_runs, cli, record_fault, write_spec
 
 
 def test_diverged_trials_are_recorded_and_reported_while_the_sweep_goes_on(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_helpers import (
+from tests.helpers import (
     child_runs,
     cli,
     kill_session,

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_trial
-from sweep_helpers import cli
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, cli, tiny_trial
+
 SKIP_DIRS = {".venv", ".git", "outputs", "build", "dist", "node_modules", "__pycache__"}
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 UNSAFE_CALLS = {
@@ -206,7 +205,7 @@ def test_trial_config_with_a_python_tag_is_rejected_without_running_it(tmp_path:
 
 
 def test_sweep_spec_with_a_python_tag_is_rejected_without_running_it(tmp_path: Path) -> None:
-    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.sweep.spec import SpecError, load_spec
 
     marker = tmp_path / "pwned"
     spec = tmp_path / "spec.yaml"
@@ -237,7 +236,7 @@ def test_malicious_model_weights_are_refused(tmp_path: Path) -> None:
 
     from model import build_model
     from orchestrator.config import ConfigError
-    from orchestrator.think import load_trained
+    from orchestrator.sweep.think import load_trained
 
     cfg = tiny_trial(tmp_path)
     trial = tmp_path / "trial"

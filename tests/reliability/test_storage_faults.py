@@ -25,12 +25,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import tiny_trial
-from sweep_helpers import EBTSCALE, cli, record_fault
 
-from orchestrator import checkpoint
 from orchestrator.config import ConfigError, TrialConfig
-from orchestrator.trainer import TrialResult, train_trial
+from orchestrator.train import checkpoint
+from orchestrator.train.trainer import TrialResult, train_trial
+from tests.helpers import EBTSCALE, cli, record_fault, tiny_trial
 
 STEPS, EVERY = 600, 200  # checkpoints at 200 and 400: a second or more apart, so a fault lands between them
 
@@ -53,7 +52,7 @@ def tmpfs(path: Path, size: str, readonly: bool = False) -> Iterator[Path]:
 
 def run(cfg: TrialConfig) -> TrialResult:
     """In this process: only for trials refused before any training (no process group is created)."""
-    return train_trial(cfg, Path(cfg.output_dir) / "trials" / cfg.name, progress=False)
+    return train_trial(cfg, progress=False)
 
 
 def train_cli(cfg: TrialConfig, background: bool = False) -> Any:
@@ -70,7 +69,7 @@ def train_cli(cfg: TrialConfig, background: bool = False) -> Any:
 
 
 def result_of(cfg: TrialConfig) -> dict[str, Any]:
-    return json.loads((Path(cfg.output_dir) / "trials" / cfg.name / "result.json").read_text())
+    return json.loads(cfg.folder.result.read_text())
 
 
 # ------------------------------------------------------------------------------ refused before training
@@ -113,12 +112,13 @@ def test_cli_names_the_unwritable_folder_in_one_line(tmp_path: Path) -> None:
 def test_too_little_free_space_is_refused_before_training(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "1m") as small:
         cfg = tiny_trial(small, train={"checkpoint_every": 3})
-        needed = checkpoint.required_bytes(cfg, small / "trials" / cfg.name)
+        needed = checkpoint.required_bytes(cfg)
         assert needed > 1 << 20  # three checkpoints of ~0.8 MB each and the final weights
         with pytest.raises(ConfigError) as err:
             run(cfg)
         assert f"output folder {small / 'trials' / cfg.name} has 1.0 MiB free" in str(err.value)
-        assert not (small / "trials" / cfg.name / "checkpoints").exists()
+        assert cfg.folder.path == small / "trials" / cfg.name
+        assert not cfg.folder.checkpoints.exists()
     with tmpfs(tmp_path / "roomy", "16m") as roomy:  # the estimate is not so large that it refuses a fit
         cfg = tiny_trial(roomy / "out", train={"checkpoint_every": 3})
         done = train_cli(cfg)
@@ -174,8 +174,8 @@ def test_a_failed_checkpoint_write_is_never_loaded(
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(tmpfs(tmp_path / "disk", "8m")) if fault == "disk-full" else tmp_path
         cfg = fault_trial(root / "out")
-        trial_dir = Path(cfg.output_dir) / "trials" / cfg.name
-        ckpt_dir = trial_dir / "checkpoints"
+        folder = cfg.folder
+        ckpt_dir = folder.checkpoints
         first = ckpt_dir / f"step-{EVERY}"
         inject = limit_file_size if fault == "file-size-limit" else fill_disk
 
@@ -194,8 +194,8 @@ def test_a_failed_checkpoint_write_is_never_loaded(
         failed_state = {
             "valid": checkpoint.valid_checkpoints(ckpt_dir),
             "dirs": sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()),
-            "result": (trial_dir / "result.json").exists(),
-            "failed": json.loads((trial_dir / "failed.json").read_text())["error"],
+            "result": folder.result.exists(),
+            "failed": json.loads(folder.failed.read_text())["error"],
         }
         rerun = train_cli(cfg)  # resumes
         resumed = result_of(cfg) if rerun.returncode == 0 else {"status": "failed", "losses": []}

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_trial
-from sweep_helpers import EBTSCALE, record_fault
 
 from orchestrator.ports import free_port
+from tests.helpers import EBTSCALE, record_fault, tiny_trial
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 OUTAGE_S = 30.0
@@ -155,7 +154,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
     )
     config = tmp_path / "trial.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    trial_dir = Path(cfg.output_dir) / "trials" / cfg.name
+    folder = cfg.folder
     env = dict(os.environ)
     env.update(MLFLOW_TRACKING_URI=server.uri, OMP_NUM_THREADS="1")
     log = tmp_path / "train.log"
@@ -168,7 +167,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
             start_new_session=True,
         )
     try:
-        progress = trial_dir / "progress.json"
+        progress = folder.progress
         deadline = time.time() + 300
         while not (progress.is_file() and json.loads(progress.read_text())["step"] >= 200):
             assert proc.poll() is None, log.read_text()[-3000:]
@@ -189,7 +188,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(server.uri)
-    result = json.loads((trial_dir / "result.json").read_text())
+    result = json.loads(folder.result.read_text())
     run = client.get_run(result["run_id"])
     history = client.get_metric_history(result["run_id"], "train_loss")
     counts = Counter(m.step for m in history)

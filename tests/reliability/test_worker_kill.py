@@ -13,18 +13,19 @@ import signal
 from pathlib import Path
 
 import pytest
-from sweep_helpers import (
+
+from orchestrator.sweep.spec import expand, load_spec
+from orchestrator.train.trainer import launch_trial
+from tests.helpers import (
     child_runs,
+    in_folder,
     kill_session,
     record_fault,
-    session_processes,
+    session_pids,
     start_cli,
     wait_for,
     write_spec,
 )
-
-from orchestrator.spec import expand, load_spec
-from orchestrator.trainer import launch_trial
 
 STEPS = 400
 
@@ -53,7 +54,7 @@ def test_killed_worker_resumes_to_the_uninterrupted_result(tmp_path: Path, case:
     proc = start_cli("sweep", "run", str(spec_path), "--launcher", launcher)
     try:
         wait_for(lambda: list(trials.glob("*/checkpoints/step-*/manifest.json")), 300, "a first checkpoint")
-        victims = session_processes(proc.pid, title)
+        victims = session_pids(proc.pid, title)
         assert victims, f"no {title} process found"
         assert not list(trials.glob("*/result.json")), "the trial finished before the kill"
         os.kill(victims[0], signal.SIGKILL)
@@ -68,7 +69,8 @@ def test_killed_worker_resumes_to_the_uninterrupted_result(tmp_path: Path, case:
 
     # The same trial uninterrupted, outside Ray (same config, its own folder): same validation loss.
     (planned,) = expand(load_spec(spec_path))
-    reference_cfg = planned.config.model_copy(update={"output_dir": str(tmp_path / "reference")})
+    reference_cfg = in_folder(planned.config, tmp_path / "reference")
+    assert reference_cfg.folder.path != trial_dir
     reference = launch_trial(reference_cfg, progress=False)
     assert abs(result["final_val_loss"] - reference.final_val_loss) <= 1e-6
 

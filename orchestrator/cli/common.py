@@ -1,0 +1,45 @@
+"""What every `ebtscale` command shares: the error exit, the options several commands take, and the tables
+they print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="sweep spec YAML (see docs/sweeps.md)", show_default=False)]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow store (default: sqlite:///<output-dir>/mlflow.db).",
+    ),
+]
+
+
+def fail(err: BaseException | str, code: int = 2) -> typer.Exit:
+    """Print `error: <message>` on one line of stderr and return the Exit to raise: a user error gets no
+    traceback, whatever raised it."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def print_status(sweep: str, statuses: dict[str, dict[str, Any]]) -> None:
+    """One row per trial: name, id, status, progress or val loss, reason."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep {sweep}")
+    for col in ("trial", "id", "status", "progress / val loss", "reason"):
+        table.add_column(col)
+    for trial_id, st in statuses.items():
+        detail = f"{st['val_loss']:.4f}" if st.get("val_loss") is not None else ""
+        if "step" in st:
+            detail = f"step {st['step']}/{st['total']}"
+        table.add_row(st["name"], trial_id, str(st["status"]), detail, st.get("reason", ""))
+    Console(width=max(120, Console().width)).print(table)

@@ -1,0 +1,39 @@
+"""`ebtscale demo`: the README's main job, end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator import SOURCE_ROOT
+from orchestrator.cli.common import console, fail, print_status
+from orchestrator.cli.report import run_report
+from orchestrator.cli.think import run_thinking
+from orchestrator.config import ConfigError
+
+
+def demo(
+    spec: Annotated[Path, typer.Option(help="the sweep to run")] = Path("sweeps/demo.yaml"),
+) -> None:
+    """The README's main job: a small real sweep of both families, System-2 curves, and the report.
+
+    Offline, on the embedded defaults: local Ray, DeepSpeed on CPU, MLflow in outputs/mlflow.db."""
+    from orchestrator.sweep.runner import run_sweep
+    from orchestrator.sweep.spec import load_spec
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not spec.is_file():
+        spec = SOURCE_ROOT / "sweeps" / "demo.yaml"
+    try:
+        sweep = load_spec(spec)
+        statuses = run_sweep(sweep)
+    except (ConfigError, OSError) as err:
+        raise fail(err) from None
+    print_status(sweep.name, statuses)
+    if not all(s["status"].final for s in statuses.values()):
+        console.print("[yellow]some trials did not finish; the report covers the ones that did[/]")
+    run_thinking(spec)
+    run_report(str(spec))

@@ -1,0 +1,44 @@
+"""`ebtscale report`: the scaling-law report of a sweep (the logic: sweep/report.py, `build_report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.common import TrackingOption, console, fail
+from orchestrator.config import ConfigError
+
+
+def report(
+    sweep: Annotated[str, typer.Argument(help="a sweep spec YAML, or a sweep name in the MLflow store")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="report folder")] = None,
+    tracking_uri: TrackingOption = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 1000,
+    y: Annotated[str, typer.Option(help="the measured quantity to fit")] = "val_loss",
+) -> None:
+    """Write the scaling-law report of a sweep (HTML + Markdown + PNGs), also logged to MLflow.
+
+    Per axis: power-law fits with bootstrap CIs, EBT vs Transformer++ scaling-rate verdicts, plots; plus the
+    System-2 thinking curves and the excluded trials."""
+    run_report(sweep, out, tracking_uri, bootstrap, y)
+
+
+def run_report(
+    sweep: str,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    bootstrap: int = 1000,
+    y: str = "val_loss",
+) -> None:
+    """Build, publish and print the report's paths (what `report` and `demo` share)."""
+    from orchestrator.sweep.report import build_report
+    from orchestrator.sweep.results import SweepNotFound
+
+    try:
+        paths = build_report(sweep, out, tracking_uri, bootstrap=bootstrap, y=y)
+    except (ConfigError, OSError, SweepNotFound, ValueError) as err:
+        raise fail(err) from None
+    console.print(f"report: {paths['html']}")
+    console.print(f"        {paths['markdown']}")

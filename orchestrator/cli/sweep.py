@@ -1,0 +1,171 @@
+"""`ebtscale sweep ...`: commands on sweep specs. The logic lives in sweep/ (spec, plan, runner, results);
+this file only parses arguments and turns errors into one line on stderr with exit code 2 (never a
+traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from orchestrator.cli.common import SpecArg, fail, print_status
+from orchestrator.config import ConfigError
+from orchestrator.sweep.plan import check_budget, plan, render_plan
+from orchestrator.sweep.spec import expand, load_spec
+
+sweep_app = typer.Typer(
+    name="sweep",
+    help="Scaling sweeps: plan, run on Ray, follow and export a sweep spec (YAML).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@sweep_app.callback()
+def _sweep() -> None:
+    """Scaling sweeps: plan, run on Ray, follow and export a sweep spec (YAML)."""
+
+
+_PLAN_HELP = (
+    "Validate SPEC and print its dry-run plan; nothing is trained. "
+    "Per trial: parameters N, tokens D, FLOPs, steps, batch, memory per worker and estimated time; then "
+    "totals, where a trial shared by several axes counts once. "
+    "Exit code 2 on an invalid spec or an exceeded cap."
+)
+
+
+@sweep_app.command("plan", help=_PLAN_HELP, short_help="Validate a sweep spec and print its dry-run plan.")
+def plan_command(
+    spec: SpecArg,
+    max_flops: Annotated[
+        float | None,
+        typer.Option("--max-flops", help="refuse (exit 2) if the distinct trials need more training FLOPs"),
+    ] = None,
+    max_trials: Annotated[
+        int | None,
+        typer.Option("--max-trials", help="refuse (exit 2) if there are more distinct trials to train"),
+    ] = None,
+    throughput: Annotated[
+        float | None,
+        typer.Option(
+            "--throughput",
+            help="effective training FLOP/s per worker for time estimates (default: calibrated here)",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the plan as JSON instead of a table")
+    ] = False,
+) -> None:
+    """Validate SPEC and print its dry-run plan (help text: _PLAN_HELP)."""
+    try:
+        trials = expand(load_spec(spec))
+        result = plan(trials, throughput_flops=throughput)
+    except (ConfigError, OSError, ImportError) as err:
+        raise fail(err) from None
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        console = Console()
+        if not console.is_terminal:  # pipes and test runners: do not squeeze the table into 80 columns
+            console = Console(width=200)
+        console.print(render_plan(result))
+    try:
+        check_budget(result, max_flops=max_flops, max_trials=max_trials)
+    except ConfigError as err:
+        raise fail(err) from None
+
+
+@sweep_app.command("run")
+def run_command(
+    spec: SpecArg,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded local Ray)"
+        ),
+    ] = None,
+    max_failures: Annotated[int, typer.Option(help="retries per trial after a crash")] = 2,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="trials at once (default: as many as the cluster's resources fit)")
+    ] = None,
+    max_flops: Annotated[float | None, typer.Option("--max-flops", help="refuse a sweep over this")] = None,
+    max_trials: Annotated[int | None, typer.Option("--max-trials", help="refuse more trials")] = None,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="auto: single-worker trials train in their (reused) Tune actor, multi-worker trials under a "
+            "Ray Train TorchTrainer; ray_train: a TorchTrainer for every trial"
+        ),
+    ] = "auto",
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard",
+            help="start the embedded Ray's dashboard even when no trial needs it (trials under Ray Train do)",
+        ),
+    ] = False,
+) -> None:
+    """Train every trial of SPEC on Ray Tune, tracked in MLflow (multi-worker trials under Ray Train).
+
+    Safe to re-run: finished trials are skipped, interrupted ones resume from their last checkpoint, and
+    no MLflow run is ever duplicated."""
+    from orchestrator.sweep.runner import run_sweep
+
+    try:
+        sweep = load_spec(spec)
+        statuses = run_sweep(
+            sweep,
+            address=address,
+            max_failures=max_failures,
+            max_concurrent=max_concurrent,
+            launcher=launcher,
+            dashboard=dashboard,
+            max_flops=max_flops,
+            max_trials=max_trials,
+        )
+    except (ConfigError, OSError) as err:
+        raise fail(err) from None
+    print_status(sweep.name, statuses)
+    if not all(s["status"].final for s in statuses.values()):
+        raise typer.Exit(1)
+
+
+@sweep_app.command("status")
+def status_command(spec: SpecArg) -> None:
+    """Show each trial of SPEC: finished, running, interrupted, pending, failed or diverged."""
+    from orchestrator.sweep.runner import sweep_status
+
+    try:
+        sweep = load_spec(spec)
+        statuses = sweep_status(sweep)
+    except (ConfigError, OSError) as err:
+        raise fail(err) from None
+    print_status(sweep.name, statuses)
+
+
+@sweep_app.command("export")
+def export_command(
+    sweep: Annotated[str, typer.Argument(help="a sweep spec YAML, or a sweep name in the MLflow store")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="runs.parquet or runs.csv")],
+    tracking_uri: Annotated[
+        str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow store (default: the spec's)")
+    ] = None,
+) -> None:
+    """Write the sweep's trials as a tidy table (one row per trial and axis, numeric columns)."""
+    from orchestrator.sweep.results import SweepNotFound, load_sweep_trials, resolve_sweep
+
+    try:
+        name, uri = resolve_sweep(sweep, tracking_uri)
+        frame = load_sweep_trials(uri, name)
+    except (ConfigError, OSError, SweepNotFound) as err:
+        raise fail(err) from None
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    elif out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise fail(ValueError(f"--out must end in .parquet or .csv, got {out.name!r}"))
+    typer.echo(f"{len(frame)} rows -> {out}")

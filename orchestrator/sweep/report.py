@@ -1,0 +1,95 @@
+"""What the orchestrator adds to the analysis report: the sweep's provenance, and publishing the report to
+the sweep's MLflow parent run (the analysis package itself knows nothing of MLflow)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from orchestrator import SOURCE_ROOT
+from orchestrator.sweep.results import (
+    load_sweep_trials,
+    load_thinking_curves,
+    resolve_sweep,
+    sweep_parent_run,
+)
+from orchestrator.tracking import mlflow_client
+from orchestrator.trial_dir import sweep_folder
+
+
+def code_version() -> str:
+    """The git commit of the code (with '+dirty' for local changes), else the package version."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(SOURCE_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(SOURCE_ROOT), "status", "--porcelain"], capture_output=True, text=True
+        )
+        return sha + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return metadata.version("ebtscale")
+
+
+def provenance_of(uri: str, sweep: str, source: str) -> dict[str, Any]:
+    _, parent_id = sweep_parent_run(uri, sweep)
+    parent = mlflow_client(uri).get_run(parent_id)
+    started = dt.datetime.fromtimestamp(parent.info.start_time / 1000, tz=dt.UTC)
+    spec = {k.removeprefix("spec."): v for k, v in parent.data.params.items() if k.startswith("spec.")}
+    return {
+        "sweep": sweep,
+        "spec source": source,
+        "tracking store": uri,
+        "parent run": parent_id,
+        "sweep started": started.isoformat(timespec="seconds"),
+        "report written": dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds"),
+        "code version": code_version(),
+        "versions": {p: metadata.version(p) for p in ("torch", "deepspeed", "ray", "mlflow", "scipy")},
+        "spec": spec,
+    }
+
+
+def publish_report(uri: str, sweep: str, paths: dict[str, Path]) -> None:
+    """Log the report files (HTML, Markdown, summary, plots) to the sweep's parent run under `report/`."""
+    client = mlflow_client(uri)
+    _, parent_id = sweep_parent_run(uri, sweep)
+    for key in ("html", "markdown", "summary"):
+        if key in paths and Path(paths[key]).is_file():
+            client.log_artifact(parent_id, str(paths[key]), "report")
+    if "plots_dir" in paths and Path(paths["plots_dir"]).is_dir():
+        client.log_artifacts(parent_id, str(paths["plots_dir"]), "report/plots")
+
+
+def build_report(
+    sweep: str,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    bootstrap: int = 1000,
+    y: str = "val_loss",
+) -> dict[str, Path]:
+    """`ebtscale report`: the sweep's trials and thinking curves out of MLflow, the analysis report written
+    (default folder: `<output_dir>/<sweep>/report` for a spec, `outputs/<sweep>/report` for a name) and
+    published to the sweep's parent run. Returns the report's paths."""
+    from analysis import write_report
+
+    name, uri = resolve_sweep(sweep, tracking_uri)
+    trials = load_sweep_trials(uri, name)
+    thinking = load_thinking_curves(uri, name)
+    out_dir = out or _default_report_dir(sweep, name)
+    paths = write_report(trials, out_dir, provenance_of(uri, name, sweep), thinking, y=y, bootstrap=bootstrap)
+    publish_report(uri, name, paths)
+    return paths
+
+
+def _default_report_dir(sweep: str, name: str) -> Path:
+    if sweep.endswith((".yaml", ".yml")):
+        from orchestrator.sweep.spec import load_spec
+
+        return sweep_folder(load_spec(sweep).output_dir, name) / "report"
+    return Path("outputs") / name / "report"

@@ -1,0 +1,561 @@
+"""Run a sweep on Ray: one Tune trial per unique trial config. A multi-worker trial launches a Ray Train
+`TorchTrainer` whose workers run the DeepSpeed trainer; a single-worker trial runs the same trainer in its
+Tune trial actor, which holds the trial's resources and is reused across trials (`TrialJob.in_tune_actor`).
+MLflow gets one parent run per sweep and one child run per trial.
+
+Exactly-once bookkeeping (what makes re-running `sweep run` safe):
+- a trial's identity is its config hash; rows of the plan that share it (the base point on several axes)
+  are trained once, and its MLflow run carries every row it stands for (`tags.ROWS`);
+- the driver creates the parent run and every child run *before* any training, serially, and records each
+  run id in the trial's folder (`run.json`) and as tags, so a rerun finds and continues the same runs;
+- a trial with `result.json` is done (finished or diverged) and is skipped; an interrupted one resumes from
+  its last verified checkpoint. Each invocation runs a fresh Tune experiment over the pending trials (Tune's
+  restore is not needed: the trial folders hold the state that matters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.flops import train_flops_per_token
+from orchestrator import tags
+from orchestrator.config import ConfigError, TrialConfig
+from orchestrator.sweep.plan import check_budget, plan
+from orchestrator.sweep.spec import PlannedTrial, SweepSpec, expand
+from orchestrator.tracking import (
+    RunTracker,
+    gc_paused,
+    get_or_create_experiment,
+    mlflow_client,
+    record_outcome,
+    resolve_tracking_uri,
+)
+from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus, atomic_write_json, sweep_folder
+
+
+@dataclass
+class TrialUnit:
+    """One training job: a unique config and the plan rows (axis memberships) it stands for."""
+
+    id: str
+    rows: list[PlannedTrial]
+
+    @property
+    def config(self) -> TrialConfig:
+        return self.rows[0].config
+
+    @property
+    def name(self) -> str:
+        return self.rows[0].name
+
+    @property
+    def family(self) -> str:
+        return self.rows[0].family
+
+    @property
+    def shape(self) -> str:
+        return self.rows[0].shape
+
+    @property
+    def folder(self) -> TrialDir:
+        """The trial's folder, as planned (`TrialConfig.trial_dir`)."""
+        return self.config.folder
+
+    def status(self) -> dict[str, Any]:
+        """What the trial's folder says (`TrialDir.status`), with the trial's name."""
+        return self.folder.status() | {"name": self.name}
+
+
+@dataclass
+class SweepLayout:
+    """Where a sweep's own files live: <output_dir>/<sweep name>/{sweep.json, driver.lock, ray/} (its
+    trials' folders are planned with the trials: `TrialConfig.trial_dir`)."""
+
+    spec: SweepSpec
+
+    @property
+    def root(self) -> Path:
+        return sweep_folder(self.spec.output_dir, self.spec.name)
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one driver of the sweep (`run_sweep`)."""
+        return self.root / "driver.lock"
+
+    @property
+    def ray(self) -> Path:
+        """Ray Tune's and Ray Train's state."""
+        return self.root / "ray"
+
+    def parent_run_id(self) -> str:
+        return json.loads(self.sweep_file.read_text())["parent_run_id"]
+
+    @property
+    def tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.spec.output_dir)
+
+
+def unit_flops(unit: TrialUnit) -> float:
+    """Training FLOPs of a unit's trial (the study's count), for the progress ETA and the schedule order."""
+    cfg = unit.config
+    return train_flops_per_token(cfg.model) * cfg.total_steps * cfg.tokens_per_step
+
+
+def trial_units(trials: Iterable[PlannedTrial]) -> list[TrialUnit]:
+    units: dict[str, TrialUnit] = {}
+    for t in trials:
+        units.setdefault(t.id, TrialUnit(t.id, [])).rows.append(t)
+    return list(units.values())
+
+
+def sweep_status(spec: SweepSpec) -> dict[str, dict[str, Any]]:
+    """{trial id: status dict} of every trial of the sweep, from their folders (`ebtscale sweep status`)."""
+    return {u.id: u.status() for u in trial_units(expand(spec))}
+
+
+# ---------------------------------------------------------------------------------------------- MLflow
+
+
+def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
+    """Create (or find) the sweep's parent run and one child run per unit; returns the parent run id.
+    Idempotent: ids are kept in sweep.json / run.json and found by tag if those files were lost."""
+    uri, spec = layout.tracking_uri, layout.spec
+    layout.root.mkdir(parents=True, exist_ok=True)
+    exp_id = get_or_create_experiment(uri, spec.name)
+    client = mlflow_client(uri)
+    parent_id = layout.parent_run_id() if layout.sweep_file.is_file() else None
+    if parent_id is None:
+        role = {tags.ROLE: tags.ROLE_SWEEP, tags.SWEEP: spec.name}
+        found = client.search_runs([exp_id], " and ".join(tags.search(k, v) for k, v in role.items()))
+        if found:
+            parent_id = found[0].info.run_id
+        else:
+            parent = RunTracker.start(uri, spec.name, spec.name, tags=role)
+            parent.log_params({"spec": spec.model_dump(mode="json")})
+            parent_id = parent.run_id
+        atomic_write_json(
+            layout.sweep_file, {"parent_run_id": parent_id, "tracking_uri": uri, "name": spec.name}
+        )
+    with gc_paused():
+        children = client.search_runs([exp_id], tags.search(tags.PARENT, parent_id), max_results=50000)
+    existing = {r.data.tags.get(tags.TRIAL_ID): r.info.run_id for r in children}
+    for unit in units:
+        if unit.folder.run.is_file():
+            continue
+        run_id = existing.get(unit.id)
+        if run_id is None:
+            # The client directly (one request, not a tracker's start-up queries): 17 runs took 8 s otherwise.
+            run_tags = child_run_tags(spec.name, unit, parent_id)
+            run_id = client.create_run(exp_id, run_name=unit.name, tags=run_tags).info.run_id
+            client.set_terminated(run_id, status="SCHEDULED")
+        unit.folder.write_run(run_id, uri)
+    _close_done_runs(layout, units, client, exp_id, parent_id)
+    return parent_id
+
+
+def _close_done_runs(
+    layout: SweepLayout, units: list[TrialUnit], client: Any, exp_id: str, parent_id: str
+) -> None:
+    """A trial killed between writing result.json and closing its MLflow run is done (never trained again),
+    but its run was left open: record its outcome from result.json and close it."""
+    uri = layout.tracking_uri
+    with gc_paused():
+        unfinished = client.search_runs(
+            [exp_id],
+            f"{tags.search(tags.PARENT, parent_id)} and attributes.status != 'FINISHED'",
+            max_results=50000,
+        )
+    open_runs = {r.info.run_id for r in unfinished}
+    for unit in units:
+        folder = unit.folder
+        record = folder.read_run()
+        if record is None or not folder.result.is_file():
+            continue
+        if record.run_id in open_runs:
+            tracker = RunTracker.start(uri, layout.spec.name, unit.name, resume_run_id=record.run_id)
+            record_outcome(tracker, TrialResult.load(folder.result), folder)
+
+
+def child_run_tags(sweep: str, unit: TrialUnit, parent_id: str) -> dict[str, str]:
+    """The tags a trial's run is created with (pending, a child of the sweep's run)."""
+    return {
+        tags.TRIAL_ID: unit.id,
+        tags.SWEEP: sweep,
+        tags.FAMILY: unit.family,
+        tags.AXIS: ",".join(sorted({r.axis for r in unit.rows})),
+        tags.STATUS: TrialStatus.PENDING,
+        tags.ROWS: json.dumps([_row_tag(r) for r in unit.rows]),
+        tags.PARENT: parent_id,
+    }
+
+
+def _row_tag(row: PlannedTrial) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "axis": row.axis,
+        "axis_value": row.axis_value,
+        "flops_budget": row.flops_budget,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+LAUNCHERS = ("auto", "ray_train")
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What one Tune trial is asked to do: train `config` (in its planned folder), reporting to MLflow.
+    It crosses into Ray as the plain dict of `to_dict` (Tune copies and pickles its param space) and is read
+    back with `from_dict`: the one place it is serialised."""
+
+    id: str
+    config: TrialConfig
+    tracking_uri: str
+    experiment: str
+    ray_storage: str  # Ray Train's storage for this sweep
+    launcher: str
+    attempt: str  # names this invocation's Tune experiment and Train runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "config": self.config.model_dump(mode="json")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialJob:
+        return cls(**{**data, "config": TrialConfig.model_validate(data["config"])})
+
+    @property
+    def in_tune_actor(self) -> bool:
+        """Whether it trains in its Tune trial actor rather than under a Ray Train TorchTrainer."""
+        return not uses_ray_train(self.launcher, self.config.resources.num_workers)
+
+
+def uses_ray_train(launcher: str, num_workers: int) -> bool:
+    """Whether a trial trains under a Ray Train TorchTrainer rather than inside its Tune trial actor.
+
+    `auto` trains single-worker trials in the Tune actor. Ray Train adds nothing such a trial uses (no process
+    group to form across workers; retries are Tune's and checkpoints are the trainer's own), but it costs ~16
+    Python processes and ~15 s of start-up and teardown per trial (benchmarks/NOTES.md). In the Tune actor,
+    which holds the trial's real CPUs/GPUs and is reused by the next trial of the same shape, torch, DeepSpeed
+    and MLflow are imported once per slot instead of once per trial. Multi-worker trials always use Ray
+    Train."""
+    return launcher != "auto" or num_workers > 1
+
+
+def trial_resources(tune_config: dict[str, Any]) -> dict[str, float]:
+    """What the Tune trial actor asks Ray for: the trial's own resources when it trains in the actor; when
+    it only waits on a TorchTrainer, no CPU (Tune needs a non-empty request: a token amount of memory),
+    leaving every core to the Train workers."""
+    job = TrialJob.from_dict(tune_config["job"])
+    if not job.in_tune_actor:
+        return {"cpu": 0, "memory": 1 << 20}
+    res = job.config.resources
+    return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+
+
+def _train(payload: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) the job's trial in this process; returns Tune's one final report."""
+    from orchestrator.train.trainer import TrackingContext, train_trial
+
+    job = TrialJob.from_dict(payload)
+    tracking = TrackingContext(uri=job.tracking_uri, experiment=job.experiment)
+    result = train_trial(job.config, tracking, progress=False)
+    return {"status": str(result.status), "val_loss": result.final_val_loss or float("nan"), "final": 1}
+
+
+def _trial_worker(job: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: the DeepSpeed trainer. Metrics stream to MLflow; Tune gets one
+    final report (Ray's Train->Tune report queue holds one item, and frequent reports were seen to block
+    the Train controller when Tune consumed them slowly, stranding the trial's resources)."""
+    import ray.train
+
+    ray.train.report(_train(job))
+
+
+def _trial_driver(tune_config: dict[str, Any]) -> None:
+    """The Tune function trainable: trains a single-worker trial itself (`TrialJob.in_tune_actor`), or
+    launches one Ray Train TorchTrainer for it. A failed attempt raises, and Tune retries the trial
+    (`--max-failures`); every attempt resumes from the trial's last verified checkpoint."""
+    from ray import tune
+
+    payload = tune_config["job"]
+    job = TrialJob.from_dict(payload)
+    res = job.config.resources
+    if job.in_tune_actor:
+        import torch
+
+        torch.set_num_threads(max(1, int(res.cpus_per_worker)))
+        tune.report(_train(payload))
+        return
+
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = res.gpus_per_worker > 0
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _trial_worker,
+        train_loop_config=payload,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"train-{job.id}-{job.attempt}",
+            storage_path=job.ray_storage,
+            # Retries are Tune's (one mechanism for both launchers): a worker failure fails this attempt.
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def init_ray(address: str | None, env: dict[str, str], dashboard: bool = True) -> str | None:
+    """Connect to a cluster (`address` or RAY_ADDRESS) or start a private embedded local instance, with its
+    dashboard if `dashboard` (Ray Train needs it; it delays the start by ~2 s and takes a few % of a core).
+    Returns the embedded instance's dashboard URL, if it has one."""
+    import ray
+
+    from orchestrator.ports import free_port
+
+    if ray.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = dict(env)
+    if address is None:
+        # "local" always starts a private instance: a bare ray.init() would silently attach to any cluster
+        # that `ray start` left running on this machine. Its GCS port is chosen here so that its own
+        # processes get RAY_ADDRESS: Ray Train's placement-group cleaner queries the State API, which
+        # otherwise fails ("multiple active Ray instances") when other Ray instances run on the machine,
+        # and then finished trials never give their CPUs back.
+        port = free_port()
+        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        context = ray.init(
+            address=address or "local",
+            # Ray Train's placement-group cleaner needs the State API, which the dashboard serves. Bound to
+            # loopback unless the user says otherwise.
+            include_dashboard=dashboard,
+            dashboard_host=os.environ.get("EBTSCALE_DASHBOARD_HOST", "127.0.0.1"),
+            logging_level="WARNING",
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+            _node_ip_address="127.0.0.1" if address is None else None,
+        )
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    return context.dashboard_url if address is None and dashboard else None
+
+
+def ray_env(layout: SweepLayout) -> dict[str, str]:
+    """Environment of every process the sweep's Ray starts (trial actors, Train workers)."""
+    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "EBTSCALE_CACHE_DIR", "HF_HOME") if k in os.environ}
+    env.update(
+        MLFLOW_TRACKING_URI=layout.tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1"
+    )
+    # Starting a worker imports torch + DeepSpeed; on a loaded 2-core machine that can exceed Ray Train's 60 s
+    # default, after which it retries the start forever. A generous limit lets a slow start succeed.
+    timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    env[timeout_var] = os.environ.setdefault(timeout_var, "600")
+    return env
+
+
+def concurrent_slots(units: list[TrialUnit]) -> int:
+    """How many trials fit on the cluster at once, from each trial's requested workers x resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    slots = []
+    for u in units:
+        r = u.config.resources
+        need_cpu = r.num_workers * r.cpus_per_worker
+        fit = total.get("CPU", 1) // need_cpu
+        if r.gpus_per_worker > 0:
+            fit = min(fit, total.get("GPU", 0) // (r.num_workers * r.gpus_per_worker))
+        slots.append(int(fit))
+    return max(1, min(slots, default=1))
+
+
+def run_sweep(
+    spec: SweepSpec,
+    address: str | None = None,
+    max_failures: int = 2,
+    max_concurrent: int | None = None,
+    progress: bool = True,
+    launcher: str = "auto",
+    dashboard: bool = False,
+    max_flops: float | None = None,
+    max_trials: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Expand (once) and check the budget caps, create the MLflow runs, train every pending trial on Ray;
+    returns {trial id: status dict}. `launcher`: "auto" trains single-worker trials in their Tune actor
+    (`TrialJob.in_tune_actor`), "ray_train" gives every trial a Ray Train TorchTrainer. An embedded Ray gets
+    its dashboard when a trial uses Ray Train, or when `dashboard` asks for it."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    import fcntl
+
+    trials = expand(spec)
+    check_budget(plan(trials, calibrate=False, throughput_flops=1.0), max_flops, max_trials)
+    layout = SweepLayout(spec)
+    units = trial_units(trials)
+    # One driver per sweep at a time: a second one would create MLflow runs of its own for the same trials
+    # and train them into the same folders. The kernel drops the lock when the driver exits or is killed, so
+    # a rerun after a crash is never refused.
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock_path = layout.lock
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"sweep {spec.name} is already running: another driver holds {lock_path}; wait for it "
+                "(`ebtscale sweep status`) or stop it, then run again"
+            ) from None
+        except OSError:  # a filesystem without locks (some NFS mounts): run unguarded, as before
+            pass
+        pending = [u for u in units if not u.folder.status()["status"].final]
+        with ThreadPoolExecutor(1) as pool:
+            # Ray starts (seconds) while the MLflow runs are created: both are done before any trial trains.
+            runs = pool.submit(ensure_runs, layout, units)
+            if pending:
+                dashboard = dashboard or any(
+                    uses_ray_train(launcher, u.config.resources.num_workers) for u in pending
+                )
+                url = init_ray(address, ray_env(layout), dashboard=dashboard)
+                if url and progress:
+                    print(f"Ray dashboard: http://{url}", flush=True)
+            parent_id = runs.result()
+        if pending:
+            _run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)
+        statuses = {u.id: u.status() for u in units}
+        if all(s["status"].final for s in statuses.values()):
+            mlflow_client(layout.tracking_uri).set_terminated(parent_id, status="FINISHED")
+    return statuses
+
+
+def _run_on_ray(
+    layout: SweepLayout,
+    units: list[TrialUnit],
+    pending: list[TrialUnit],
+    max_failures: int,
+    max_concurrent: int | None,
+    progress: bool,
+    launcher: str,
+) -> None:
+    from ray import tune
+
+    ray_dir = layout.ray
+    attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
+    jobs = [
+        TrialJob(
+            id=u.id,
+            config=u.config,
+            tracking_uri=layout.tracking_uri,
+            experiment=layout.spec.name,
+            ray_storage=str(ray_dir / "train"),
+            launcher=launcher,
+            attempt=attempt,
+        ).to_dict()
+        # Longest first (by training FLOPs): short trials fill the gaps at the end instead of one long trial
+        # running alone while the other slots idle.
+        for u in sorted(pending, key=unit_flops, reverse=True)
+    ]
+    trainable = tune.with_resources(_trial_driver, trial_resources)
+    # A fresh Tune experiment per invocation, over the pending trials only. What a restore would give (skip
+    # finished, resume interrupted) lives in the trial folders and verified checkpoints, which survive any
+    # crash; restoring Tune's own state after a driver kill was seen to strand later trials waiting for
+    # resources held by the dead run.
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent or concurrent_slots(pending),
+            # A finished trial's actor trains the next trial of the same resource shape: imports, the first
+            # deepspeed.initialize and the process group are paid once per slot, not once per trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{attempt}",
+            storage_path=str(ray_dir),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    monitor = _ProgressMonitor(layout, units) if progress else None
+    try:
+        tuner.fit()
+    finally:
+        if monitor is not None:
+            monitor.stop()
+
+
+class _ProgressMonitor:
+    """Live terminal view of the sweep: trials done / running / failed, and an ETA from FLOPs done."""
+
+    def __init__(self, layout: SweepLayout, units: list[TrialUnit], every_s: float = 2.0) -> None:
+        from rich.live import Live
+
+        self.layout, self.units, self.every_s = layout, units, every_s
+        self.start = time.time()
+        self._stop = threading.Event()
+        self.live = Live(self.render(), refresh_per_second=1, transient=False)
+        self.live.start()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        counts: dict[str, int] = {}
+        done_flops = total_flops = 0.0
+        for u in self.units:
+            st = u.folder.status()
+            counts[st["status"]] = counts.get(st["status"], 0) + 1
+            flops = unit_flops(u)
+            total_flops += flops
+            if st["status"].final:
+                done_flops += flops
+            elif "step" in st:
+                done_flops += flops * st["step"] / max(1, st["total"])
+        elapsed = time.time() - self.start
+        frac = done_flops / total_flops if total_flops else 1.0
+        eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0.01 else "-"
+        table = Table(title=f"sweep {self.layout.spec.name}", show_header=True)
+        S = TrialStatus
+        states = (S.FINISHED, S.RUNNING, S.PENDING, S.DIVERGED, S.FAILED, S.INTERRUPTED)
+        for col in ("trials", *states, "work done", "ETA"):
+            table.add_column(col)
+        table.add_row(
+            str(len(self.units)),
+            *(str(counts.get(k, 0)) for k in states),
+            f"{frac:.0%}",
+            eta,
+        )
+        return table
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.live.update(self.render())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.live.update(self.render())
+        self.live.stop()

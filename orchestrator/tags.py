@@ -1,0 +1,28 @@
+"""MLflow names: every tag ebtscale writes or searches by, and the artifacts it reads back, named once.
+
+The sweep driver creates runs with them, the trainer updates them, `results` reads them back and the tests
+query by them; a renamed tag changes here only.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ebtscale."
+PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's run is a child of its sweep's run
+
+ROLE = f"{PREFIX}role"  # "sweep" on a sweep's parent run
+SWEEP = f"{PREFIX}sweep"
+TRIAL_ID = f"{PREFIX}trial_id"
+FAMILY = f"{PREFIX}family"
+AXIS = f"{PREFIX}axis"
+STATUS = f"{PREFIX}status"  # a TrialStatus value
+STATUS_REASON = f"{PREFIX}status_reason"
+ROWS = f"{PREFIX}rows"  # JSON: every plan row (axis membership) a trial's run stands for
+
+ROLE_SWEEP = "sweep"
+
+THINKING_ARTIFACT = "thinking.json"  # System-2 curves, on the EBT trial's run and the sweep's parent run
+
+
+def search(tag: str, value: str) -> str:
+    """An MLflow search-filter clause: the tag equals the value."""
+    return f"tags.`{tag}` = '{value}'"
