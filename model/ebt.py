@@ -114,7 +114,7 @@ def candidate_mask(S: int, P: int, device: torch.device | None = None) -> Tensor
 
 def observed_bias(S: int, P: int, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
     """The observed columns of `candidate_mask` as an additive score bias (S, P+S): 0 where candidate t may
-    attend (step token, observed tokens 0..t), -inf elsewhere; each candidate also sees itself (added apart)."""
+    attend (step token, observed tokens 0..t), -inf elsewhere; each candidate also sees itself (apart)."""
     bias = torch.zeros(S, P + S, dtype=dtype, device=device)
     return bias.masked_fill(~candidate_mask(S, P, device)[:, : P + S], float("-inf"))
 
