@@ -165,7 +165,7 @@ def ebt_timers(spans: Spans) -> Iterator[None]:
     targets: list[tuple[Any, str, str]] = [
         (ebt.EBT, "energy", "energy_forward"),
         (ebt.EBT, "observed_kv", "energy_forward"),
-        (ebt.EBT, "candidate_energy", "energy_forward"),
+        (ebt.EBT, "candidate_stream", "energy_forward"),
         (ebt.Noise, "_draw", "noise"),
         (second_order.SecondOrderSafe, "weights", "weight_clones"),
         (torch.autograd, "grad", "candidate_gradient"),
