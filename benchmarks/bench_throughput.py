@@ -776,9 +776,9 @@ def plain_main(args: argparse.Namespace) -> None:
         for vocab in vocabs:
             for d in sizes:
                 r = plain_size(d, vocab, args, device, dtype, Path(tmp))
-                r["mfu"] = {
-                    v: r["model_flops_per_token"][v] * r["tokens_per_s"][v] / peak["wall"]
-                    for v in r["model_flops_per_token"]
+                r["mfu"] = {  # of the FLOPs each variant computes (the default EBT path: its own count)
+                    v: r["computed_flops_per_token"][v] * r["tokens_per_s"][v] / peak["wall"]
+                    for v in r["computed_flops_per_token"]
                 }
                 results.append(r)
     result: dict[str, Any] = {
