@@ -1,6 +1,6 @@
 """The GPU path of the throughput benchmark, tested as far as a CPU allows: device/precision choice, the SDPA
 double-backward probe, benchmarks/gpu.sh's arguments and its --dry-run (the benchmark on CPU, the sweep's
-plan). GPU figures themselves are measured only where a GPU is (benchmarks/NOTES-ebt-speed.md)."""
+plan). GPU figures themselves are measured only where a GPU is (benchmarks/NOTES.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
