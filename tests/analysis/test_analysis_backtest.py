@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_scaling import make_trials
 
 from analysis.backtest import backtest
 from analysis.compare import compare_axis
 from analysis.errors import FitError
+from tests.analysis.synthetic_scaling import make_trials
 
 X = np.geomspace(1e6, 1e9, 8)
 A, ALPHA = 40.0, 0.2

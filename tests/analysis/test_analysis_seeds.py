@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_scaling import make_trials, with_seeds
 
 from analysis.compare import compare_axis
 from analysis.data import tidy_trials
 from analysis.fit import bootstrap_weights, fit_power
 from analysis.report import seed_noise
+from tests.analysis.synthetic_scaling import make_trials, with_seeds
 
 X = np.geomspace(1e6, 1e9, 6)
 N_SEEDS = 4

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_scaling import make_trials, with_costs
 
 from analysis.compare import compare_axis
 from analysis.data import tidy_trials
 from analysis.report import write_report
+from tests.analysis.synthetic_scaling import make_trials, with_costs
 
 ALPHA = 0.2
 EBT_FPT, TPP_FPT = 3 * 6 * 2e6, 6 * 2e6  # an EBT token executes three times the FLOPs
