@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 
-from analysis.data import AXIS_X, family_label, split_trials
+from analysis.backtest import Backtest, backtest
+from analysis.data import AXIS_X, VIEW_LABELS, VIEW_X, VIEWS, family_label, split_trials
 from analysis.errors import FitError
 from analysis.fit import (
     DEFAULT_BOOTSTRAP,
@@ -57,9 +58,16 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compare_rates(
-    ebt: FitResult, tpp: FitResult, *, exponent: str = "alpha", axis: str = "", level: float | None = None
+    ebt: FitResult,
+    tpp: FitResult,
+    *,
+    exponent: str = "alpha",
+    axis: str = "",
+    level: float | None = None,
+    per: str = "",
 ) -> RateComparison:
-    """Side-by-side exponents, their relative difference with a paired-bootstrap CI, and a verdict."""
+    """Side-by-side exponents, their relative difference with a paired-bootstrap CI, and a verdict.
+    `per` names the view when the x is not the axis' own ("per training FLOP")."""
     level = level or ebt.level
     e, t = ebt.params[exponent].value, tpp.params[exponent].value
     de, dt = _paired(ebt.draws(exponent), tpp.draws(exponent))
@@ -73,7 +81,7 @@ def compare_rates(
     has_ci = math.isfinite(lo) and math.isfinite(hi)
     significant = has_ci and (lo > 0 or hi < 0)
 
-    where = f" on the {axis} axis" if axis else ""
+    where = (f" on the {axis} axis" if axis else "") + (f" {per}" if per else "")
     both = f"{exponent} {e:.3g} vs {t:.3g}"
     ci = f"{level:.0%} CI {_pct(lo)} to {_pct(hi)}"
     if not has_ci:
@@ -94,26 +102,33 @@ def compare_rates(
     return RateComparison(axis, exponent, ebt_est, tpp_est, relative, level, significant, verdict)
 
 
+NO_ESTIMATE = ParamEstimate(math.nan, math.nan, math.nan)
+
+
 @dataclass(frozen=True)
 class Extrapolation:
     x: float
     predictions: dict[str, ParamEstimate]  # family -> predicted y at x
     difference: ParamEstimate  # y_ebt - y_tpp (paired draws); negative: EBT lower
+    relative: ParamEstimate = NO_ESTIMATE  # difference / y_tpp
 
 
 def extrapolate(fits: Mapping[str, FitResult], x: float, level: float | None = None) -> Extrapolation:
-    """Predicted y of each family at x (e.g. 10x the largest observed) with bootstrap intervals."""
+    """Predicted y of each family at x (e.g. 10x the largest observed, or the largest budget both reached)
+    with bootstrap intervals, and the paired EBT - Transformer++ difference, absolute and relative."""
     level = level or next(iter(fits.values())).level
     preds = {}
     draws = {}
     for fam, fit in fits.items():
         draws[fam] = fit.predict_draws(x)[:, 0]
         preds[fam] = ParamEstimate(float(fit.predict(x)[0]), *percentile_interval(draws[fam], level))
-    diff = ParamEstimate(math.nan, math.nan, math.nan)
-    if EBT in fits and TPP in fits:
-        de, dt = _paired(draws[EBT], draws[TPP])
-        diff = ParamEstimate(preds[EBT].value - preds[TPP].value, *percentile_interval(de - dt, level))
-    return Extrapolation(float(x), preds, diff)
+    if EBT not in fits or TPP not in fits:
+        return Extrapolation(float(x), preds, NO_ESTIMATE)
+    de, dt = _paired(draws[EBT], draws[TPP])
+    e, t = preds[EBT].value, preds[TPP].value
+    diff = ParamEstimate(e - t, *percentile_interval(de - dt, level))
+    relative = ParamEstimate((e - t) / t, *percentile_interval((de - dt) / dt, level))
+    return Extrapolation(float(x), preds, diff, relative)
 
 
 @dataclass(frozen=True)
@@ -173,20 +188,37 @@ def crossover(
 # ------------------------------------------------------------------------------------------------ per axis
 
 
-def axis_points(fit_rows: pd.DataFrame, axis: str, y: str = "val_loss") -> pd.DataFrame:
-    """The (family, name, x, y) points that enter an axis' fit, from rows that passed split_trials.
+def axis_points(
+    fit_rows: pd.DataFrame, axis: str, y: str = "val_loss", x_col: str | None = None
+) -> pd.DataFrame:
+    """The (family, name, config, x, y) points that enter an axis' fit, from rows that passed split_trials.
 
-    The flops axis is an isoFLOP grid (several model sizes per budget), and loss against C is only a law
-    along its compute-efficient frontier, so that axis keeps the lowest-loss trial per (family, budget),
-    at x = the budget (the trial's own FLOPs when it has no budget)."""
+    `config` names the configuration a row is one seed of (its axis value; on the flops axis, budget and
+    model size): the cluster the bootstrap resamples. `x_col` puts another column (a cost: train_flops,
+    device_seconds) on x for the same rows. The flops axis is an isoFLOP grid (several model sizes per
+    budget), and loss against C is only a law along its compute-efficient frontier, so that axis keeps, per
+    (family, budget), the model size with the lowest mean loss over its seeds, at x = the budget (the
+    trial's own FLOPs when it has no budget)."""
     rows = fit_rows[fit_rows["axis"] == axis]
+    own = rows[AXIS_X[axis]]
+    if axis == "flops":
+        own = rows["flops_budget"].where(rows["flops_budget"].notna(), rows["flops"])
+    sizes = rows["n_params"] if axis == "flops" else pd.Series(np.nan, index=rows.index)
+    config = [repr(v) if axis != "flops" else f"{v!r} N={n!r}" for v, n in zip(own, sizes, strict=True)]
     pts = pd.DataFrame(
-        {"family": rows["family"], "name": rows["name"], "x": rows[AXIS_X[axis]], "y": rows[y]}
+        {
+            "family": rows["family"],
+            "name": rows["name"],
+            "config": pd.Series(config, index=rows.index, dtype=object),
+            "x": own if x_col is None else rows[x_col],
+            "y": rows[y],
+        }
     )
     if axis == "flops" and not pts.empty:
-        pts["x"] = rows["flops_budget"].where(rows["flops_budget"].notna(), rows["flops"])
-        pts = pts.loc[pts.groupby(["family", "x"])["y"].idxmin()]
-    return pts.sort_values(["family", "x"]).reset_index(drop=True)
+        mean = pts.groupby(["family", "config"])["y"].transform("mean")
+        best = mean.groupby([pts["family"], own]).transform("min")
+        pts = pts[mean == best]
+    return pts.sort_values(["family", "x"], kind="stable").reset_index(drop=True)
 
 
 @dataclass
@@ -195,18 +227,50 @@ class AxisComparison:
     x_col: str
     y: str
     form: str
-    points: pd.DataFrame  # family, name, x, y of the fitted points
+    points: pd.DataFrame  # family, name, config, x, y of the fitted points
     fits: dict[str, FitResult] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # family -> why it has no fit
     rate: RateComparison | None = None
     extrapolation: Extrapolation | None = None
     crossover: Crossover | None = None
+    view: str = "x"  # "x": the axis' own x; "flops" / "time": the training cost (analysis.data.VIEWS)
+    missing_x: dict[str, int] = field(default_factory=dict)  # family -> finished trials without this x
+    gap: Extrapolation | None = None  # both families at the largest x both reached
+    gap_verdict: str = ""
+    backtests: dict[str, Backtest] = field(default_factory=dict)
+    backtest_notes: dict[str, str] = field(default_factory=dict)  # family -> why there is no backtest
+
+    @property
+    def flagged(self) -> list[str]:
+        """Families whose law missed its held-out largest point."""
+        return [f for f, b in self.backtests.items() if b.flagged]
+
+
+def _pct1(v: float) -> str:
+    return f"{100 * v:+.1f}%" if math.isfinite(v) else "n/a"
+
+
+def describe_gap(gap: Extrapolation, label: str, y: str, level: float) -> str:
+    """Which family is ahead (lower y) at the largest common x, by how much, with the paired CI."""
+    r = gap.relative
+    at = f"at {label} = {gap.x:.4g} (the largest both families reached)"
+    if not (math.isfinite(r.lo) and math.isfinite(r.hi)):
+        rel = _pct1(r.value)
+        return f"At {label} = {gap.x:.4g}, EBT's {y} is {rel} relative to Transformer++'s (no interval)."
+    ci = f"{level:.0%} CI {_pct1(r.lo)} to {_pct1(r.hi)}"
+    if r.hi < 0:
+        return f"EBT is ahead {at}: its {y} is {abs(100 * r.value):.1f}% lower than Transformer++'s ({ci})."
+    if r.lo > 0:
+        return f"Transformer++ is ahead {at}: EBT's {y} is {100 * r.value:.1f}% higher ({ci})."
+    rel = _pct1(r.value)
+    return f"Neither family is clearly ahead {at}: EBT's {y} is {rel} relative, but the {ci} includes zero."
 
 
 def compare_axis(
     trials: pd.DataFrame,
     axis: str,
     *,
+    view: str = "x",
     y: str = "val_loss",
     form: str = "power",
     bootstrap: int = DEFAULT_BOOTSTRAP,
@@ -214,37 +278,58 @@ def compare_axis(
     level: float = DEFAULT_LEVEL,
     extrapolate_factor: float = 10.0,
 ) -> AxisComparison:
-    """Fit both families on one axis of a tidy trials table and compare them. A family whose points cannot
-    be fitted gets a note (the FitError message) instead of a fit; the comparison needs both fits.
-    The two families' bootstraps use independent seeds (spawned from `seed`)."""
+    """Fit both families on one axis of a tidy trials table and compare them: against the axis' own x
+    (view 'x') or the training cost of the same trials (views 'flops', 'time'). A family whose points cannot
+    be fitted gets a note (the FitError message) instead of a fit; the comparison needs both fits. The
+    bootstrap resamples configurations (all seeds of one together), the two families with independent seeds
+    (spawned from `seed`); each family's law is also backtested on its largest x."""
     if axis not in AXIS_X:
         raise FitError(f"unknown axis {axis!r}; expected one of {', '.join(AXIS_X)}")
+    if view not in VIEWS:
+        raise FitError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
+    x_col = AXIS_X[axis] if view == "x" else VIEW_X[view]
     ok, _ = split_trials(trials, y)
-    points = axis_points(ok, axis, y)
-    out = AxisComparison(axis, AXIS_X[axis], y, form, points)
+    points = axis_points(ok, axis, y, None if view == "x" else x_col)
+    usable = np.isfinite(points["x"]) & (points["x"] > 0)
+    out = AxisComparison(axis, x_col, y, form, points[usable].reset_index(drop=True), view=view)
+    out.missing_x = points[~usable].groupby("family").size().astype(int).to_dict()
     seeds = dict(zip((EBT, TPP), spawn_seeds(seed, 2), strict=True))
     for fam in (EBT, TPP):
-        pts = points[points["family"] == fam]
+        pts = out.points[out.points["family"] == fam]
         if pts.empty:
-            out.notes[fam] = f"no finished {family_label(fam)} trials on the {axis} axis"
+            lost = out.missing_x.get(fam, 0)
+            why = f"its {lost} finished trial(s) have no positive {x_col}" if lost else "no finished trials"
+            out.notes[fam] = f"{family_label(fam)} on the {axis} axis: {why}"
             continue
+        common = {"groups": pts["config"].to_numpy(), "bootstrap": bootstrap, "level": level}
         try:
             out.fits[fam] = fit_law(
                 pts["x"].to_numpy(),
                 pts["y"].to_numpy(),
                 form,
-                x_names=(out.x_col,),
+                x_names=(x_col,),
                 y_name=y,
-                bootstrap=bootstrap,
                 seed=seeds[fam],
-                level=level,
+                **common,
             )
         except FitError as err:
             out.notes[fam] = str(err)
+            continue
+        try:
+            out.backtests[fam] = backtest(
+                pts["x"].to_numpy(), pts["y"].to_numpy(), form, seed=seeds[fam].spawn(1)[0], **common
+            )
+        except FitError as err:
+            out.backtest_notes[fam] = str(err)
     if EBT in out.fits and TPP in out.fits:
         ebt, tpp = out.fits[EBT], out.fits[TPP]
-        out.rate = compare_rates(ebt, tpp, axis=axis, level=level)
+        per = "" if view == "x" else VIEW_LABELS[view]
+        out.rate = compare_rates(ebt, tpp, axis=axis, level=level, per=per)
         x_far = extrapolate_factor * max(ebt.x_max[0], tpp.x_max[0])
         out.extrapolation = extrapolate(out.fits, x_far, level)
         out.crossover = crossover(ebt, tpp, level=level)
+        out.gap = extrapolate(out.fits, min(ebt.x_max[0], tpp.x_max[0]), level)
+        out.gap_verdict = describe_gap(out.gap, x_col, y, level)
+        if out.gap.x < max(ebt.x_min[0], tpp.x_min[0]):
+            out.gap_verdict += " The ranges do not overlap: one family's value there is extrapolated."
     return out

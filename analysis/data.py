@@ -44,6 +44,17 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
 )
 REQUIRED_COLUMNS: tuple[str, ...] = STRING_COLUMNS + NUMERIC_COLUMNS
 
+# Optional: what training cost, for the equal-compute and equal-time views. A table without them (an older
+# sweep) still analyses; the views then fall back to `flops` or report that time is missing.
+COST_COLUMNS: tuple[str, ...] = ("flops_executed", "train_time_s", "num_workers")
+
+# The views of every axis: loss against the axis' own x, against the training FLOPs each trial executed,
+# and against device time (train_time_s x num_workers: worker-seconds, comparable within one sweep on one
+# kind of hardware). `train_flops` and `device_seconds` are derived by tidy_trials.
+VIEWS: tuple[str, ...] = ("x", "flops", "time")
+VIEW_X: dict[str, str] = {"flops": "train_flops", "time": "device_seconds"}
+VIEW_LABELS: dict[str, str] = {"x": "per axis x", "flops": "per training FLOP", "time": "per device-second"}
+
 THINKING_STRING_COLUMNS: tuple[str, ...] = ("family", "mode")
 THINKING_NUMERIC_COLUMNS: tuple[str, ...] = (
     "steps",
@@ -99,7 +110,22 @@ def tidy_trials(df: pd.DataFrame) -> pd.DataFrame:
     out = _cast(df, STRING_COLUMNS, NUMERIC_COLUMNS, "trials table")
     for c in ("family", "axis", "status"):
         out[c] = out[c].str.lower()
-    return out
+    for c in COST_COLUMNS:
+        out[c] = numeric_column(out[c], c) if c in out.columns else np.nan
+    return add_cost_columns(out)
+
+
+def add_cost_columns(trials: pd.DataFrame) -> pd.DataFrame:
+    """`train_flops`: the executed count where the table has one, else the study's `flops` convention
+    (`train_flops_source` says which, per row: they differ for an EBT that reuses observed keys/values);
+    `device_seconds`: train_time_s x num_workers (one worker per device; 1 when num_workers is missing)."""
+    executed = trials["flops_executed"].where(trials["flops_executed"] > 0)
+    workers = trials["num_workers"].where(trials["num_workers"] > 0, 1.0)
+    return trials.assign(
+        train_flops=executed.fillna(trials["flops"]),
+        train_flops_source=np.where(executed.notna(), "executed", "study convention"),
+        device_seconds=trials["train_time_s"] * workers,
+    )
 
 
 def tidy_thinking(df: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize
 
 from analysis.errors import FitError
@@ -279,10 +280,27 @@ def _best_fit(
     return theta
 
 
-def bootstrap_weights(n: int, n_boot: int, seed: Seed) -> np.ndarray:
-    """(n_boot, n) resampling counts: row b says how often each point appears in resample b."""
+def cluster_codes(groups: Any, n: int) -> np.ndarray:
+    """Integer cluster of each of n points, numbered in order of first appearance (so distinct groups
+    reproduce the plain point bootstrap draw for draw); None: every point is its own cluster."""
+    if groups is None:
+        return np.arange(n)
+    codes, _ = pd.factorize(np.asarray(groups, dtype=object).ravel())
+    if codes.size != n or (codes < 0).any():
+        raise FitError(f"groups needs one non-missing label per point ({n}), got {codes.size}")
+    return codes
+
+
+def bootstrap_weights(n: int, n_boot: int, seed: Seed, groups: Any = None) -> np.ndarray:
+    """(n_boot, n) resampling counts: row b says how often each point appears in resample b.
+
+    With `groups` (a config label per point) whole clusters are drawn: all seeds of a config enter a
+    resample together, because seeds of one config are not independent evidence about the law."""
+    codes = cluster_codes(groups, n)
+    g = int(codes.max()) + 1 if n else 0
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    counts = rng.multinomial(g, np.full(g, 1.0 / g), size=n_boot).astype(float)
+    return counts[:, codes]
 
 
 def _bootstrap(
@@ -294,6 +312,7 @@ def _bootstrap(
     delta: float,
     n_boot: int,
     seed: Seed,
+    groups: Any = None,
 ) -> np.ndarray:
     """(n_boot, p) centred parameters of the resampled fits; NaN rows for resamples that cannot identify
     the law."""
@@ -302,7 +321,7 @@ def _bootstrap(
         # as many distinct points as parameters: every usable resample reproduces the same exact fit, and a
         # zero-width interval would claim certainty, so such a fit gets no interval (NaN) instead
         return out
-    W = bootstrap_weights(ly.size, n_boot, seed)
+    W = bootstrap_weights(ly.size, n_boot, seed, groups)
     valid = _resample_valid(W, X, law)
     if valid.any():
         Wv = W[valid]
@@ -325,11 +344,14 @@ def fit_law(
     seed: Seed = 0,
     level: float = DEFAULT_LEVEL,
     starts: np.ndarray | None = None,
+    groups: Any = None,
 ) -> FitResult:
     """Fit `form` ('power', 'saturating' or 'chinchilla') to y at X ((n,) or (n, K)).
 
     `starts` overrides the multi-start grid (centred internal coordinates, see analysis.laws). `bootstrap=0`
-    skips the bootstrap (intervals are then NaN). Raises FitError for input the law cannot be fitted to."""
+    skips the bootstrap (intervals are then NaN). `groups` (a label per point, e.g. the config of each seed)
+    makes the bootstrap resample clusters, not points. Raises FitError for input the law cannot be fitted
+    to."""
     if form not in FORMS:
         raise FitError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     if not 0 < level < 1:
@@ -360,7 +382,7 @@ def fit_law(
     ss_tot = float(((ly - ly.mean()) ** 2).sum())
     r2_log = 1.0 - float((residuals**2).sum()) / ss_tot if ss_tot > 0 else math.nan
 
-    draws_c = _bootstrap(law, X, lxc, ly, theta_c, huber_delta, bootstrap, seed)
+    draws_c = _bootstrap(law, X, lxc, ly, theta_c, huber_delta, bootstrap, seed, groups)
     theta_draws = law.recentre(draws_c, -centre)
 
     natural = {k: float(v[0]) for k, v in law.to_natural(theta[None, :]).items()}

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from analysis.compare import AxisComparison
-from analysis.data import family_label
+from analysis.data import VIEW_LABELS, family_label
 from analysis.isoflop import IsoFlopResult
 
 COLORS = {"ebt": "#d62728", "transformer_pp": "#1f77b4"}
@@ -31,7 +31,7 @@ def plot_axis_fit(cmp: AxisComparison, excluded_points: pd.DataFrame | None = No
     x_hi = cmp.extrapolation.x if cmp.extrapolation else None
     for fam in sorted(set(cmp.points["family"])):
         pts = cmp.points[cmp.points["family"] == fam]
-        ax.scatter(pts["x"], pts["y"], color=_color(fam), marker=MARKERS.get(fam, "o"), zorder=3, s=28)
+        _points_with_spread(ax, pts, fam)
         fit = cmp.fits.get(fam)
         if fit is None:
             ax.plot([], [], color=_color(fam), label=f"{family_label(fam)}: no fit")
@@ -58,12 +58,39 @@ def plot_axis_fit(cmp: AxisComparison, excluded_points: pd.DataFrame | None = No
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # losses span < 1 decade: 2, 3, 4 reads better than 2x10^0
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel(cmp.x_col + (" (budget; lowest loss per budget)" if cmp.axis == "flops" else ""))
+    budget = cmp.axis == "flops" and cmp.view == "x"
+    ax.set_xlabel(cmp.x_col + (" (budget; lowest loss per budget)" if budget else ""))
     ax.set_ylabel(cmp.y)
-    ax.set_title(f"{cmp.axis} axis: {cmp.form} law, {int(100 * _level(cmp))}% bootstrap bands")
+    view = "" if cmp.view == "x" else f" {VIEW_LABELS[cmp.view]}"
+    ax.set_title(f"{cmp.axis} axis{view}: {cmp.form} law, {int(100 * _level(cmp))}% bootstrap bands")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     return fig
+
+
+def _points_with_spread(ax: plt.Axes, pts: pd.DataFrame, fam: str) -> None:
+    """One marker per point; where a configuration has several seeds, the seeds faint and their geometric
+    mean with a min-max bar, so that seed noise is seen next to the fit's band."""
+    marker = MARKERS.get(fam, "o")
+    by_config = pts.groupby("config", sort=False)
+    if by_config.size().max() <= 1:
+        ax.scatter(pts["x"], pts["y"], color=_color(fam), marker=marker, zorder=3, s=28)
+        return
+    ax.scatter(pts["x"], pts["y"], color=_color(fam), marker=marker, zorder=3, s=10, alpha=0.35)
+    logs = np.log(pts[["x", "y"]]).groupby(pts["config"], sort=False)
+    mid = np.exp(logs.mean())
+    lo, hi = by_config[["x", "y"]].min(), by_config[["x", "y"]].max()
+    ax.errorbar(
+        mid["x"],
+        mid["y"],
+        xerr=np.clip([mid["x"] - lo["x"], hi["x"] - mid["x"]], 0, None),  # exp(mean log) can round
+        yerr=np.clip([mid["y"] - lo["y"], hi["y"] - mid["y"]], 0, None),  # just past min or max
+        fmt=marker,
+        color=_color(fam),
+        ms=5,
+        capsize=2,
+        zorder=4,
+    )
 
 
 def _level(cmp: AxisComparison) -> float:

@@ -17,8 +17,16 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.compare import EBT, TPP, AxisComparison, compare_axis
-from analysis.data import axes_present, family_label, split_trials, tidy_thinking, tidy_trials
+from analysis.compare import EBT, TPP, AxisComparison, axis_points, compare_axis
+from analysis.data import (
+    VIEW_LABELS,
+    VIEWS,
+    axes_present,
+    family_label,
+    split_trials,
+    tidy_thinking,
+    tidy_trials,
+)
 from analysis.errors import FitError
 from analysis.fit import (
     DEFAULT_BOOTSTRAP,
@@ -219,6 +227,8 @@ class Analysis:
     excluded: pd.DataFrame
     compute: dict[str, ComputeOptimal]
     thinking: pd.DataFrame | None
+    views: dict[str, list[AxisComparison]] = field(default_factory=dict)  # "flops"/"time" -> per axis
+    seed_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # see seed_noise()
 
 
 def analyse(
@@ -236,20 +246,19 @@ def analyse(
     trials = tidy_trials(trials)
     fit_rows, excluded = split_trials(trials, y)
     axes = axes_present(trials)
-    axis_seeds = spawn_seeds(seed, len(axes) + 1)
+    root = np.random.SeedSequence(seed)
+    axis_seeds = spawn_seeds(root, len(axes) + 1)
+    cost_views = [v for v in VIEWS if v != "x"]
+    view_seeds = spawn_seeds(root, len(axes) * len(cost_views))  # spawned after: the x view's seeds stay
+    options = {"y": y, "form": form, "bootstrap": bootstrap, "level": level}
+    options["extrapolate_factor"] = extrapolate_factor
     comparisons = [
-        compare_axis(
-            trials,
-            axis,
-            y=y,
-            form=form,
-            bootstrap=bootstrap,
-            seed=s,
-            level=level,
-            extrapolate_factor=extrapolate_factor,
-        )
-        for axis, s in zip(axes, axis_seeds[:-1], strict=True)
+        compare_axis(trials, axis, seed=s, **options) for axis, s in zip(axes, axis_seeds[:-1], strict=True)
     ]
+    views = {
+        v: [compare_axis(trials, axis, view=v, seed=view_seeds.pop(), **options) for axis in axes]
+        for v in cost_views
+    }
     compute = {}
     if "flops" in axes:
         fam_seeds = spawn_seeds(axis_seeds[-1], 2)
@@ -258,22 +267,76 @@ def analyse(
             for fam, s in zip((EBT, TPP), fam_seeds, strict=True)
         }
     think = tidy_thinking(thinking) if thinking is not None else None
-    return Analysis(y, form, level, bootstrap, comparisons, excluded, compute, think)
+    noise = seed_noise(fit_rows, axes, y)
+    return Analysis(y, form, level, bootstrap, comparisons, excluded, compute, think, views, noise)
+
+
+def seed_noise(fit_rows: pd.DataFrame, axes: Sequence[str], y: str = "val_loss") -> pd.DataFrame:
+    """Per axis and family, how much seeds of one configuration disagree: configurations, how many have
+    several seeds, and the median / largest standard deviation of log y across a configuration's seeds
+    (about the relative spread). One seed per configuration gives zero multi-seed configurations."""
+    rows = []
+    for axis in axes:
+        pts = axis_points(fit_rows, axis, y)
+        for fam, grp in pts.groupby("family", sort=True):
+            sd = np.log(grp["y"]).groupby(grp["config"]).std(ddof=1).dropna()
+            rows.append(
+                {
+                    "axis": axis,
+                    "family": fam,
+                    "configs": int(grp["config"].nunique()),
+                    "multi_seed_configs": int(sd.size),
+                    "max_seeds": int(grp.groupby("config").size().max()),
+                    "median_sd_log": float(sd.median()) if sd.size else math.nan,
+                    "max_sd_log": float(sd.max()) if sd.size else math.nan,
+                }
+            )
+    return pd.DataFrame(rows, columns=SEED_NOISE_COLUMNS)
+
+
+SEED_NOISE_COLUMNS = [
+    "axis",
+    "family",
+    "configs",
+    "multi_seed_configs",
+    "max_seeds",
+    "median_sd_log",
+    "max_sd_log",
+]
 
 
 # ------------------------------------------------------------------------------------------------ writing
 
 
+def _view_sentence(c: AxisComparison) -> str:
+    """What one view of one axis says: which family is ahead at the largest common x, whether the slopes
+    differ, and any law its backtest flags (or why the view has no comparison)."""
+    label = f"per {c.x_col}" if c.view == "x" else VIEW_LABELS[c.view]
+    label = label[0].upper() + label[1:]
+    if c.rate is None:
+        why = "; ".join(c.notes.values()) or "no comparison"
+        return f"{label}: not compared ({why})."
+    text = f"{label}: {c.gap_verdict} {c.rate.verdict}"
+    for fam in c.flagged:
+        text += f" Backtest flag: {family_label(fam)}'s law misses its held-out largest point."
+    return text
+
+
 def _headline(an: Analysis) -> str:
-    parts = [c.rate.verdict for c in an.axes if c.rate is not None]
+    """The summary line: every compared axis in all three views (its own x, per FLOP, per second)."""
+    compared = [c for c in an.axes if c.rate is not None]
     missing = [c.axis for c in an.axes if c.rate is None]
-    if not parts:
+    if not compared:
         text = (
             "No axis has fits for both EBT and Transformer++ yet, so no scaling-rate comparison can be made."
         )
     else:
+        parts = []
+        for c in compared:
+            views = [c, *(vs[an.axes.index(c)] for vs in an.views.values())]
+            parts.append(f"{c.axis.capitalize()} axis — " + " ".join(_view_sentence(v) for v in views))
         text = " ".join(parts)
-    if missing and parts:
+    if missing and compared:
         text += f" Not compared (too few usable trials): {', '.join(missing)} axis."
     scope = f"{an.form} law fits of {an.y}, {an.bootstrap} bootstrap resamples, {an.level:.0%} intervals."
     return f"{text} ({scope})"
@@ -303,8 +366,11 @@ def _axis_section(
         )
     if cmp.rate is not None:
         doc.p(cmp.rate.verdict)
+        doc.p(cmp.gap_verdict)
     for fam, note in cmp.notes.items():
         doc.p(f"{family_label(fam)}: no fit — {note}.")
+    for fam, bt in cmp.backtests.items():
+        doc.p(bt.describe(family_label(fam)))
     if cmp.points.empty:
         return
     ex_names = excluded.loc[excluded["axis"] == cmp.axis, "name"]
@@ -458,6 +524,149 @@ def _rates_section(doc: Doc, an: Analysis) -> None:
     doc.table(RATE_COLUMNS, rows)
 
 
+VIEW_COLUMNS = [
+    "axis",
+    "view",
+    "x",
+    "largest common x",
+    "EBT vs Transformer++ there [CI]",
+    "ahead",
+    "relative α difference [CI]",
+    "slopes differ",
+    "backtest flags",
+]
+
+
+def _ahead(c: AxisComparison) -> str:
+    r = c.gap.relative if c.gap is not None else None
+    if r is None or not (math.isfinite(r.lo) and math.isfinite(r.hi)):
+        return "–"
+    return "EBT" if r.hi < 0 else "Transformer++" if r.lo > 0 else "neither"
+
+
+def _view_row(c: AxisComparison) -> list[str]:
+    label = VIEW_LABELS[c.view]
+    flags = ", ".join(family_label(f) for f in c.flagged) or "none"
+    if c.rate is None or c.gap is None:
+        why = "; ".join(c.notes.values()) or "no comparison"
+        return [c.axis, label, c.x_col, "–", "–", "–", "–", "–", why]
+    r, g = c.rate.relative, c.gap.relative
+    return [
+        c.axis,
+        label,
+        c.x_col,
+        fmt(c.gap.x),
+        f"{fmt_pct(g.value)} [{fmt_pct(g.lo)}, {fmt_pct(g.hi)}]",
+        _ahead(c),
+        f"{fmt_pct(r.value)} [{fmt_pct(r.lo)}, {fmt_pct(r.hi)}]",
+        "yes" if c.rate.significant else "no",
+        flags,
+    ]
+
+
+def _views_section(doc: Doc, an: Analysis, trials: pd.DataFrame, plot_dir: Path) -> None:
+    doc.h(2, "Equal compute and equal time")
+    n_exec = int((trials["train_flops_source"] == "executed").sum())
+    doc.p(
+        "Every axis is also fitted against what its trials cost: train_flops, the training FLOPs each "
+        "trial executed (inner optimisation steps and second-order backward included; the executed count "
+        f"for {n_exec} of {len(trials)} rows, the study convention `flops` for the others, which equals it "
+        "unless an EBT reuses observed keys/values), and device_seconds, measured training wall-clock times "
+        "workers (optimizer steps only), comparable within one sweep on one kind of hardware. Per view: "
+        "which family has the lower loss at the largest x both reached (paired bootstrap CI of the relative "
+        "difference) and whether the fitted slopes differ."
+    )
+    rows = [_view_row(c) for c in an.axes]
+    for vs in an.views.values():
+        rows += [_view_row(c) for c in vs]
+    doc.table(VIEW_COLUMNS, sorted(rows, key=lambda r: _axis_rank(an, r[0])))
+    for vs in an.views.values():
+        for c in vs:
+            if c.fits:
+                path = plot_dir / f"{c.axis}_{c.view}_fit.png"
+                _figure(doc, plots.plot_axis_fit(c), path, f"{c.axis} axis {VIEW_LABELS[c.view]}")
+
+
+def _axis_rank(an: Analysis, axis: str) -> int:
+    return [c.axis for c in an.axes].index(axis)
+
+
+BACKTEST_COLUMNS = [
+    "axis",
+    "view",
+    "family",
+    "held-out x",
+    "train points",
+    "observed",
+    "predicted [interval]",
+    "error [interval]",
+    "flagged",
+]
+
+
+def _backtest_section(doc: Doc, an: Analysis) -> None:
+    doc.h(2, "Backtests")
+    doc.p(
+        "Each family's law, refitted without the points at its largest x (all seeds), predicts them; the "
+        "interval joins the refit's bootstrap with the scatter of a configuration around the law (t "
+        "distribution). A held-out point outside it is flagged: that law's extrapolation is not to be "
+        "trusted. Needs 5 distinct x."
+    )
+    rows = []
+    for c in [*an.axes, *(c for vs in an.views.values() for c in vs)]:
+        for fam, b in c.backtests.items():
+            rows.append(
+                [
+                    c.axis,
+                    VIEW_LABELS[c.view],
+                    family_label(fam),
+                    fmt(b.x_holdout),
+                    str(b.n_train),
+                    fmt(b.observed),
+                    f"{fmt(b.predicted.value)} {fmt_ci(b.predicted)}",
+                    f"{fmt_pct(b.error.value)} [{fmt_pct(b.error.lo)}, {fmt_pct(b.error.hi)}]",
+                    "FLAGGED" if b.flagged else "no",
+                ]
+            )
+    if rows:
+        doc.table(BACKTEST_COLUMNS, rows)
+    else:
+        doc.p("No family has 5 distinct x on any axis: nothing to backtest.")
+
+
+def _seed_noise_section(doc: Doc, an: Analysis) -> None:
+    doc.h(2, "Seed noise")
+    noise = an.seed_noise
+    if noise.empty or not (noise["multi_seed_configs"] > 0).any():
+        doc.p(
+            "One seed per configuration: the intervals carry no seed-to-seed variation beyond the points' "
+            "scatter."
+        )
+        return
+    doc.p(
+        "Seeds of one configuration are not independent evidence about a law: the bootstrap resamples "
+        "configurations (all seeds of one together), and the plots show each configuration's spread. "
+        "sd log y is the standard deviation of log loss across a configuration's seeds (about the relative "
+        "spread)."
+    )
+    rows = [
+        [
+            r.axis,
+            family_label(r.family),
+            r.configs,
+            r.multi_seed_configs,
+            r.max_seeds,
+            fmt(r.median_sd_log),
+            fmt(r.max_sd_log),
+        ]
+        for r in noise.itertuples()
+    ]
+    doc.table(
+        ["axis", "family", "configs", "with several seeds", "most seeds", "median sd log y", "max sd log y"],
+        rows,
+    )
+
+
 def _excluded_section(doc: Doc, excluded: pd.DataFrame) -> None:
     doc.h(2, "Excluded trials")
     if excluded.empty:
@@ -479,26 +688,47 @@ def _provenance_section(doc: Doc, provenance: dict) -> None:
         doc.p("No provenance given.")
 
 
+def _comparison_summary(c: AxisComparison) -> dict[str, Any]:
+    """One view of one axis, as summary.json carries it (keys documented in docs/analysis.md)."""
+    entry: dict[str, Any] = {"x": c.x_col, "fits": {f: fit.to_dict() for f, fit in c.fits.items()}}
+    entry["notes"] = c.notes
+    entry["missing_x"] = c.missing_x
+    if c.rate is not None:
+        entry["relative_exponent_difference"] = c.rate.relative.to_dict()
+        entry["significant"] = c.rate.significant
+        entry["verdict"] = c.rate.verdict
+    if c.gap is not None:
+        entry["gap"] = {
+            "x": c.gap.x,
+            "relative": c.gap.relative.to_dict(),
+            "difference": c.gap.difference.to_dict(),
+            "ahead": _ahead(c),
+            "verdict": c.gap_verdict,
+        }
+    if c.extrapolation is not None:
+        e = c.extrapolation
+        entry["extrapolation"] = {"x": e.x, **{f: p.to_dict() for f, p in e.predictions.items()}}
+    if c.crossover is not None:
+        entry["crossover"] = {
+            "x": c.crossover.x,
+            "lo": c.crossover.lo,
+            "hi": c.crossover.hi,
+            "fraction": c.crossover.fraction,
+            "lower_after": c.crossover.lower_after,
+        }
+    entry["backtests"] = {f: b.to_dict() for f, b in c.backtests.items()}
+    entry["backtest_notes"] = c.backtest_notes
+    return entry
+
+
 def _summary(an: Analysis) -> dict[str, Any]:
     axes = {}
-    for c in an.axes:
-        entry: dict[str, Any] = {"x": c.x_col, "fits": {f: fit.to_dict() for f, fit in c.fits.items()}}
-        entry["notes"] = c.notes
-        if c.rate is not None:
-            entry["relative_exponent_difference"] = c.rate.relative.to_dict()
-            entry["significant"] = c.rate.significant
-            entry["verdict"] = c.rate.verdict
-        if c.extrapolation is not None:
-            e = c.extrapolation
-            entry["extrapolation"] = {"x": e.x, **{f: p.to_dict() for f, p in e.predictions.items()}}
-        if c.crossover is not None:
-            entry["crossover"] = {
-                "x": c.crossover.x,
-                "lo": c.crossover.lo,
-                "hi": c.crossover.hi,
-                "fraction": c.crossover.fraction,
-                "lower_after": c.crossover.lower_after,
-            }
+    for i, c in enumerate(an.axes):
+        entry = _comparison_summary(c)
+        entry["views"] = {v: _comparison_summary(vs[i]) for v, vs in an.views.items()}
+        entry["seed_noise"] = (
+            an.seed_noise[an.seed_noise["axis"] == c.axis].drop(columns="axis").to_dict(orient="records")
+        )
         axes[c.axis] = entry
     compute = {
         f: {
@@ -510,6 +740,7 @@ def _summary(an: Analysis) -> dict[str, Any]:
         for f, co in an.compute.items()
     }
     return {
+        "headline": _headline(an),
         "y": an.y,
         "form": an.form,
         "level": an.level,
@@ -564,12 +795,17 @@ def write_report(
     doc.h(1, title)
     doc.p(_headline(an))
     _rates_section(doc, an)
+    if an.axes:
+        _views_section(doc, an, tidy, plot_dir)
     for c in an.axes:
         _axis_section(doc, c, an.excluded, tidy, plot_dir)
     if an.compute:
         _compute_section(doc, an, plot_dir)
     if an.thinking is not None and not an.thinking.empty:
         _thinking_section(doc, an.thinking, plot_dir)
+    if an.axes:
+        _backtest_section(doc, an)
+        _seed_noise_section(doc, an)
     _excluded_section(doc, an.excluded)
     _provenance_section(doc, provenance)
 

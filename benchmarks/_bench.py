@@ -100,22 +100,28 @@ def quiet_deepspeed() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Dense fp32 GEMM FLOP/s of this machine: best of `repeats` torch.mm of two n x n matrices on `threads`
-    threads, per wall-clock second and per CPU-second (see use_thread_cpu_clock). The best (not the mean) is
-    the speed with the least interference from other load."""
+def gemm_peak(
+    threads: int, n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: Any = None
+) -> dict[str, float]:
+    """Dense GEMM FLOP/s of this machine (fp32 unless `dtype`, on `device`; CUDA timed with synchronisation):
+    best of `repeats` torch.mm of two n x n matrices on `threads` threads, per wall-clock second and per
+    CPU-second (see use_thread_cpu_clock). The best (not the mean) is the speed with the least interference
+    from other load."""
     import torch
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        c = torch.empty(n, n)
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        c = torch.empty(n, n, device=device, dtype=dtype)
         torch.mm(a, b, out=c)  # warm-up: thread pool, page faults
+        sync()
         best = {"wall": 0.0, "cpu": 0.0}
         for _ in range(repeats):
             clock = Clock()
             torch.mm(a, b, out=c)
+            sync()
             wall, cpu = clock.read()
             best["wall"] = max(best["wall"], 2 * n**3 / wall)
             best["cpu"] = max(best["cpu"], 2 * n**3 / max(cpu, 1e-9))  # FLOP per CPU-second

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from _bench import (
+    RESULTS,
     Clock,
     LoadMonitor,
     Spans,
@@ -63,11 +64,13 @@ from _bench import (
 cpu_environment()
 
 import torch  # noqa: E402 - after the DeepSpeed accelerator is chosen
+from torch import Tensor  # noqa: E402
 
 from model.config import ModelConfig  # noqa: E402
 from model.flops import (  # noqa: E402
     count_params,
     ebt_reuse_train_flops_per_token,
+    executed_train_flops_per_token,
     train_flops_per_token,
 )
 
@@ -163,7 +166,7 @@ def ebt_timers(spans: Spans) -> Iterator[None]:
     targets: list[tuple[Any, str, str]] = [
         (ebt.EBT, "energy", "energy_forward"),
         (ebt.EBT, "observed_kv", "energy_forward"),
-        (ebt.EBT, "candidate_energy", "energy_forward"),
+        (ebt.EBT, "candidate_stream", "energy_forward"),
         (ebt.Noise, "_draw", "noise"),
         (second_order.SecondOrderSafe, "weights", "weight_clones"),
         (torch.autograd, "grad", "candidate_gradient"),
@@ -616,6 +619,251 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------ plain PyTorch, side by side
+# The models alone (no trainer, no DeepSpeed): forward + loss + backward + AdamW step, on CPU in fp32 or on
+# CUDA in bf16 autocast, with the authors' EBT beside ours when --authors-repo names a checkout of their code.
+
+PLAIN_VARIANTS = ("transformer_pp", "ebt_reuse", "ebt", "authors")  # ebt: the full recompute
+TARGET_AUTHORS_RATIO = 0.6  # issue: our EBT step at most 0.6x the authors' at equal config
+TARGET_GPU_TPP_MFU = 0.40  # issue: Transformer++ >= 40% MFU in bf16 at d_model >= 1024
+TARGET_GPU_EBT_OVERHEAD = 1.3  # issue: EBT step within 1.3x of its FLOP ratio to Transformer++ on GPU
+RATIOS = (("ebt_reuse", "authors"), ("ebt", "authors"), ("ebt_reuse", "ebt"), ("ebt_reuse", "transformer_pp"))
+
+
+def pick_device(requested: str) -> tuple[str, torch.dtype]:
+    """(device, compute dtype): 'auto' is CUDA in bf16 when a GPU is visible, else CPU in fp32."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU visible")
+    return device, torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def sdpa_double_backward(device: str, dtype: torch.dtype) -> dict[str, str]:
+    """Which SDPA backends can be differentiated twice here: 'double backward', 'first order only' or
+    'unavailable'. The EBT's default path needs none of them (its candidate attention is plain matmuls and a
+    softmax; its observed stream is differentiated once and uses the fused causal kernel); the full-recompute
+    reference runs its kept graph under MATH. On PyTorch 2.13, CPU: MATH only (flash: first order only)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = {}
+    for backend in (
+        SDPBackend.MATH,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+    ):
+        q, k, v = (
+            torch.randn(1, 2, 16, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3)
+        )
+        status = "unavailable"
+        try:
+            with sdpa_kernel(backend):
+                y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                (g,) = torch.autograd.grad(y.square().sum(), q, create_graph=True)
+                status = "first order only"
+                g.square().sum().backward()
+                status = "double backward"
+        except RuntimeError:
+            pass
+        out[backend.name.lower()] = status
+    return out
+
+
+def plain_configs(d: int, vocab: int, args: argparse.Namespace) -> dict[str, ModelConfig]:
+    """Model configs of the plain variants at the paper's shape for d (the authors' EBT takes the EBTs')."""
+    from _bench import PAPER_SHAPES
+
+    layers, heads = PAPER_SHAPES.get(d, (4, max(1, d // 64)))
+    shape = dict(d_model=d, n_layers=args.layers or layers, n_heads=heads, vocab_size=vocab)
+    shape |= dict(context_length=args.context)
+    return {
+        "transformer_pp": ModelConfig(family="transformer_pp", **shape),
+        "ebt_reuse": ModelConfig(family="ebt", **shape),  # the default path
+        "ebt": ModelConfig(family="ebt", **shape, ebt={"reuse_observed_kv": False}),
+    }
+
+
+def plain_step_fns(
+    d: int, vocab: int, micro: int, args: argparse.Namespace, device: str, dtype: torch.dtype, workdir: Path
+) -> dict[str, Callable[[], float]]:
+    """variant -> one training step (returns its loss), models and AdamW built, on one fixed batch."""
+    from _authors import authors_loss, load_authors_ebt
+
+    from model import build_model
+
+    cfgs = plain_configs(d, vocab, args)
+    seq = torch.randint(1, vocab, (micro, args.context + 1), generator=torch.Generator().manual_seed(0))
+    seq = seq.to(device)  # token 0 avoided: the authors' loss ignores it (their EOS/pad id)
+    x, y, ids = seq[:, :-1], seq[:, 1:], torch.arange(micro, device=device)
+    steps = {}
+    for v in (v for v in PLAIN_VARIANTS if v in args.variants):
+        torch.manual_seed(0)
+        if v == "authors":
+            if args.authors_repo is None:
+                continue
+            model = load_authors_ebt(args.authors_repo, args.authors_deps, cfgs["ebt"], micro, workdir)
+            loss_fn = lambda m=model: authors_loss(m, seq)  # noqa: E731
+        else:
+            model = build_model(cfgs[v])
+            loss_fn = lambda m=model: m(x, y, sample_ids=ids, step_seed=0)  # noqa: E731
+        model.to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(loss_fn: Callable[[], Tensor] = loss_fn, opt: torch.optim.Optimizer = opt) -> float:
+            with torch.autocast(device, dtype, enabled=dtype != torch.float32):
+                loss = loss_fn()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()  # synchronises a GPU
+
+        steps[v] = step
+    return steps
+
+
+def plain_size(
+    d: int, vocab: int, args: argparse.Namespace, device: str, dtype: torch.dtype, workdir: Path
+) -> dict[str, Any]:
+    """Best-of-rounds step time of every variant, stepped round-robin (same load), and their ratios."""
+    micro = args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 1)
+    steps = plain_step_fns(d, vocab, micro, args, device, dtype, workdir)
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(args.rounds):
+        for v, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[v].append(time.perf_counter() - start)
+    best = {v: min(t) for v, t in times.items()}
+    cfgs = plain_configs(d, vocab, args)
+    tokens = micro * args.context
+    out: dict[str, Any] = {
+        "d_model": d,
+        "vocab": vocab,
+        "micro_batch": micro,
+        "n_layers": cfgs["ebt"].n_layers,
+    }
+    out["step_s"], out["step_s_best"] = times, best
+    out["model_flops_per_token"] = {v: train_flops_per_token(cfgs[v]) for v in best if v in cfgs}
+    out["computed_flops_per_token"] = {v: executed_train_flops_per_token(cfgs[v]) for v in best if v in cfgs}
+    ratios = {}
+    for a, b in RATIOS:
+        if a in best and b in best:
+            ratios[f"{a}/{b}"] = best[a] / best[b]
+    if "ebt_reuse/transformer_pp" in ratios:
+        flops = out["computed_flops_per_token"]
+        ratios["ebt_reuse/transformer_pp FLOP ratio"] = flops["ebt_reuse"] / flops["transformer_pp"]
+        ratios["ebt_reuse overhead"] = (
+            ratios["ebt_reuse/transformer_pp"] * flops["transformer_pp"] / flops["ebt_reuse"]
+        )
+    out["ratios"] = ratios
+    out["tokens_per_s"] = {v: tokens / t for v, t in best.items()}
+    return out
+
+
+def plain_main(args: argparse.Namespace) -> None:
+    device, dtype = pick_device(args.device)
+    torch.set_num_threads(args.threads)
+    load = LoadMonitor()
+    peak = gemm_peak(
+        args.threads, n=8192 if device == "cuda" else 2048, repeats=10, device=device, dtype=dtype
+    )
+    sizes = [int(s) for s in args.sizes.split(",")]
+    vocabs = [int(v) for v in (args.vocabs or str(args.vocab)).split(",")]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-plain-") as tmp:
+        for vocab in vocabs:
+            for d in sizes:
+                r = plain_size(d, vocab, args, device, dtype, Path(tmp))
+                r["mfu"] = {  # of the FLOPs each variant computes (the default EBT path: its own count)
+                    v: r["computed_flops_per_token"][v] * r["tokens_per_s"][v] / peak["wall"]
+                    for v in r["computed_flops_per_token"]
+                }
+                results.append(r)
+    result: dict[str, Any] = {
+        "benchmark": "throughput-plain",
+        "machine": machine_info() | ({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": args.threads,
+        "gemm_peak_flops": peak,
+        "sdpa_double_backward": sdpa_double_backward(device, dtype),
+        "args": {k: str(v) for k, v in vars(args).items() if k != "json_out"},
+        "sizes": results,
+        "load": load.summary(),
+    }
+    result["targets"] = plain_targets(result)
+    render_plain(result)
+    write_json(args.json_out, result)
+    console().print(f"wrote {args.json_out}")
+
+
+def plain_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    vs_authors = [s for s in result["sizes"] if "ebt_reuse/authors" in s["ratios"]]
+    if vs_authors:
+        out.append(
+            {
+                "name": f"EBT step <= {TARGET_AUTHORS_RATIO}x the authors' ({result['dtype']})",
+                "value": ", ".join(
+                    f"V{s['vocab']} d{s['d_model']}: {s['ratios']['ebt_reuse/authors']:.2f}"
+                    for s in vs_authors
+                ),
+                "met": all(s["ratios"]["ebt_reuse/authors"] <= TARGET_AUTHORS_RATIO for s in vs_authors),
+            }
+        )
+    if result["device"] == "cuda":
+        big = [s for s in result["sizes"] if s["d_model"] >= 1024 and "transformer_pp" in s["mfu"]]
+        if big:
+            out.append(
+                {
+                    "name": f"TPP MFU >= {TARGET_GPU_TPP_MFU:.0%} in bf16 at d_model >= 1024",
+                    "value": ", ".join(f"d{s['d_model']}: {s['mfu']['transformer_pp']:.0%}" for s in big),
+                    "met": all(s["mfu"]["transformer_pp"] >= TARGET_GPU_TPP_MFU for s in big),
+                }
+            )
+        cost = [s for s in result["sizes"] if "ebt_reuse overhead" in s["ratios"]]
+        if cost:
+            out.append(
+                {
+                    "name": f"EBT step within {TARGET_GPU_EBT_OVERHEAD}x of its FLOP ratio to TPP",
+                    "value": ", ".join(
+                        f"d{s['d_model']}: {s['ratios']['ebt_reuse overhead']:.2f}x" for s in cost
+                    ),
+                    "met": all(s["ratios"]["ebt_reuse overhead"] <= TARGET_GPU_EBT_OVERHEAD for s in cost),
+                }
+            )
+    return out
+
+
+def render_plain(result: dict[str, Any]) -> None:
+    out = console()
+    variants = [v for v in PLAIN_VARIANTS if any(v in s["step_s_best"] for s in result["sizes"])]
+    ratio_cols = tuple(f"{a}/{b}" for a, b in RATIOS)
+    t = table(
+        f"plain PyTorch training step (forward + loss + backward + AdamW), {result['device']} "
+        f"{result['dtype']}, {result['threads']} thread(s), best of {result['args']['rounds']} rounds",
+        ("V", "d/L", "batch", *(f"{v} s" for v in variants), *ratio_cols, "MFU ebt", "MFU tpp"),
+    )
+    for s in result["sizes"]:
+        t.add_row(
+            str(s["vocab"]),
+            f"{s['d_model']}/{s['n_layers']}",
+            str(s["micro_batch"]),
+            *(f"{s['step_s_best'][v]:.3f}" if v in s["step_s_best"] else "-" for v in variants),
+            *(f"{s['ratios'][c]:.2f}" if c in s["ratios"] else "-" for c in ratio_cols),
+            *(f"{s['mfu'][v]:.0%}" if v in s["mfu"] else "-" for v in ("ebt_reuse", "transformer_pp")),
+        )
+    out.print(t)
+    out.print(
+        "SDPA backends, double backward: "
+        + ", ".join(f"{k}: {v}" for k, v in result["sdpa_double_backward"].items())
+    )
+    print_targets(out, result)
+
+
 def main() -> None:
     parser = bench_parser(__doc__, "throughput.json")
     parser.add_argument("--sizes", default="128,256,384", help="d_model values (paper shapes: 128, 256, 384)")
@@ -640,8 +888,33 @@ def main() -> None:
     parser.add_argument(
         "--no-optimizer-check", action="store_true", help="skip the fused-AdamW what-if (largest TPP size)"
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="the models alone (forward + loss + backward + AdamW, no trainer) side by side; CUDA: bf16",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="--plain: where")
+    parser.add_argument(
+        "--vocabs", default=None, help="--plain: vocabularies, e.g. 512,50277 (default --vocab)"
+    )
+    parser.add_argument(
+        "--authors-repo",
+        type=Path,
+        default=None,
+        help="--plain: a checkout of the authors' EBT code to compare",
+    )
+    parser.add_argument(
+        "--authors-deps", type=Path, default=None, help="--plain: a pip --target folder with their imports"
+    )
     args = parser.parse_args()
+    if args.plain:
+        if args.variants == ",".join(VARIANTS):
+            args.variants = ",".join(PLAIN_VARIANTS)
+        if args.json_out == RESULTS / "throughput.json":
+            args.json_out = RESULTS / "throughput-plain.json"
     args.variants = tuple(args.variants.split(","))
+    if args.plain:
+        return plain_main(args)
     sizes = [int(s) for s in args.sizes.split(",")]
     assert args.rounds >= 1 and args.warmup >= 1, "--rounds and --warmup must be >= 1"
 

@@ -73,8 +73,7 @@ class Attention(nn.Module):
         attend to them as `past_kv` (P earlier positions, prepended; mask is then a boolean (T, P+T) matrix).
         The EBT uses this to compute its observed stream once and reuse it for every candidate."""
         B, T, d = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x(B,H,T,h)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self.rotated_qkv(x, cos, sin)
         keys, values = k, v
         if past_kv is not None:
             keys, values = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B,H,P+T,h)
@@ -84,6 +83,32 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, d)), (k, v)  # (B, T, d)
+
+    def rotated_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, d) -> queries, keys, values (B, H, T, h), queries and keys rotated to their positions."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x(B,H,T,h)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward_candidates(
+        self, x: Tensor, cos: Tensor, sin: Tensor, observed_kv: tuple[Tensor, Tensor], bias: Tensor
+    ) -> Tensor:
+        """Attention of candidate rows x (B, S, d) that each see some observed keys/values (B, H, n, h), as
+        `bias` (S, n: 0 may attend, -inf may not) says, and themselves only -> (B, S, d).
+
+        The same as a masked attention over [observed | candidates], whose candidate-by-candidate block is
+        diagonal: its one live score per row is a dot product, computed as such (no S x S scores, no mask
+        over them). Plain matmuls and a softmax, so it has a double backward, which fused SDPA kernels lack.
+        """
+        B, S, d = x.shape
+        q, k, v = self.rotated_qkv(x, cos, sin)  # (B, H, S, h)
+        keys, values = observed_kv  # (B, H, n, h)
+        q = q * self.head_dim**-0.5
+        observed = bias + q @ keys.transpose(-2, -1)  # (B, H, S, n)
+        itself = (q * k).sum(-1, keepdim=True)  # (B, H, S, 1)
+        w = torch.cat([observed, itself], dim=-1).softmax(-1)  # (B, H, S, n + 1)
+        y = w[..., :-1] @ values + w[..., -1:] * v  # (B, H, S, h)
+        return self.proj(y.transpose(1, 2).reshape(B, S, d))
 
 
 class SwiGLU(nn.Module):
@@ -125,6 +150,17 @@ class Block(nn.Module):
         a, kv = self.attn.forward_kv(self.attn_norm(x), cos, sin, mask, past_kv)
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), kv
+
+    def keys_values(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """This block's rotated keys/values (B, H, T, h) of x (B, T, d), without the rest of the block."""
+        return self.attn.rotated_qkv(self.attn_norm(x), cos, sin)[1:]
+
+    def forward_candidates(
+        self, x: Tensor, cos: Tensor, sin: Tensor, observed_kv: tuple[Tensor, Tensor], bias: Tensor
+    ) -> Tensor:
+        """`forward` of candidate rows over observed keys/values (see Attention.forward_candidates)."""
+        x = x + self.attn.forward_candidates(self.attn_norm(x), cos, sin, observed_kv, bias)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 def init_weights(module: nn.Module, std: float, n_layers: int) -> None:

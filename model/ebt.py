@@ -79,18 +79,23 @@ class Noise:
         self.batch, self.device = batch, device
         self.generators = None if seeds is None else [torch.Generator(device).manual_seed(s) for s in seeds]
 
-    def _draw(self, fn: Callable[..., Tensor], shape: tuple[int, ...]) -> Tensor:
+    def _draw(self, fill: Callable[..., Tensor], shape: tuple[int, ...]) -> Tensor:
+        """(B, *shape) float32 filled in place, row by row from its generator (the same values as
+        torch.randn/rand(shape, generator=g), without a stacked copy: a row can be S x V)."""
+        out = torch.empty(self.batch, *shape, device=self.device)
         if self.generators is None:
-            return fn((self.batch, *shape), device=self.device)
-        return torch.stack([fn(shape, generator=g, device=self.device) for g in self.generators])
+            return fill(out)
+        for row, g in zip(out, self.generators, strict=True):
+            fill(row, generator=g)
+        return out
 
     def randn(self, *shape: int) -> Tensor:
         """(B, *shape) standard normal, float32."""
-        return self._draw(torch.randn, shape)
+        return self._draw(Tensor.normal_, shape)
 
     def rand(self, *shape: int) -> Tensor:
         """(B, *shape) uniform in [0, 1), float32."""
-        return self._draw(torch.rand, shape)
+        return self._draw(Tensor.uniform_, shape)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -105,6 +110,13 @@ def candidate_mask(S: int, P: int, device: torch.device | None = None) -> Tensor
     sees_observed = j <= t + P  # key j < P is the step token, key P+i is observed token i
     sees_itself = torch.eye(S, dtype=torch.bool, device=device)
     return torch.cat([sees_observed, sees_itself], dim=1)
+
+
+def observed_bias(S: int, P: int, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+    """The observed columns of `candidate_mask` as an additive score bias (S, P+S): 0 where candidate t may
+    attend (step token, observed tokens 0..t), -inf elsewhere; each candidate also sees itself (apart)."""
+    bias = torch.zeros(S, P + S, dtype=dtype, device=device)
+    return bias.masked_fill(~candidate_mask(S, P, device)[:, : P + S], float("-inf"))
 
 
 def full_mask(S: int, P: int, device: torch.device | None = None) -> Tensor:
@@ -207,28 +219,38 @@ class EBT(nn.Module):
 
     def observed_kv(self, tokens: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
         """Per-layer keys/values (B, H, P+S, h) of the observed stream, which never sees a candidate, so one
-        computation serves every step with this step index (docs/ebt.md §1, observed-stream reuse)."""
+        computation serves every step with this step index (docs/ebt.md §1, observed-stream reuse). Only
+        keys/values leave it: the last block stops at them, and its attention needs no double backward (the
+        candidate gradient never runs through it), so it uses the fused causal kernel even in training."""
         S = tokens.shape[1]
         obs_pos, _ = positions(S, self.P, tokens.device)
         cos, sin = self._rotary(obs_pos)
         x, kvs = self.observed_input(tokens, step), []
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x, kv = block.forward_kv(x, cos, sin)  # causal
             kvs.append(kv)
-        return kvs
+        return [*kvs, self.blocks[-1].keys_values(x, cos, sin)]
 
     def candidate_energy(self, observed_kv: list[tuple[Tensor, Tensor]], probs: Tensor) -> Tensor:
         """Energies (B, S) of candidate probabilities (B, S, V) from the candidate stream alone, attending to
         precomputed observed keys/values. Equal to `energy` (same mask and positions), at a fraction of the
         compute."""
-        S = probs.shape[1]
-        _, cand_pos = positions(S, self.P, probs.device)
+        return self.candidate_stream(observed_kv, self.candidate_input(probs))
+
+    def candidate_stream(self, observed_kv: list[tuple[Tensor, Tensor]], c: Tensor) -> Tensor:
+        """Energies (B, S) of candidate embeddings c (B, S, d): each candidate row attends to the observed
+        keys/values it may see and to itself (Block.forward_candidates), layer by layer."""
+        S = c.shape[1]
+        _, cand_pos = positions(S, self.P, c.device)
         cos, sin = self._rotary(cand_pos)
-        mask = candidate_mask(S, self.P, probs.device)
-        c = self.candidate_input(probs)
+        bias = observed_bias(S, self.P, c.dtype, c.device)  # (S, P+S)
         for block, kv in zip(self.blocks, observed_kv, strict=True):
-            c, _ = block.forward_kv(c, cos, sin, mask, past_kv=kv)
+            c = block.forward_candidates(c, cos, sin, kv, bias)
         return self.energy_head(self.norm(c)).squeeze(-1)
+
+    def candidate_matrix(self) -> Tensor:
+        """The candidate map as a (V, d) matrix M, candidate embedding = p @ M (a view, no copy)."""
+        return self.embed.weight if self.cand_embed is None else self.cand_embed.weight.T
 
     # --- energy minimisation (docs/ebt.md §2) ---------------------------------------------------------------
 
@@ -255,7 +277,8 @@ class EBT(nn.Module):
         dtype = table_dtype(self.embed.weight)
         if e.candidate_init == "zeros":
             return torch.zeros(B, S, self.cfg.vocab_size, device=tokens.device, dtype=dtype)
-        return (noise.randn(S, self.cfg.vocab_size) * e.candidate_init_std).to(dtype)
+        candidate = noise.randn(S, self.cfg.vocab_size)
+        return (candidate.mul_(e.candidate_init_std) if e.candidate_init_std != 1 else candidate).to(dtype)
 
     def descend(
         self,
@@ -285,22 +308,53 @@ class EBT(nn.Module):
                     kick = noise.randn(*candidate.shape[1:]).to(candidate.dtype)  # (B, S, V)
                     candidate = candidate + langevin_std * kick  # noise on the logits, before the softmax
                 probs = candidate.softmax(-1)  # (B, S, V): what the energy reads and is differentiated by
-                if not probs.requires_grad:
-                    probs.requires_grad_()  # detached: p is the leaf that ∂E/∂p is taken for
-                # Fused attention kernels have no double backward: the kept graph uses the math kernel.
-                with sdpa_kernel(SDPBackend.MATH) if keep_graph else nullcontext():
-                    if e.reuse_observed_kv:
-                        index = min(step, self.n_step_embeddings - 1)
-                        if index not in cached_kv:
-                            cached_kv[index] = self.observed_kv(tokens, step)
-                        energy = self.candidate_energy(cached_kv[index], probs)
-                    else:
-                        energy = self.energy(tokens, probs, step)
-                (grad,) = torch.autograd.grad(energy.sum(), probs, create_graph=keep_graph)  # ∂E/∂p
-            if not torch.isfinite(grad).all():
-                raise NonFiniteEnergyGradient(f"non-finite energy gradient at descent step {k}")
-            candidate = probs - alpha * grad  # (B, S, V), read as logits from here on
+                if e.reuse_observed_kv:
+                    index = min(step, self.n_step_embeddings - 1)
+                    if index not in cached_kv:
+                        cached_kv[index] = self.observed_kv(tokens, step)
+                    energy, candidate = self.reuse_step(cached_kv[index], probs, alpha, keep_graph)
+                else:
+                    energy, candidate = self.full_step(tokens, probs, step, alpha, keep_graph)
             yield candidate, energy.detach()
+
+    def full_step(
+        self, tokens: Tensor, probs: Tensor, step: int, alpha: Tensor, keep_graph: bool
+    ) -> tuple[Tensor, Tensor]:
+        """One descent step the authors' way (the reference): the energy of the whole sequence, g = ∂E/∂p by
+        autograd, ŷ ← p − α·g -> (energy (B, S), new candidate logits (B, S, V))."""
+        if not probs.requires_grad:
+            probs.requires_grad_()  # detached: p is the leaf that ∂E/∂p is taken for
+        # Fused attention kernels have no double backward: the kept graph uses the math kernel.
+        with sdpa_kernel(SDPBackend.MATH) if keep_graph else nullcontext():
+            energy = self.energy(tokens, probs, step)
+        (grad,) = torch.autograd.grad(energy.sum(), probs, create_graph=keep_graph)  # ∂E/∂p (B, S, V)
+        if not torch.isfinite(grad).all():
+            raise NonFiniteEnergyGradient("non-finite energy gradient in a descent step")
+        return energy, probs - alpha * grad
+
+    def reuse_step(
+        self, observed_kv: list[tuple[Tensor, Tensor]], probs: Tensor, alpha: Tensor, keep_graph: bool
+    ) -> tuple[Tensor, Tensor]:
+        """The same step from the observed stream's keys/values (`candidate_stream`), with the gradient taken
+        at the candidate embedding c = p M (B, S, d) and carried to the probabilities by the chain rule
+        through the linear map, ∂E/∂p = ∂E/∂c Mᵀ. So p is no autograd leaf (the outer backward computes no
+        (B, S, V) gradient for it), and ŷ ← p − (α ∂E/∂c) Mᵀ is one GEMM added onto p: g is never stored.
+        -> (energy (B, S), new candidate logits (B, S, V))."""
+        M = self.candidate_matrix()  # (V, d)
+        c = probs.to(M.dtype) @ M  # (B, S, d)
+        if not c.requires_grad:
+            c.requires_grad_()  # frozen candidate map: c is the leaf
+        energy = self.candidate_stream(observed_kv, c)
+        (dc,) = torch.autograd.grad(energy.sum(), c, create_graph=keep_graph)  # ∂E/∂c (B, S, d)
+        if not torch.isfinite(dc).all():  # g = dc Mᵀ is finite when dc and the weights are
+            raise NonFiniteEnergyGradient("non-finite energy gradient in a descent step")
+        B, S, V = probs.shape
+        step = (alpha * dc).flatten(0, 1)  # (B*S, d)
+        if not keep_graph:
+            M = M.detach()  # g is a constant outside the kept graph, as autograd.grad without create_graph
+        if M.dtype != probs.dtype:  # low-precision weights: the GEMM in theirs, the candidate in float32
+            return energy, probs - (step.to(M.dtype) @ M.T).view(B, S, V).to(probs.dtype)
+        return energy, torch.addmm(probs.flatten(0, 1), step, M.T, alpha=-1).view(B, S, V)
 
     def step_size(self, tokens: Tensor, noise: Noise | None) -> Tensor:
         """alpha clamped to step_size_min; with noise and step_size_random_scale s > 1, drawn per position

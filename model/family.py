@@ -47,9 +47,10 @@ EBT_OBSERVED_LAST_LAYER = 3
 EBT_SAVED_ENDS = {False: 8, True: 7}  # x d_model per observed token per kept step: candidate map, final norm
 # Vocabulary-sized tensors, fp32 whatever the precision (the EBT's candidate logits are fp32; the
 # Transformer++ loss runs on .float() logits), per token: Transformer++ the log-softmax (1 value); EBT per
-# kept step the candidate's softmax, the CE's log-softmax and two of the candidate gradient's graph (4).
+# kept step the candidate's softmax p, the CE's log-softmax and one of the candidate gradient's graph (3:
+# bench_memory's saved-tensor walk, 2026-11-28; the logit-space descent kept a fourth, its softmax backward).
 TPP_VOCAB_VALUES = 1
-EBT_VOCAB_VALUES_PER_STEP = 4
+EBT_VOCAB_VALUES_PER_STEP = 3
 # Peak / saved: the backward creates gradient buffers before it frees what it consumed. Measured (peak RSS -
 # runtime - parameter bytes) / saved: Transformer++ 1.2-1.6 (the transient scales with the graph); EBT:
 # saved + 1.2 x one kept step's saved bytes (the double backward's buffers belong to the step in flight:
@@ -279,7 +280,7 @@ def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> di
       values are used: B n ((L-1)(10d + 4f) + 3d) e hidden and (L-1) B H n^2 e attention per index (the
       backward keeps the kept steps' indices; with truncate_to_last_step the others live during the descent
       only: counted as transient);
-    - vocabulary: 4 B S V 4 (candidate softmax, CE log-softmax, two of the candidate gradient's graph).
+    - vocabulary: 3 B S V 4 (candidate softmax p, CE log-softmax, one of the candidate gradient's graph).
     weights: SecondOrderSafe runs the EBT on clones of its weights, made by every forward and kept by the
     graph until the backward has summed their gradients: N x EBT_WEIGHT_CLONE_VALUES_PER_PARAM x e.
     transient = EBT_TRANSIENT_STEPS x one kept step's saved bytes (the outer backward's buffers belong to the

@@ -146,14 +146,16 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
 
     With n = P + S observed rows (step token + tokens), per layer lin(r) = 2r(4d^2 + 3df) for r rows and
     attn(q, k) = 4qkd for q queries over k keys:
-    - observed stream, once per distinct step index: F_o = L(lin(n) + attn(n, n)). Only its keys/values are
-      used, so the last block's attention output, projection and MLP (attn(n, n) + 2nd^2 + 6ndf) feed
-      nothing: computed in the forward but never backpropagated;
-    - candidate stream, every step: F_c = L(lin(S) + attn(S, n + S)) + 2SVd + 2Sd (queries are the S
-      candidates, keys the n observed + S candidates; candidate map + energy head);
-    - candidate gradient (autograd.grad w.r.t. the candidate): G_c = L(lin(S) + 2 attn(S, n + S)) + 2SVd + 2Sd
-      (input gradients only, attention backward twice its forward);
-    - outer backward: 2(F_c + G_c) per kept step, 2(F_o - unused) per distinct index the kept steps use.
+    - observed stream, once per distinct step index: F_o = (L - 1)(lin(n) + attn(n, n)) + 6nd^2. Only its
+      keys/values are used, so the last block stops at its qkv projection;
+    - candidate stream, every step: F_c = L(lin(S) + attn(S, n)) + 2SVd + 2Sd (queries are the S candidates,
+      keys the n observed ones; each candidate's score with itself is elementwise; candidate map + energy
+      head);
+    - candidate gradient (autograd.grad w.r.t. the candidate embedding, then one GEMM to the vocabulary):
+      G_c = L(lin(S) + 2 attn(S, n)) + 2SVd + 2Sd (input gradients only, attention backward twice its
+      forward);
+    - outer backward: 2(F_c + G_c) per kept step, less 2SVd where the step's probabilities are detached (no
+      gradient for them through the candidate map), and 2 F_o per distinct index the kept steps use.
     Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range; replayed
     rows (System-2 replay buffer) scale the whole.
     Checked against torch's FlopCounterMode (tests/model/test_ebt.py)."""
@@ -169,10 +171,10 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
         return 4 * queries * keys * d
 
     ends = 2 * S * V * d + 2 * S * d
-    obs_fwd = L * (lin(n) + attn(n, n))
-    obs_bwd = 2 * (obs_fwd - (attn(n, n) + 2 * n * d * d + 6 * n * d * f))
-    cand_fwd = L * (lin(S) + attn(S, n + S)) + ends
-    cand_grad = L * (lin(S) + 2 * attn(S, n + S)) + ends
+    obs_fwd = (L - 1) * (lin(n) + attn(n, n)) + 6 * n * d * d
+    obs_bwd = 2 * obs_fwd
+    cand_fwd = L * (lin(S) + attn(S, n)) + ends
+    cand_grad = L * (lin(S) + 2 * attn(S, n)) + ends
     low, high = e.train_step_counts
     counts = range(low, high + 1)
     total = 0.0
@@ -181,6 +183,7 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
         kept = [K - 1] if e.truncate_to_last_step else list(range(K))
         total += len(set(index)) * obs_fwd + K * (cand_fwd + cand_grad)
         total += len({index[k] for k in kept}) * obs_bwd + len(kept) * 2 * (cand_fwd + cand_grad)
+        total -= sum(2 * S * V * d for k in kept if e.detach_between_steps or k == 0)  # no ∂L/∂p
     return replay_rows_factor(cfg) * total / len(counts) / S
 
 

@@ -1,4 +1,4 @@
-"""System-2 evaluation of an EBT (method note §5): the thinking-steps and self-verification curves.
+"""System-2 evaluation of an EBT (docs/ebt.md §4): the thinking-steps and self-verification curves.
 
 Forward passes are counted as energy evaluations per position: one descent step of one candidate is one
 forward pass (with its candidate-gradient backward), so `think(steps=K, candidates=M)` costs K * M forward

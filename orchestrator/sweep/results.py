@@ -23,6 +23,8 @@ COLUMNS = [
     "trial_id", "name", "family", "axis", "axis_value", "status", "status_reason", "n_params",
     "n_params_non_embedding", "tokens", "batch_size", "n_layers", "d_model", "flops", "flops_budget",
     "val_loss", "val_perplexity", "seed", "run_id",
+    # cost of training, for the analysis' equal-compute and equal-time views (docs/analysis.md)
+    "flops_executed", "train_time_s", "num_workers",
 ]  # fmt: skip
 
 
@@ -77,6 +79,10 @@ def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
             "val_perplexity": _float(m.get("final_val_perplexity")),
             "seed": _float(p.get("train.seed")),
             "run_id": run.info.run_id,
+            # NaN for runs logged before the trainer logged it (the analysis then uses `flops`)
+            "flops_executed": _float(p.get("flops_executed")),
+            "train_time_s": _float(m.get("train_time_s")),
+            "num_workers": _float(p.get("resources.num_workers")),
         }
         rows = json.loads(t.get(tags.ROWS, "[]")) or [{"name": run.info.run_name, "axis": "single"}]
         for row in rows:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from model import ModelInterface, build_model
 from model.data import TokenDataset, prepare_dataset
-from model.flops import count_params, train_flops_per_token
+from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
 from model.loss import IGNORE_INDEX
 from orchestrator import tags
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig
@@ -216,6 +216,11 @@ class Trial:
                 "tokens": self.cfg.total_steps * self.cfg.tokens_per_step,
                 "flops_per_token": self.flops_per_token,
                 "flops": self.flops_per_token * self.cfg.total_steps * self.cfg.tokens_per_step,
+                # what the configured model computes (less for an EBT reusing its observed stream): the
+                # report's equal-compute view
+                "flops_executed": executed_train_flops_per_token(self.cfg.model)
+                * self.cfg.total_steps
+                * self.cfg.tokens_per_step,
                 "total_steps": self.cfg.total_steps,
                 "trial_id": self.cfg.config_hash(),
                 "data_fingerprint": self.data.fingerprint,

@@ -115,3 +115,30 @@ def make_thinking() -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def with_costs(
+    trials: pd.DataFrame, cost_of_6n: dict[str, float], flop_per_s: dict[str, float]
+) -> pd.DataFrame:
+    """The trials with the cost columns of orchestrator.results: executed FLOPs = a family's multiple of 6N
+    per token x tokens, `flops` left at the 6ND convention for both (so a fit that used it would get the
+    per-FLOP answer wrong), and train_time_s = executed FLOPs / a family's throughput on one worker."""
+    executed = trials["family"].map(cost_of_6n) * 6 * trials["n_params"] * trials["tokens"]
+    return trials.assign(
+        flops=6 * trials["n_params"] * trials["tokens"],
+        flops_executed=executed,
+        train_time_s=executed / trials["family"].map(flop_per_s),
+        num_workers=1,
+    )
+
+
+def with_seeds(trials: pd.DataFrame, n_seeds: int, spread: float, seed: int = 0) -> pd.DataFrame:
+    """Every row repeated for n_seeds seeds, each seed's loss times exp(spread * N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    copies = []
+    for s in range(n_seeds):
+        noise = np.exp(spread * rng.standard_normal(len(trials))) if spread else 1.0
+        copies.append(
+            trials.assign(seed=s, name=trials["name"] + f"-s{s}", val_loss=trials["val_loss"] * noise)
+        )
+    return pd.concat(copies, ignore_index=True)

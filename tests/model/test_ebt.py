@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -18,6 +19,7 @@ from model.ebt import (
     NonFiniteEnergyGradient,
     candidate_mask,
     full_mask,
+    observed_bias,
     positions,
     system2_recipe,
 )
@@ -59,7 +61,7 @@ def random_candidate(B: int, dtype: torch.dtype = torch.float32, seed: int = 2) 
     return torch.randn(B, S, V, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-# --- attention pattern and positions (method note §2.4, §2.6) ----------------------------------------------
+# --- attention pattern and positions (docs/ebt.md §1) -----------------------------------------------------
 
 
 def test_mask_and_positions_are_the_method_notes() -> None:
@@ -481,3 +483,61 @@ def test_thinking_curves_schema(trained: tuple[EBT, torch.Tensor, torch.Tensor])
     assert {r["forward_passes"] for r in base} == {1, 2, 3, 4, 8}
     assert len({r["val_loss"] for r in base}) == 1
     assert base[0]["val_loss"] == pytest.approx(float(baseline.eval_loss(tokens, targets)), rel=1e-5)
+
+
+# --- the default path's candidate attention and descent step (reuse_observed_kv) --------------------------
+
+
+def test_candidate_attention_matches_masked_attention_to_second_order() -> None:
+    """Block.forward_candidates (observed keys + one self score, no S x S block) = the masked attention over
+    [observed | candidates] it replaces (Block.forward_kv with past keys/values under candidate_mask, math
+    kernel): outputs, gradients and the gradient of a gradient (w.r.t. the candidates, the observed keys and
+    values, the weights), in float64."""
+    from model.blocks import rotary_cos_sin
+
+    cfg, P = tiny(), 1
+    torch.manual_seed(0)
+    block = EBT(cfg).double().blocks[0]
+    observed = torch.randn(2, P + S, cfg.d_model, dtype=torch.float64)
+    obs_pos, cand_pos = positions(S, P)
+    cos_o, sin_o = rotary_cos_sin(obs_pos, cfg.head_dim, cfg.rope_theta, torch.float64)
+    cos, sin = rotary_cos_sin(cand_pos, cfg.head_dim, cfg.rope_theta, torch.float64)
+    with torch.no_grad():
+        kv = tuple(t.requires_grad_() for t in block.forward_kv(observed, cos_o, sin_o)[1])  # leaves
+    mask, bias = candidate_mask(S, P), observed_bias(S, P, torch.float64)
+
+    def second_order(fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        c = torch.randn(2, S, cfg.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        c.requires_grad_()
+        out = fn(c)
+        (g,) = torch.autograd.grad(out.square().sum(), c, create_graph=True)
+        return [out, g, *torch.autograd.grad(g.square().sum(), [c, *kv, *block.parameters()])]
+
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = second_order(lambda c: block.forward_kv(c, cos, sin, mask, past_kv=kv)[0])
+    got = second_order(lambda c: block.forward_candidates(c, cos, sin, kv, bias))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("recipe", [EBTConfig(), system2_recipe(mcmc_steps=2, replay_buffer_size=0)])
+@pytest.mark.parametrize("tie", [False, True])
+def test_reuse_step_is_the_authors_update(recipe: EBTConfig, tie: bool) -> None:
+    """One step of the default path (gradient at the candidate embedding, carried to the probabilities by
+    one GEMM) = the full recompute's p − α·∂E/∂p by autograd on the probabilities, with a scalar or a
+    per-position α: the new candidate and, through it, the parameter gradients (float64)."""
+    cfg = tiny(**recipe.model_dump()).model_copy(update={"tie_embeddings": tie})
+    model = make(cfg, seed=2, dtype=torch.float64)
+    tokens, targets = batch(2)
+    probs = random_candidate(2, torch.float64).softmax(-1)
+    for alpha in (model.alpha, model.alpha * torch.rand(2, S, 1, dtype=torch.float64) + 1):
+        full_e, full = model.full_step(tokens, probs.clone(), 1, alpha, keep_graph=True)
+        reuse_e, reuse = model.reuse_step(model.observed_kv(tokens, 1), probs, alpha, keep_graph=True)
+        torch.testing.assert_close(reuse_e, full_e, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(reuse, full, rtol=1e-10, atol=1e-12)
+        assert (reuse - probs).abs().max() > 1e-3  # the step moves the candidate
+        params = list(model.parameters())
+        losses = [F.cross_entropy(c.flatten(0, 1), targets.flatten()) for c in (full, reuse)]
+        grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]  # α shared
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)

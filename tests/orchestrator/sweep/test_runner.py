@@ -38,6 +38,10 @@ def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
     frame = pd.read_csv(out)
     assert len(frame) == 4 and set(frame["axis"]) == {"params"}
     assert frame["n_params"].dtype.kind in "if" and (frame["val_loss"] > 0).all()
+    # the report's equal-compute view reads what each trial executed: less than the study's count for the
+    # EBT (reuse_observed_kv, the default), the same for Transformer++
+    executed = frame.set_index("family")["flops_executed"] / frame.set_index("family")["flops"]
+    assert (executed["ebt"] < 1).all() and (executed["transformer_pp"] == 1).all()
     by_family = frame.groupby("family")["n_params_non_embedding"].apply(sorted)
     assert all(sizes[0] < sizes[1] for sizes in by_family)
 
