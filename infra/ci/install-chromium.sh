@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for tests/test_cluster.py, which renders the MLflow UI: Debian's own `chromium` package
+# Headless Chromium for tests/orchestrator/cluster/test_jobs.py, which renders the MLflow UI: Debian's own `chromium` package
 # (the browser cannot be downloaded any other way here). Needs root; does nothing when chromium is there.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1; then

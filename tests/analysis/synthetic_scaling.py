@@ -120,8 +120,8 @@ def make_thinking() -> pd.DataFrame:
 def with_costs(
     trials: pd.DataFrame, cost_of_6n: dict[str, float], flop_per_s: dict[str, float]
 ) -> pd.DataFrame:
-    """The trials with the cost columns of orchestrator.results: executed FLOPs = a family's multiple of 6N
-    per token x tokens, `flops` left at the 6ND convention for both (so a fit that used it would get the
+    """The trials with the cost columns of orchestrator.sweep.results: executed FLOPs = a family's multiple of
+    6N per token x tokens, `flops` left at the 6ND convention for both (so a fit that used it would get the
     per-FLOP answer wrong), and train_time_s = executed FLOPs / a family's throughput on one worker."""
     executed = trials["family"].map(cost_of_6n) * 6 * trials["n_params"] * trials["tokens"]
     return trials.assign(
