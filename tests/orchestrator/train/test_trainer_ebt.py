@@ -119,7 +119,7 @@ def test_system2_recipe_with_replay_trains_under_zero(tmp_path: Path) -> None:
             deepspeed={"zero_stage": 2},
             train={"tokens": 8 * 32 * 4, "micro_batch_size": 8},  # one micro-batch a step
         )
-        result = train_trial(cfg, tmp_path / f"{size}/trial", progress=False)
+        result = train_trial(in_folder(cfg, tmp_path / f"{size}/trial"), progress=False)
         assert result.status == "finished" and result.steps == 4
         losses[size] = result.losses
     assert all(torch.isfinite(torch.tensor(losses[16])))
