@@ -39,6 +39,7 @@ from analysis.fit import (
     spawn_seeds,
 )
 from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
+from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
 
 CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for compute-optimal allocation
 
@@ -667,6 +668,27 @@ def _seed_noise_section(doc: Doc, an: Analysis) -> None:
     )
 
 
+def _tuning_section(doc: Doc, tuning: pd.DataFrame, plot_dir: Path) -> None:
+    check_tuning_frame(tuning)
+    doc.h(2, "Tuning")
+    doc.p(
+        "Before the sweep, each family was tuned at each model size: sampled configurations, trained on a "
+        "fraction of the budget, early-stopped by ASHA on validation loss. The sweep trains the choice: the "
+        "lowest final loss among the trials that trained their whole tuning budget."
+    )
+    _figure(doc, plot_tuning(tuning), plot_dir / "tuning.png", "tuning: loss against each searched value")
+    rows = []
+    for r in tuning_rows(tuning):
+        chosen = ", ".join(f"{k} {fmt(v)}" for k, v in r["chosen"].items()) or "none finished"
+        outcomes = ", ".join(f"{n} {s}" for s, n in r["by_status"].items())
+        warning = "; ".join(
+            f"{k} at the {side} edge of its range: widen it" for k, side in r["edges"].items()
+        )
+        loss = fmt(r["val_loss"]) if r["val_loss"] is not None else ""
+        rows.append([family_label(r["family"]), r["size"], chosen, loss, outcomes, warning])
+    doc.table(["family", "size", "chosen", "val loss", "trials", "warning"], rows)
+
+
 def _excluded_section(doc: Doc, excluded: pd.DataFrame) -> None:
     doc.h(2, "Excluded trials")
     if excluded.empty:
@@ -769,12 +791,14 @@ def write_report(
     form: str = "power",
     level: float = DEFAULT_LEVEL,
     extrapolate_factor: float = 10.0,
+    tuning: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Analyse a trials table and write report.html (self-contained), report.md, summary.json and
     plots/*.png under out_dir. Returns {"html", "markdown", "summary", "plots_dir"}.
 
     `form` is the per-axis law whose exponent is compared ('power', as the EBT paper's scaling rates, or
-    'saturating'); axes with too few usable points are reported as such, never raised."""
+    'saturating'); axes with too few usable points are reported as such, never raised. `tuning`: the
+    tuning stage's table (analysis/tuning.py), reported in a section of its own."""
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -806,6 +830,8 @@ def write_report(
     if an.axes:
         _backtest_section(doc, an)
         _seed_noise_section(doc, an)
+    if tuning is not None and not tuning.empty:
+        _tuning_section(doc, tuning, plot_dir)
     _excluded_section(doc, an.excluded)
     _provenance_section(doc, provenance)
 
@@ -817,5 +843,8 @@ def write_report(
     }
     paths["html"].write_text(render_html(doc, title), encoding="utf-8")
     paths["markdown"].write_text(render_markdown(doc, out_dir), encoding="utf-8")
-    paths["summary"].write_text(json.dumps(_summary(an), indent=2, default=_json_default), encoding="utf-8")
+    summary = _summary(an)
+    if tuning is not None and not tuning.empty:
+        summary["tuning"] = tuning_rows(tuning)
+    paths["summary"].write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
     return paths

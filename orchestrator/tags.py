@@ -17,8 +17,10 @@ AXIS = f"{PREFIX}axis"
 STATUS = f"{PREFIX}status"  # a TrialStatus value
 STATUS_REASON = f"{PREFIX}status_reason"
 ROWS = f"{PREFIX}rows"  # JSON: every plan row (axis membership) a trial's run stands for
+STAGE = f"{PREFIX}stage"  # "tuning" on a tuning-stage trial's run (orchestrator/sweep/tuning.py)
 
 ROLE_SWEEP = "sweep"
+STAGE_TUNING = "tuning"
 
 THINKING_ARTIFACT = "thinking.json"  # System-2 curves, on the EBT trial's run and the sweep's parent run
 

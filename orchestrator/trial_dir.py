@@ -38,12 +38,13 @@ class TrialStatus(StrEnum):
     INTERRUPTED = "interrupted"
     FINISHED = "finished"
     DIVERGED = "diverged"
+    STOPPED = "stopped"  # a tuning trial stopped early by the search's scheduler (ASHA)
     FAILED = "failed"
 
     @property
     def final(self) -> bool:
         """An outcome that is never trained again."""
-        return self in (TrialStatus.FINISHED, TrialStatus.DIVERGED)
+        return self in (TrialStatus.FINISHED, TrialStatus.DIVERGED, TrialStatus.STOPPED)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -63,7 +64,8 @@ def atomic_write_json(path: Path, payload: Any, indent: int | None = None) -> No
 
 @dataclass
 class TrialResult:
-    """A trial's outcome: result.json (finished, diverged) and what `train_trial` returns."""
+    """A trial's outcome: result.json (finished, diverged, stopped) and what `train_trial` returns.
+    `final_val_loss` is the last validation loss of a finished trial, or of a stopped one at its stop."""
 
     status: TrialStatus
     reason: str
@@ -104,6 +106,11 @@ class TrialDir:
     @classmethod
     def in_sweep(cls, output_dir: str | Path, sweep: str, name: str, trial_id: str) -> TrialDir:
         return cls(sweep_folder(output_dir, sweep) / "trials" / f"{name}-{trial_id}")
+
+    @classmethod
+    def in_tuning(cls, output_dir: str | Path, sweep: str, name: str, trial_id: str) -> TrialDir:
+        """A tuning-stage trial (orchestrator/sweep/tuning.py): beside the sweep's trials, not among them."""
+        return cls(sweep_folder(output_dir, sweep) / "tuning" / f"{name}-{trial_id}")
 
     @classmethod
     def standalone(cls, output_dir: str | Path, name: str) -> TrialDir:
@@ -188,5 +195,5 @@ class TrialDir:
 
 
 def sweep_folder(output_dir: str | Path, sweep: str) -> Path:
-    """A sweep's own folder: sweep.json, trials/, ray/, report/."""
+    """A sweep's own folder: sweep.json, trials/, ray/, report/; with a tuning stage tuning.json, tuning/."""
     return Path(output_dir).expanduser().resolve() / sweep

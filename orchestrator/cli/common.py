@@ -43,3 +43,27 @@ def print_status(sweep: str, statuses: dict[str, dict[str, Any]]) -> None:
             detail = f"step {st['step']}/{st['total']}"
         table.add_row(st["name"], trial_id, str(st["status"]), detail, st.get("reason", ""))
     Console(width=max(120, Console().width)).print(table)
+
+
+def print_tuning(sweep: str, outcome: dict[str, Any]) -> None:
+    """One row per family and size of a tuning stage: trials by outcome, the chosen values, edge warnings."""
+    from rich.table import Table
+
+    from orchestrator.sweep.tune_space import knob_label
+
+    table = Table(title=f"sweep {sweep}: tuning" + ("" if outcome["complete"] else " (incomplete)"))
+    for col in ("family", "size", "trials", "chosen", "val loss", "warning"):
+        table.add_column(col)
+    for size in outcome["sizes"].values():
+        chosen = size["chosen"]
+        counts = ", ".join(f"{n} {status}" for status, n in size["counts"].items())
+        edges = "; ".join(f"{e['knob']} at the {e['side']} edge of its range" for e in size["edges"])
+        table.add_row(
+            size["family"],
+            f"d{size['d_model']} L{size['n_layers']}",
+            counts,
+            knob_label(chosen["values"]) if chosen else "none finished",
+            f"{chosen['val_loss']:.4f}" if chosen else "",
+            edges,
+        )
+    Console(width=max(120, Console().width)).print(table)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from orchestrator import SOURCE_ROOT
-from orchestrator.cli.common import console, fail, print_status
+from orchestrator.cli.common import console, fail, print_status, print_tuning
 from orchestrator.cli.report import run_report
 from orchestrator.cli.think import run_thinking
 from orchestrator.config import ConfigError
@@ -18,7 +18,8 @@ from orchestrator.config import ConfigError
 def demo(
     spec: Annotated[Path, typer.Option(help="the sweep to run")] = Path("sweeps/demo.yaml"),
 ) -> None:
-    """The README's main job: a small real sweep of both families, System-2 curves, and the report.
+    """The README's main job: a small real sweep of both families, System-2 curves, and the report. A spec
+    with a tune: block (`make tune-demo`: sweeps/tune-demo.yaml) runs its tuning stage first.
 
     Offline, on the embedded defaults: local Ray, DeepSpeed on CPU, MLflow in outputs/mlflow.db."""
     from orchestrator.sweep.runner import run_sweep
@@ -29,6 +30,13 @@ def demo(
         spec = SOURCE_ROOT / "sweeps" / "demo.yaml"
     try:
         sweep = load_spec(spec)
+        if sweep.tune is not None:
+            from orchestrator.sweep.tuning import run_tuning
+
+            outcome = run_tuning(sweep)
+            print_tuning(sweep.name, outcome)
+            if not outcome["complete"]:
+                raise ConfigError(f"sweep {sweep.name}: the tuning stage found no finished trial for a size")
         statuses = run_sweep(sweep)
     except (ConfigError, OSError) as err:
         raise fail(err) from None

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from orchestrator.cli.common import SpecArg, fail, print_status
+from orchestrator.cli.common import SpecArg, fail, print_status, print_tuning
 from orchestrator.config import ConfigError
 from orchestrator.sweep.plan import check_budget, plan, render_plan
-from orchestrator.sweep.spec import expand, load_spec
+from orchestrator.sweep.spec import SweepSpec, expand, load_spec
 
 sweep_app = typer.Typer(
     name="sweep",
@@ -31,10 +31,28 @@ def _sweep() -> None:
 
 _PLAN_HELP = (
     "Validate SPEC and print its dry-run plan; nothing is trained. "
-    "Per trial: parameters N, tokens D, FLOPs, steps, batch, memory per worker and estimated time; then "
-    "totals, where a trial shared by several axes counts once. "
+    "Per trial: parameters N, tokens D, FLOPs, steps, batch, memory per worker, estimated time and the "
+    "values it takes from the tuning stage; then totals, where a trial shared by several axes counts once. "
+    "With --tuning: the plan of a tune: block's tuning trials instead. "
     "Exit code 2 on an invalid spec or an exceeded cap."
 )
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="start even a trial whose planned memory per worker exceeds what a worker can get"
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded local Ray)"),
+]
+LauncherOption = Annotated[
+    str,
+    typer.Option(
+        help="auto: single-worker trials train in their (reused) Tune actor, multi-worker trials under a "
+        "Ray Train TorchTrainer; ray_train: a TorchTrainer for every trial"
+    ),
+]
 
 
 @sweep_app.command("plan", help=_PLAN_HELP, short_help="Validate a sweep spec and print its dry-run plan.")
@@ -58,11 +76,24 @@ def plan_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="print the plan as JSON instead of a table")
     ] = False,
+    tuning: Annotated[
+        bool, typer.Option("--tuning", help="plan the tuning stage's trials instead of the sweep's")
+    ] = False,
 ) -> None:
     """Validate SPEC and print its dry-run plan (help text: _PLAN_HELP)."""
     try:
-        trials = expand(load_spec(spec))
+        sweep = load_spec(spec)
+        if tuning:
+            from orchestrator.sweep.tuning import plan_searches
+
+            if sweep.tune is None:
+                raise ConfigError(f"{spec}: no tune: block, so no tuning stage to plan")
+            trials = [t for search in plan_searches(sweep) for t in search.trials]
+        else:
+            trials = expand(sweep)
         result = plan(trials, throughput_flops=throughput)
+        if sweep.tune is not None and not tuning:
+            result.notes.append(_tuning_note(sweep))
     except (ConfigError, OSError, ImportError) as err:
         raise fail(err) from None
     if as_json:
@@ -78,28 +109,63 @@ def plan_command(
         raise fail(err) from None
 
 
+def _tuning_note(sweep: SweepSpec) -> str:
+    from orchestrator.sweep.spec import tuning_state
+
+    state = tuning_state(sweep)
+    if state.status == "complete":
+        return "the 'tuned' column: values from the tuning stage (tuned at that size, or carried to it)"
+    why = "has not run" if state.status == "missing" else "is stale (its tune: block or base changed)"
+    return f"the tuning stage {why}: trials show the spec's own values; run `ebtscale sweep tune` first"
+
+
+@sweep_app.command("tune")
+def tune_command(
+    spec: SpecArg,
+    address: AddressOption = None,
+    max_failures: Annotated[int, typer.Option(help="retries per tuning trial after a crash")] = 2,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="trials at once (default: as many as the cluster's resources fit)")
+    ] = None,
+    launcher: LauncherOption = "auto",
+    force: ForceOption = False,
+) -> None:
+    """Run SPEC's tuning stage: per family and model size, a Ray Tune search over its tune: space with ASHA
+    early stopping on validation loss, on the sweep's trainer, Ray and MLflow store (runs tagged
+    ebtscale.stage=tuning under the sweep's parent run). The choice and its evidence go to
+    <output_dir>/<sweep>/tuning.json, which `sweep plan` and `sweep run` then use.
+
+    Safe to re-run: finished and early-stopped trials are not trained again, interrupted ones resume."""
+    from orchestrator.sweep.tuning import run_tuning
+
+    try:
+        sweep = load_spec(spec)
+        outcome = run_tuning(
+            sweep,
+            address=address,
+            max_failures=max_failures,
+            max_concurrent=max_concurrent,
+            launcher=launcher,
+            force=force,
+        )
+    except (ConfigError, OSError) as err:
+        raise fail(err) from None
+    print_tuning(sweep.name, outcome)
+    if not outcome["complete"]:
+        raise typer.Exit(1)
+
+
 @sweep_app.command("run")
 def run_command(
     spec: SpecArg,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded local Ray)"
-        ),
-    ] = None,
+    address: AddressOption = None,
     max_failures: Annotated[int, typer.Option(help="retries per trial after a crash")] = 2,
     max_concurrent: Annotated[
         int | None, typer.Option(help="trials at once (default: as many as the cluster's resources fit)")
     ] = None,
     max_flops: Annotated[float | None, typer.Option("--max-flops", help="refuse a sweep over this")] = None,
     max_trials: Annotated[int | None, typer.Option("--max-trials", help="refuse more trials")] = None,
-    launcher: Annotated[
-        str,
-        typer.Option(
-            help="auto: single-worker trials train in their (reused) Tune actor, multi-worker trials under a "
-            "Ray Train TorchTrainer; ray_train: a TorchTrainer for every trial"
-        ),
-    ] = "auto",
+    launcher: LauncherOption = "auto",
     dashboard: Annotated[
         bool,
         typer.Option(
@@ -107,6 +173,11 @@ def run_command(
             help="start the embedded Ray's dashboard even when no trial needs it (trials under Ray Train do)",
         ),
     ] = False,
+    untuned: Annotated[
+        bool,
+        typer.Option("--untuned", help="a spec with a tune: block: train its own values, without tuning"),
+    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Train every trial of SPEC on Ray Tune, tracked in MLflow (multi-worker trials under Ray Train).
 
@@ -125,6 +196,8 @@ def run_command(
             dashboard=dashboard,
             max_flops=max_flops,
             max_trials=max_trials,
+            untuned=untuned,
+            force=force,
         )
     except (ConfigError, OSError) as err:
         raise fail(err) from None

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.table import Table
@@ -114,6 +114,7 @@ class TrialEstimate:
             "seconds": self.seconds,
             "duplicate": self.duplicate,
             "trial_dir": str(t.config.folder.path),
+            "tuned": None if t.tuned is None else asdict(t.tuned),
         }
 
 
@@ -382,6 +383,45 @@ def check_budget(p: Plan, max_flops: float | None = None, max_trials: int | None
         )
 
 
+def local_memory_limits() -> tuple[int, int | None]:
+    """(bytes a CPU worker can get, bytes per GPU) on this machine, without starting Ray: the node memory
+    Ray reports for a local instance (cgroup limits included), and the first visible GPU's memory (None
+    without one)."""
+    from ray._private.utils import get_system_memory
+
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_properties(0).total_memory
+    except ImportError:
+        pass
+    return int(get_system_memory()), gpu
+
+
+def check_memory(p: Plan, cpu_limit: int | None, gpu_limit: int | None) -> None:
+    """Refuse a plan with a trial whose memory per worker exceeds what one of its workers can get: the
+    node's memory (CPU trials) or its share of a GPU's (GPU trials). A limit of None is not checked."""
+    problems = []
+    for r in p.unique_rows:
+        res = r.trial.config.resources
+        on_gpu = res.gpus_per_worker > 0
+        limit = gpu_limit * min(1.0, res.gpus_per_worker) if on_gpu and gpu_limit else None
+        limit = limit if on_gpu else cpu_limit
+        if limit is not None and r.memory_bytes > limit:
+            where = f"{res.gpus_per_worker:g} of a GPU's memory" if on_gpu else "the node's memory"
+            problems.append(
+                (
+                    r.trial.name,
+                    f"plans {fmt_bytes(r.memory_bytes)} per worker, over the {fmt_bytes(limit)} of {where} "
+                    "(shrink the trial or add workers; --force starts it anyway)",
+                )
+            )
+    if problems:
+        raise SpecError(problems, source=f"plan of {p.sweep}")
+
+
 def fmt_bytes(n: float) -> str:
     for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
@@ -409,6 +449,7 @@ _COLUMNS = (
     "batch",
     "mem/worker",
     "time",
+    "tuned",
     "id",
 )
 
@@ -425,6 +466,7 @@ def _cells(r: TrialEstimate) -> list[str]:
         str(r.global_batch),
         fmt_bytes(r.memory_bytes),
         fmt_seconds(r.seconds),
+        "" if r.trial.tuned is None else r.trial.tuned.describe(),
         r.trial.id + (" (shared)" if r.duplicate else ""),
     ]
 
@@ -442,6 +484,7 @@ def _total_cells(p: Plan) -> list[str]:
         f"max {fmt_bytes(p.max_memory_bytes)}",
         fmt_seconds(p.total_seconds),
         "",
+        "",
     ]
 
 
@@ -454,7 +497,7 @@ def render_plan(p: Plan) -> Table:
     """A rich table, one row per planned row, with a totals row."""
     table = Table(title=f"sweep {p.sweep}: plan", caption=_caption(p), show_lines=False)
     for i, col in enumerate(_COLUMNS):
-        table.add_column(col, justify="left" if i in (0, 1, 10) else "right", no_wrap=i == 0)
+        table.add_column(col, justify="left" if i in (0, 1, 10, 11) else "right", no_wrap=i == 0)
     for r in p.rows:
         table.add_row(*_cells(r), style="dim" if r.duplicate else None)
     table.add_section()

@@ -82,9 +82,23 @@ def build_report(
     trials = load_sweep_trials(uri, name)
     thinking = load_thinking_curves(uri, name)
     out_dir = out or _default_report_dir(sweep, name)
-    paths = write_report(trials, out_dir, provenance_of(uri, name, sweep), thinking, y=y, bootstrap=bootstrap)
+    provenance = provenance_of(uri, name, sweep)
+    tuning = _tuning_table(sweep)
+    paths = write_report(trials, out_dir, provenance, thinking, y=y, bootstrap=bootstrap, tuning=tuning)
     publish_report(uri, name, paths)
     return paths
+
+
+def _tuning_table(sweep: str) -> Any:
+    """The tuning stage's table (tuning.json, found through the spec), or None."""
+    if not sweep.endswith((".yaml", ".yml")):
+        return None
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.sweep.tuning import read_tuning_file, tuning_frame
+
+    spec = load_spec(sweep)
+    payload = read_tuning_file(spec) if spec.tune is not None else None
+    return tuning_frame(payload) if payload and payload["sizes"] else None
 
 
 def _default_report_dir(sweep: str, name: str) -> Path:

@@ -52,7 +52,8 @@ def sweep_parent_run(uri: str, sweep: str) -> tuple[str, str]:
 
 
 def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
-    """The tidy trials table of a sweep (every child run, whatever its status)."""
+    """The tidy trials table of a sweep (every child run, whatever its status; the tuning stage's runs are
+    not the sweep's trials and are left out: the report reads them from tuning.json)."""
     client = mlflow_client(uri)
     exp_id, parent_id = sweep_parent_run(uri, sweep)
     with gc_paused():
@@ -60,6 +61,8 @@ def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
     records = []
     for run in runs:
         p, m, t = run.data.params, run.data.metrics, run.data.tags
+        if t.get(tags.STAGE) == tags.STAGE_TUNING:
+            continue
         status = t.get(tags.STATUS, TrialStatus.PENDING)
         if run.info.status == "FAILED":
             status = TrialStatus.FAILED

@@ -28,8 +28,8 @@ from typing import Any
 from model.flops import train_flops_per_token
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig
-from orchestrator.sweep.plan import check_budget, plan
-from orchestrator.sweep.spec import PlannedTrial, SweepSpec, expand
+from orchestrator.sweep.plan import Plan, check_budget, check_memory, local_memory_limits, plan
+from orchestrator.sweep.spec import PlannedTrial, SweepSpec, expand, tuning_state
 from orchestrator.tracking import (
     RunTracker,
     gc_paused,
@@ -128,9 +128,10 @@ def sweep_status(spec: SweepSpec) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- MLflow
 
 
-def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
-    """Create (or find) the sweep's parent run and one child run per unit; returns the parent run id.
-    Idempotent: ids are kept in sweep.json / run.json and found by tag if those files were lost."""
+def ensure_runs(layout: SweepLayout, units: list[TrialUnit], extra_tags: dict[str, str] | None = None) -> str:
+    """Create (or find) the sweep's parent run and one child run per unit (`extra_tags` on the new ones:
+    the tuning stage's mark); returns the parent run id. Idempotent: ids are kept in sweep.json / run.json
+    and found by tag if those files were lost."""
     uri, spec = layout.tracking_uri, layout.spec
     layout.root.mkdir(parents=True, exist_ok=True)
     exp_id = get_or_create_experiment(uri, spec.name)
@@ -157,7 +158,7 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit]) -> str:
         run_id = existing.get(unit.id)
         if run_id is None:
             # The client directly (one request, not a tracker's start-up queries): 17 runs took 8 s otherwise.
-            run_tags = child_run_tags(spec.name, unit, parent_id)
+            run_tags = child_run_tags(spec.name, unit, parent_id) | (extra_tags or {})
             run_id = client.create_run(exp_id, run_name=unit.name, tags=run_tags).info.run_id
             client.set_terminated(run_id, status="SCHEDULED")
         unit.folder.write_run(run_id, uri)
@@ -229,6 +230,7 @@ class TrialJob:
     ray_storage: str  # Ray Train's storage for this sweep
     launcher: str
     attempt: str  # names this invocation's Tune experiment and Train runs
+    report_evals: bool = False  # a tuning trial: every validation loss goes to Tune (its scheduler decides)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "config": self.config.model_dump(mode="json")}
@@ -266,14 +268,48 @@ def trial_resources(tune_config: dict[str, Any]) -> dict[str, float]:
     return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
 
 
-def _train(payload: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume) the job's trial in this process; returns Tune's one final report."""
+def _train(payload: dict[str, Any], in_actor: bool) -> dict[str, Any]:
+    """Train (or resume) the job's trial in this process; returns Tune's final report. A tuning trial
+    (`report_evals`) also reports each validation loss as it comes, `report` counting evaluations: the time
+    axis of the search's scheduler (ASHA), the same on a resumed trial."""
     from orchestrator.train.trainer import TrackingContext, train_trial
 
     job = TrialJob.from_dict(payload)
     tracking = TrackingContext(uri=job.tracking_uri, experiment=job.experiment)
-    result = train_trial(job.config, tracking, progress=False)
-    return {"status": str(result.status), "val_loss": result.final_val_loss or float("nan"), "final": 1}
+    every = job.config.train.eval_every
+    reported: list[int] = []
+    stopped_by_tune: list[bool] = []
+
+    def on_eval(step: int, val_loss: float) -> bool:
+        metrics = {"val_loss": val_loss, "report": -(-step // every), "step": step}
+        reported.append(step)
+        if not in_actor:  # a Ray Train worker: its TuneReportCallback relays rank 0's metrics
+            import ray.train
+
+            ray.train.report(metrics)
+            return True
+        from ray import tune
+
+        try:
+            tune.report(metrics)
+        except SystemExit:  # Tune stops a function trainable at its report: the scheduler's early stop
+            stopped_by_tune.append(True)
+            return False
+        return True
+
+    hook = on_eval if job.report_evals else None
+    result = train_trial(job.config, tracking, progress=False, on_eval=hook)
+    final = {"status": str(result.status), "val_loss": result.final_val_loss or float("nan"), "final": 1}
+    if job.report_evals:
+        final.update(report=-(-result.steps // every), step=result.steps, evals=len(reported))
+        final["stopped_by_tune"] = bool(stopped_by_tune)
+    return final
+
+
+def _needs_final_report(final: dict[str, Any]) -> bool:
+    """A tuning trial's evaluations were its reports; only one that reported none (say, resumed at its
+    last step) still owes Tune a result."""
+    return not final.get("evals")
 
 
 def _trial_worker(job: dict[str, Any]) -> None:
@@ -282,7 +318,9 @@ def _trial_worker(job: dict[str, Any]) -> None:
     the Train controller when Tune consumed them slowly, stranding the trial's resources)."""
     import ray.train
 
-    ray.train.report(_train(job))
+    final = _train(job, in_actor=False)
+    if _needs_final_report(final):
+        ray.train.report(final)
 
 
 def _trial_driver(tune_config: dict[str, Any]) -> None:
@@ -298,7 +336,13 @@ def _trial_driver(tune_config: dict[str, Any]) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(res.cpus_per_worker)))
-        tune.report(_train(payload))
+        final = _train(payload, in_actor=True)
+        if final.get("stopped_by_tune"):
+            # Tune ended this trial at a report, whose SystemExit the trainer caught to record the outcome:
+            # end the thread the same way (returning would make Tune's wrapper wait for one more report).
+            raise SystemExit(0)
+        if _needs_final_report(final):
+            tune.report(final)  # if Tune stops the trial at this report, its SystemExit ends the thread
         return
 
     import ray.train
@@ -373,7 +417,26 @@ def ray_env(layout: SweepLayout) -> dict[str, str]:
     # default, after which it retries the start forever. A generous limit lets a slow start succeed.
     timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
     env[timeout_var] = os.environ.setdefault(timeout_var, "600")
+    # A tuning trial stopped early writes its result and closes its MLflow run before its reused actor takes
+    # the next trial; Tune's default 2 s wait for that was seen to be too short on a loaded machine.
+    env.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60"))
     return env
+
+
+def check_plan_fits(p: Plan, address: str | None, force: bool) -> None:
+    """Refuse (SpecError) a plan with a trial that cannot fit in a worker, before any trial starts. On the
+    embedded Ray this needs no Ray at all (this machine's memory); on a cluster it runs once connected,
+    against its largest node. `force` skips it."""
+    if force:
+        return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        check_memory(p, *local_memory_limits())
+        return
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    node_memory = max((int(r.get("memory", 0) + r.get("object_store_memory", 0)) for r in nodes), default=0)
+    check_memory(p, node_memory or None, None)
 
 
 def concurrent_slots(units: list[TrialUnit]) -> int:
@@ -402,17 +465,32 @@ def run_sweep(
     dashboard: bool = False,
     max_flops: float | None = None,
     max_trials: int | None = None,
+    untuned: bool = False,
+    force: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Expand (once) and check the budget caps, create the MLflow runs, train every pending trial on Ray;
-    returns {trial id: status dict}. `launcher`: "auto" trains single-worker trials in their Tune actor
-    (`TrialJob.in_tune_actor`), "ray_train" gives every trial a Ray Train TorchTrainer. An embedded Ray gets
-    its dashboard when a trial uses Ray Train, or when `dashboard` asks for it."""
+    """Expand (once) and check the budget caps and each trial's memory, create the MLflow runs, train every
+    pending trial on Ray; returns {trial id: status dict}. `launcher`: "auto" trains single-worker trials in
+    their Tune actor (`TrialJob.in_tune_actor`), "ray_train" gives every trial a Ray Train TorchTrainer. An
+    embedded Ray gets its dashboard when a trial uses Ray Train, or when `dashboard` asks for it. A spec with
+    a `tune:` block needs its search done first (`sweep tune`), unless `untuned`; `force` skips the memory
+    check."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     import fcntl
 
     trials = expand(spec)
-    check_budget(plan(trials, calibrate=False, throughput_flops=1.0), max_flops, max_trials)
+    if spec.tune is not None and not untuned:
+        state = tuning_state(spec)
+        if state.status != "complete":
+            why = "has not finished" if state.status == "missing" else "answers another tune: block or base"
+            raise ConfigError(
+                f"sweep {spec.name}: its tuning stage {why} ({state.path}); run `ebtscale sweep tune` first, "
+                "or pass --untuned to train the spec's own values"
+            )
+    planned = plan(trials, calibrate=False, throughput_flops=1.0)
+    check_budget(planned, max_flops, max_trials)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        check_plan_fits(planned, None, force)
     layout = SweepLayout(spec)
     units = trial_units(trials)
     # One driver per sweep at a time: a second one would create MLflow runs of its own for the same trials
@@ -441,6 +519,8 @@ def run_sweep(
                 url = init_ray(address, ray_env(layout), dashboard=dashboard)
                 if url and progress:
                     print(f"Ray dashboard: http://{url}", flush=True)
+                if address is not None or os.environ.get("RAY_ADDRESS"):
+                    check_plan_fits(planned, address, force)
             parent_id = runs.result()
         if pending:
             _run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)
@@ -458,7 +538,11 @@ def _run_on_ray(
     max_concurrent: int | None,
     progress: bool,
     launcher: str,
-) -> None:
+    scheduler: Any = None,
+    label: str = "tune",
+) -> Any:
+    """One Tune experiment over the pending units; returns its ResultGrid. With a `scheduler` (the tuning
+    stage's ASHA) the trials report every validation loss and may be stopped early."""
     from ray import tune
 
     ray_dir = layout.ray
@@ -472,10 +556,12 @@ def _run_on_ray(
             ray_storage=str(ray_dir / "train"),
             launcher=launcher,
             attempt=attempt,
+            report_evals=scheduler is not None,
         ).to_dict()
         # Longest first (by training FLOPs): short trials fill the gaps at the end instead of one long trial
-        # running alone while the other slots idle.
-        for u in sorted(pending, key=unit_flops, reverse=True)
+        # running alone while the other slots idle. (A search keeps its sampling order: ASHA compares each
+        # trial with those that reached a rung before it.)
+        for u in (pending if scheduler is not None else sorted(pending, key=unit_flops, reverse=True))
     ]
     trainable = tune.with_resources(_trial_driver, trial_resources)
     # A fresh Tune experiment per invocation, over the pending trials only. What a restore would give (skip
@@ -490,9 +576,10 @@ def _run_on_ray(
             # A finished trial's actor trains the next trial of the same resource shape: imports, the first
             # deepspeed.initialize and the process group are paid once per slot, not once per trial.
             reuse_actors=True,
+            scheduler=scheduler,
         ),
         run_config=tune.RunConfig(
-            name=f"tune-{attempt}",
+            name=f"{label}-{attempt}",
             storage_path=str(ray_dir),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -500,7 +587,7 @@ def _run_on_ray(
     )
     monitor = _ProgressMonitor(layout, units) if progress else None
     try:
-        tuner.fit()
+        return tuner.fit()
     finally:
         if monitor is not None:
             monitor.stop()
@@ -539,7 +626,7 @@ class _ProgressMonitor:
         eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0.01 else "-"
         table = Table(title=f"sweep {self.layout.spec.name}", show_header=True)
         S = TrialStatus
-        states = (S.FINISHED, S.RUNNING, S.PENDING, S.DIVERGED, S.FAILED, S.INTERRUPTED)
+        states = (S.FINISHED, S.RUNNING, S.PENDING, S.DIVERGED, S.STOPPED, S.FAILED, S.INTERRUPTED)
         for col in ("trials", *states, "work done", "ETA"):
             table.add_column(col)
         table.add_row(

@@ -32,7 +32,17 @@ from pydantic import (
 from model.config import ModelFamily
 from model.flops import count_params, train_flops_per_token
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig, deep_merge, yaml_load
-from orchestrator.trial_dir import TrialDir
+from orchestrator.sweep.tune_space import (
+    TUNING_FILE,
+    Tuned,
+    TunedValues,
+    TuneSpec,
+    dimension_bounds,
+    family_problems,
+    knob_patch,
+    size_key,
+)
+from orchestrator.trial_dir import TrialDir, sweep_folder
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
 FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
@@ -270,6 +280,7 @@ class SweepSpec(_SpecModel):
     family_overrides: dict[ModelFamily, dict[str, Any]] = {}
     rules: Rules = Rules()
     axes: Axes
+    tune: TuneSpec | None = None  # a search per family and size before the sweep (tune_space.py)
     output_dir: str = "outputs"
 
     @model_validator(mode="after")
@@ -279,6 +290,8 @@ class SweepSpec(_SpecModel):
             problems = _check_bases(self)
         if not problems:
             problems = _check_points(self)
+        if not problems and self.tune is not None:
+            problems = _check_tune(self, self.tune)
         if problems:
             raise _Problems(_unique(problems))
         return self
@@ -461,6 +474,52 @@ def _check_points(spec: SweepSpec) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _check_tune(spec: SweepSpec, tune: TuneSpec) -> list[tuple[Loc, str]]:
+    """The search space must fit the sweep: known families and knobs, no clash with an lr rule or per-rung
+    lrs, every searched value a valid trial, sizes that the sweep trains, and enough steps to report on."""
+    problems = family_problems(tune, list(spec.families))
+    if problems:
+        return problems
+    for family, space in tune.space.items():
+        loc: Loc = ("tune", "space", family)
+        if space.lr is not None:
+            if isinstance(spec.rules.lr, PowerLrRule):
+                problems.append(((*loc, "lr"), "conflicts with rules.lr (power): tune lr or derive it"))
+            for axis in ("params", "flops"):
+                ladder = getattr(spec.axes, axis)
+                if ladder is not None and ladder.lr is not None:
+                    problems.append(((*loc, "lr"), f"conflicts with per-rung axes.{axis}.lr"))
+        for knob, dim in space.knobs().items():
+            for value in sorted(set(dimension_bounds(dim))):
+                data = deep_merge(_trial_dict(spec, family, {}, spec.seeds[0]), knob_patch({knob: value}))
+                try:
+                    TrialConfig.model_validate(data)
+                except ValidationError as err:
+                    reasons = "; ".join(_validation_problems(err))
+                    problems.append(((*loc, knob), f"{value:g} gives an invalid {family} trial: {reasons}"))
+                    break
+    if problems:
+        return problems
+    shapes = _tuning_shapes(spec)
+    if tune.sizes != "all":
+        widths = sorted({d for (family, d, _layers) in shapes if family in tune.space})
+        for i, d in enumerate(tune.sizes):
+            if d not in widths:
+                problems.append((("tune", "sizes", i), f"d_model {d} is not a size of this sweep {widths}"))
+    for family in tune.space:
+        cfg = TrialConfig.model_validate(_trial_dict(spec, family, {}, spec.seeds[0]))
+        steps = tune.budget.tokens_for(cfg.train.tokens) // cfg.tokens_per_step
+        if steps < tune.reports:
+            problems.append(
+                (
+                    ("tune", "budget"),
+                    f"gives {steps} optimizer steps per {family} tuning trial ({cfg.tokens_per_step} tokens "
+                    f"each), fewer than reports ({tune.reports})",
+                )
+            )
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------------------
 # parsing
 
@@ -569,6 +628,7 @@ class PlannedTrial:
     source: str
     shape: str  # the name without the family (`trial_shape`)
     config: TrialConfig
+    tuned: Tuned | None = None  # values from the spec's tuning stage (tuning.json), if any
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -624,16 +684,29 @@ def _tagged(family: str, shape: str) -> str:
 
 
 def _resolve(
-    spec: SweepSpec, family: str, point: _Point, seed: int, extra: dict[str, Any] | None = None
-) -> TrialConfig:
-    """base < override < point < extra (< rules). Raises SpecError naming the point for any invalid result."""
+    spec: SweepSpec,
+    family: str,
+    point: _Point,
+    seed: int,
+    extra: dict[str, Any] | None = None,
+    tuned: TunedValues | None = None,
+) -> tuple[TrialConfig, Tuned | None]:
+    """base < override < point < extra < tuned (< rules). Raises SpecError naming the point for any invalid
+    result. Returns the config and the tuned values it got, if any."""
     data = _trial_dict(spec, family, point.patch, seed)
     if extra:
         data = deep_merge(data, extra)
     try:
         cfg = TrialConfig.model_validate(data)
+        got = None
+        if tuned is not None:
+            n = count_params(cfg.model)["non_embedding"]
+            got = tuned.for_trial(family, cfg.model.d_model, cfg.model.n_layers, n)
+            if got is not None:
+                data = deep_merge(data, knob_patch(got.values))
+                cfg = TrialConfig.model_validate(data)
         rule_patch = _rule_patch(spec, cfg, point)
-        return TrialConfig.model_validate(deep_merge(data, rule_patch)) if rule_patch else cfg
+        return (TrialConfig.model_validate(deep_merge(data, rule_patch)) if rule_patch else cfg), got
     except ValidationError as err:
         reasons = "; ".join(_validation_problems(err))
         raise SpecError(
@@ -670,7 +743,9 @@ def _rule_patch(spec: SweepSpec, cfg: TrialConfig, point: _Point) -> dict[str, A
     return patch
 
 
-def _planned(spec: SweepSpec, cfg: TrialConfig, point: _Point, budget: float | None) -> PlannedTrial:
+def _planned(
+    spec: SweepSpec, cfg: TrialConfig, point: _Point, budget: float | None, tuned: Tuned | None = None
+) -> PlannedTrial:
     trial_id = cfg.config_hash()
     shape = trial_shape(cfg, point.axis, budget)
     name = _tagged(cfg.model.family, shape)
@@ -687,6 +762,7 @@ def _planned(spec: SweepSpec, cfg: TrialConfig, point: _Point, budget: float | N
         source=src,
         shape=shape,
         config=cfg.model_copy(update={"name": name, "output_dir": spec.output_dir}),
+        tuned=tuned,
     )
 
 
@@ -703,13 +779,13 @@ def _place(spec: SweepSpec, trials: list[PlannedTrial]) -> list[PlannedTrial]:
     return placed
 
 
-def _isoflop(spec: SweepSpec, family: str) -> Iterator[PlannedTrial]:
+def _isoflop(spec: SweepSpec, family: str, tuned: TunedValues | None) -> Iterator[PlannedTrial]:
     """Per budget: the feasible rungs (>= 1 step and within 1% after rounding to whole steps), then `points`
     of them nearest to log-even targets in N between the smallest and largest feasible N."""
     ax: FlopsAxis = spec.axes.flops  # type: ignore[assignment]
     rungs = []
     for point in _axis_points(spec, family, "flops"):
-        cfg = _resolve(spec, family, point, spec.seeds[0])
+        cfg, _ = _resolve(spec, family, point, spec.seeds[0], tuned=tuned)
         per_step = train_flops_per_token(cfg.model) * cfg.tokens_per_step
         rungs.append((point, count_params(cfg.model)["non_embedding"], per_step, cfg.tokens_per_step))
     cheapest = min(rungs, key=lambda r: r[2])
@@ -743,8 +819,8 @@ def _isoflop(spec: SweepSpec, family: str) -> Iterator[PlannedTrial]:
             )
         for _n, point, tokens in sorted(_pick_log_even(feasible, ax.points), key=lambda f: f[0]):
             for seed in spec.seeds:
-                cfg = _resolve(spec, family, point, seed, {"train": {"tokens": tokens}})
-                yield _planned(spec, cfg, point, budget)
+                cfg, got = _resolve(spec, family, point, seed, {"train": {"tokens": tokens}}, tuned)
+                yield _planned(spec, cfg, point, budget, got)
 
 
 def _pick_log_even(candidates: list[tuple[int, _Point, int]], k: int) -> list[tuple[int, _Point, int]]:
@@ -762,19 +838,85 @@ def _pick_log_even(candidates: list[tuple[int, _Point, int]], k: int) -> list[tu
 
 
 def expand(spec: SweepSpec) -> list[PlannedTrial]:
-    """families x axes x points x seeds, fully resolved. Raises SpecError for budgets that cannot be met,
-    rules that run away, and name clashes (a name must always mean the same config)."""
+    """families x axes x points x seeds, fully resolved, with the tuning stage's values when the spec has a
+    `tune:` block and its search is complete (`tuning_state`). Raises SpecError for budgets that cannot be
+    met, rules that run away, and name clashes (a name must always mean the same config)."""
+    trials = _expand(spec, None)
+    if spec.tune is None:
+        return trials
+    state = tuning_state(spec, trials)
+    return trials if state.values is None else _expand(spec, state.values)
+
+
+def _expand(spec: SweepSpec, tuned: TunedValues | None) -> list[PlannedTrial]:
     trials: list[PlannedTrial] = []
     for family in spec.families:
         for axis in spec.axes.present():
             if axis == "flops":
-                trials += list(_isoflop(spec, family))
+                trials += list(_isoflop(spec, family, tuned))
                 continue
             for point in _axis_points(spec, family, axis):
                 for seed in spec.seeds:
-                    trials.append(_planned(spec, _resolve(spec, family, point, seed), point, None))
+                    cfg, got = _resolve(spec, family, point, seed, tuned=tuned)
+                    trials.append(_planned(spec, cfg, point, None, got))
     _check_identities(trials)
     return _place(spec, trials)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the tuning stage's sizes and state (the search: tuning.py)
+
+
+@dataclass(frozen=True)
+class TuningState:
+    """Where a spec's tuning stage stands. `sizes`: size key -> the config a tuning trial of that size starts
+    from (the spec's base with the size's model); `status`: "complete" (tuning.json answers this spec's
+    question: `values`), "missing" (no finished search) or "stale" (tuning.json answers another question)."""
+
+    sizes: dict[str, TrialConfig]
+    fingerprint: str
+    status: str
+    values: TunedValues | None
+    path: Path
+
+
+def tuning_state(spec: SweepSpec, untuned: list[PlannedTrial] | None = None) -> TuningState:
+    """The sizes to tune (distinct family x d_model x n_layers of the sweep, filtered by `tune.sizes`) and
+    whether tuning.json holds this spec's answer."""
+    tune = spec.tune
+    if tune is None:
+        raise ConfigError(f"sweep spec {spec.name} has no tune: block")
+    sizes: dict[str, TrialConfig] = {}
+    for t in untuned if untuned is not None else _expand(spec, None):
+        m = t.config.model
+        if t.family not in tune.space or (tune.sizes != "all" and m.d_model not in tune.sizes):
+            continue
+        key = size_key(t.family, m.d_model, m.n_layers)
+        if key not in sizes:
+            model = t.config.model.model_dump(mode="json")
+            data = _trial_dict(spec, t.family, {"model": model}, spec.seeds[0])
+            sizes[key] = TrialConfig.model_validate(data)
+    fingerprint = tune.fingerprint(
+        {k: c.model_dump(mode="json", exclude=PLACEMENT_FIELDS) for k, c in sorted(sizes.items())}
+    )
+    path = sweep_folder(spec.output_dir, spec.name) / TUNING_FILE
+    values = TunedValues.load(path)
+    if values is None:
+        return TuningState(sizes, fingerprint, "missing", None, path)
+    if values.fingerprint != fingerprint:
+        return TuningState(sizes, fingerprint, "stale", None, path)
+    return TuningState(sizes, fingerprint, "complete", values, path)
+
+
+def _tuning_shapes(spec: SweepSpec) -> set[tuple[str, int, int]]:
+    """(family, d_model, n_layers) of every axis point (all flops rungs, picked or not): for validation."""
+    shapes = set()
+    for family in spec.families:
+        for axis in spec.axes.present():
+            for point in _axis_points(spec, family, axis):
+                cfg = TrialConfig.model_validate(_trial_dict(spec, family, point.patch, spec.seeds[0]))
+                shapes.add((family, cfg.model.d_model, cfg.model.n_layers))
+    return shapes
 
 
 def _check_identities(trials: list[PlannedTrial]) -> None:

@@ -150,6 +150,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- loop
 
 
+EvalHook = Callable[[int, float], bool]  # (step, val_loss) -> keep training?
+_HAS_FINAL_LOSS = (TrialStatus.FINISHED, TrialStatus.STOPPED)
+
+
 class Trial:
     """Owns one trial's engine, data and tracker; `run()` trains to the token budget (or resumes)."""
 
@@ -282,7 +286,10 @@ class Trial:
         return distributed.all_reduce_sum(total) / max(distributed.all_reduce_sum(counted), 1)
 
     # -- the loop --------------------------------------------------------------------------------------
-    def run(self, stop_after_steps: int | None = None) -> TrialResult:
+    def run(self, stop_after_steps: int | None = None, on_eval: EvalHook | None = None) -> TrialResult:
+        """Train to the token budget (or `stop_after_steps` more steps). `on_eval(step, val_loss)` is called
+        after every evaluation; returning False stops the trial there as STOPPED (a tuning search's early
+        stop), a final outcome like finishing."""
         cfg = self.cfg
         if self.rank == 0:
             self.dir.path.mkdir(parents=True, exist_ok=True)
@@ -320,6 +327,16 @@ class Trial:
                     metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
                 if done % cfg.train.log_every == 0 or "val_loss" in metrics:
                     self._log(metrics, step=done)
+                # (a search's scheduler also says stop at a trial's last report: it has nothing left to stop)
+                if (
+                    "val_loss" in metrics
+                    and on_eval is not None
+                    and not on_eval(done, val_loss)
+                    and done < total
+                ):
+                    status, reason = TrialStatus.STOPPED, f"stopped early by the search at step {done}"
+                    bar.update(loss, val_loss)
+                    break
                 if done % cfg.train.checkpoint_every == 0 and done < total:
                     # Metrics up to the checkpoint go to the store first: a resume from it re-logs only
                     # later steps, so the run's history has no gap (and, skipping steps it has, no repeat).
@@ -345,9 +362,9 @@ class Trial:
             reason=reason,
             steps=steps_done,
             tokens=steps_done * tokens_per_step,
-            final_val_loss=val_loss if status == TrialStatus.FINISHED else None,
+            final_val_loss=val_loss if status in _HAS_FINAL_LOSS else None,
             final_val_perplexity=(
-                math.exp(min(val_loss, 50.0)) if status == TrialStatus.FINISHED and val_loss else None
+                math.exp(min(val_loss, 50.0)) if status in _HAS_FINAL_LOSS and val_loss else None
             ),
             train_time_s=elapsed,
             run_id=self.tracker.run_id if self.tracker else None,
@@ -418,6 +435,7 @@ def train_trial(
     tracking: TrackingContext | None = None,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    on_eval: EvalHook | None = None,
 ) -> TrialResult:
     """Train (or resume) one trial in this process, in its folder (`cfg.folder`); the process group must span
     cfg.resources.num_workers.
@@ -432,7 +450,7 @@ def train_trial(
     try:
         trial = Trial(cfg, tracking, progress)
         folder.failed.unlink(missing_ok=True)
-        return trial.run(stop_after_steps=stop_after_steps)
+        return trial.run(stop_after_steps=stop_after_steps, on_eval=on_eval)
     except BaseException as err:
         if distributed.rank() == 0:  # recorded for `sweep status`; a rerun tries again
             try:

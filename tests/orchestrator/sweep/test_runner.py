@@ -86,3 +86,41 @@ def test_launcher_decides_where_a_trial_trains_what_it_asks_ray_for_and_the_dash
     assert in_actor and not TrialJob.from_dict(job("ray_train", 1)).in_tune_actor
     assert trial_resources({"job": job("auto", 1)}) == {"cpu": 2, "gpu": 0}
     assert trial_resources({"job": job("auto", 2)})["cpu"] == 0
+
+
+def test_a_trial_too_big_for_a_worker_is_refused_in_seconds_before_ray_starts(tmp_path: Path) -> None:
+    """The plan's memory per worker against what a worker can get (this machine's memory, as Ray would
+    report it): refused by name, estimate and limit, exit code 2, nothing started; --force skips the check."""
+    import time
+
+    from orchestrator.config import ConfigError
+    from orchestrator.sweep.plan import check_memory, local_memory_limits, plan
+    from orchestrator.sweep.runner import check_plan_fits
+    from orchestrator.sweep.spec import expand, load_spec
+
+    model = {"d_model": 16384, "n_layers": 64, "n_heads": 128, "vocab_size": 50304, "context_length": 4096}
+    spec = write_spec(
+        tmp_path, "huge", tokens=4096 * 8, families=["transformer_pp"], widths=(16384,), model=model
+    )
+    start = time.monotonic()
+    result = cli("sweep", "run", str(spec), timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert "tpp-d16384-L64" in result.stderr and "per worker, over the" in result.stderr
+    assert "TiB" in result.stderr and "node's memory" in result.stderr and "--force" in result.stderr
+    assert elapsed < 60, f"the refusal took {elapsed:.0f} s"
+    sweep_dir = tmp_path / "out" / "huge"
+    assert not (sweep_dir / "ray").exists() and not (sweep_dir / "sweep.json").exists()
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+
+    planned = plan(expand(load_spec(spec)), calibrate=False)
+    cpu_limit, _gpu = local_memory_limits()
+    assert planned.max_memory_bytes > cpu_limit
+    check_plan_fits(planned, None, force=True)  # --force: no refusal
+    check_memory(planned, planned.max_memory_bytes, None)  # exactly at the limit: fits
+    try:
+        check_memory(planned, planned.max_memory_bytes - 1, None)
+    except ConfigError as err:
+        assert "tpp-d16384-L64" in str(err)
+    else:
+        raise AssertionError("one byte over the limit must be refused")

@@ -1,0 +1,88 @@
+"""The tuning stage end to end through the real CLI: Ray Tune with ASHA on the real trainer (DeepSpeed) into
+the sweep's MLflow store; then the sweep's plan on the chosen values, and a re-run that trains nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from orchestrator import tags
+from orchestrator.sweep.spec import expand, load_spec, tuning_state
+from orchestrator.sweep.tuning import plan_searches
+from orchestrator.trial_dir import TrialStatus
+from tests.helpers import child_runs, cli, write_spec, write_yaml
+
+
+def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_nothing(
+    tmp_path: Path,
+) -> None:
+    path = write_spec(
+        tmp_path,
+        "tuned",
+        tokens=2048,
+        families=["transformer_pp"],
+        axes={"data": {"tokens": [1024, 2048]}},
+        checkpoint_every=100,
+    )
+    spec_data = load_spec(path).model_dump(mode="json")
+    spec_data["tune"] = {
+        "num_samples": 6,
+        "budget": {"tokens": 3072},  # 12 steps of 256 tokens
+        "reports": 3,  # a validation loss every 4 steps
+        "grace_reports": 1,
+        "reduction_factor": 2,
+        "space": {"transformer_pp": {"lr": {"loguniform": [1e-4, 1e-1]}}},
+    }
+    write_yaml(path, spec_data)
+    spec = load_spec(path)
+    (search,) = plan_searches(spec)
+    assert len(search.trials) == 6
+
+    # one trial at a time: ASHA compares each trial with those that reached a rung before it
+    result = cli("sweep", "tune", str(path), "--max-concurrent", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tuning" in result.stdout and "lr" in result.stdout
+
+    folders = {t.id: t.config.folder for t in search.trials}
+    outcomes = {i: json.loads(f.result.read_text()) for i, f in folders.items()}
+    stopped = [o for o in outcomes.values() if o["status"] == TrialStatus.STOPPED]
+    finished = [o for o in outcomes.values() if o["status"] == TrialStatus.FINISHED]
+    assert len(stopped) >= 1 and len(finished) >= 1 and len(stopped) + len(finished) == 6, outcomes
+    assert all(o["steps"] < 12 and o["steps"] % 4 == 0 for o in stopped)  # stopped at a rung, before the end
+    assert all(o["steps"] == 12 for o in finished)
+
+    payload = json.loads(tuning_state(spec).path.read_text())
+    assert payload["complete"]
+    (size,) = payload["sizes"].values()
+    assert size["counts"] == {"finished": len(finished), "stopped": len(stopped)}
+    best = min(finished, key=lambda o: o["final_val_loss"])
+    assert size["chosen"]["val_loss"] == best["final_val_loss"]
+    chosen_lr = size["chosen"]["values"]["lr"]
+    assert 1e-4 <= chosen_lr <= 1e-1 and {t["id"] for t in size["trials"]} == set(folders)
+
+    # every tuning trial has one MLflow run, a child of the sweep's parent run, tagged as tuning
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    runs = child_runs(uri, "tuned")
+    assert sorted(r.data.tags[tags.TRIAL_ID] for r in runs) == sorted(folders)
+    assert all(r.data.tags[tags.STAGE] == tags.STAGE_TUNING for r in runs)
+    assert sorted(r.data.tags[tags.STATUS] for r in runs) == sorted(o["status"] for o in outcomes.values())
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    # the sweep's trials train the chosen lr, under new ids; the plan says where the values came from
+    for t in expand(spec):
+        assert t.config.optim.lr == chosen_lr and t.tuned is not None and t.tuned.how == "tuned"
+    plan = cli("sweep", "plan", str(path), "--throughput", "1e9", "--json")
+    assert plan.returncode == 0, plan.stderr
+    rows = json.loads(plan.stdout)["trials"]
+    assert all(r["tuned"]["values"]["lr"] == chosen_lr for r in rows)
+
+    # a re-run: nothing is trained again, no run is added
+    mtimes = {i: f.result.stat().st_mtime for i, f in folders.items()}
+    start = time.monotonic()
+    again = cli("sweep", "tune", str(path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {i: f.result.stat().st_mtime for i, f in folders.items()} == mtimes
+    assert len(child_runs(uri, "tuned")) == 6
+    assert json.loads(tuning_state(spec).path.read_text())["chosen"] == payload["chosen"]
+    assert time.monotonic() - start < 60, "a finished search starts no Ray"
