@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.data import family_label
 
@@ -56,6 +57,7 @@ def plot_tuning(frame: pd.DataFrame) -> Figure:
         ax.scatter(best["value"], best["val_loss"], marker="*", s=220, color="C3", label="chosen", zorder=3)
         if grp["value"].min() > 0:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short range overlap
         ax.set_xlabel(knob)
         ax.set_ylabel("validation loss")
         ax.set_title(f"{family_label(fam)} {size}", fontsize=10)
