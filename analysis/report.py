@@ -487,6 +487,8 @@ def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
     _figure(doc, plots.plot_thinking(s2.curves), plot_dir / "thinking.png", "System-2 perplexity reduction")
     rows = []
     for r in s2.curves.itertuples(index=False):
+        if r.family != EBT and r.forward_passes != 1:
+            continue  # cannot think: one row, its measurement (repeated at every budget in summary.json)
         est = ParamEstimate(r.reduction, r.reduction_lo, r.reduction_hi)
         ci = f"[{fmt_pct(est.lo)}, {fmt_pct(est.hi)}]" if math.isfinite(est.lo) and r.family == EBT else ""
         rows.append(
@@ -496,7 +498,7 @@ def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
                 MODE_LABELS.get(r.mode, r.mode) if r.family == EBT else "one forward pass",
                 fmt(r.steps),
                 fmt(r.candidates),
-                fmt(r.forward_passes),
+                fmt(r.forward_passes) if r.family == EBT else "1 (any budget)",
                 fmt(r.perplexity),
                 fmt_pct(r.reduction),
                 ci,

@@ -205,6 +205,11 @@ def system2(
                     None if draws is None else draws[:, i],
                 )
     table = pd.DataFrame(curves, columns=CURVE_COLUMNS)
+    order = {split: i for i, split in enumerate(SPLITS)}  # validation first, then OOD, then any other
+    table = table.sort_values(
+        ["split", "family", "mode", "forward_passes"],
+        key=lambda c: c.map(order).fillna(len(order)) if c.name == "split" else c,
+    ).reset_index(drop=True)
     shifts = _shifts(draws_by, level)
     out = System2(table, shifts, sources, level, bootstrap, notes)
     out.verdict = _verdict(out)
@@ -233,6 +238,8 @@ def _shifts(draws_by: dict, level: float) -> dict[str, OodShift]:
             f"{head}: perplexity reduction {_with_ci(ests[0], '%', level)} on validation text, "
             f"{_with_ci(ests[1], '%', level)} out of distribution"
         )
+        if ests[0].value < 0 and ests[1].value < 0:
+            body += " (negative on both: thinking makes this model's perplexity worse)"
         if grows is True:
             tail = f"the gain grows out of distribution by {_with_ci(d, 'pp', level)}"
         elif grows is False:
