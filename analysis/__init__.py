@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "compare_rates": "analysis.compare",
     "extrapolate": "analysis.compare",
     "crossover": "analysis.compare",
+    "system2": "analysis.system2",
     "analyse": "analysis.report",
     "write_report": "analysis.report",
     "fit_command": "analysis.cli",

@@ -129,10 +129,14 @@ def add_cost_columns(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def tidy_thinking(df: pd.DataFrame) -> pd.DataFrame:
-    """Validate and type a System-2 thinking table (family, mode, steps, candidates, forward_passes, ...)."""
+    """Validate and type a System-2 thinking table (family, mode, steps, candidates, forward_passes, ...).
+    Optional: `split` ("val" when missing: a table from before out-of-distribution evaluation), `source`
+    (the text evaluated), and per EBT row `window_nll` / `window_tokens` (lists, kept as they are)."""
     out = _cast(df, THINKING_STRING_COLUMNS, THINKING_NUMERIC_COLUMNS, "thinking table")
     for c in THINKING_STRING_COLUMNS:
         out[c] = out[c].str.lower()
+    out["split"] = _to_string(out["split"]).str.lower().replace("", "val") if "split" in out else "val"
+    out["source"] = _to_string(out["source"]) if "source" in out else ""
     return out
 
 

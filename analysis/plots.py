@@ -161,32 +161,38 @@ def plot_isoflop(trials_by_family: dict[str, pd.DataFrame], results: dict[str, I
     return fig
 
 
-def plot_thinking(thinking: pd.DataFrame, y: str = "val_perplexity") -> Figure:
-    """System-2 thinking: y against forward passes (all modes), thinking steps and verified candidates."""
-    panels = (("forward_passes", None), ("steps", "steps"), ("candidates", "verify"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained", sharey=True)
-    for ax, (x, mode) in zip(axes, panels, strict=True):
-        data = thinking if mode is None else thinking[thinking["mode"] == mode]
-        for (fam, m), grp in data.groupby(["family", "mode"], sort=True):
-            grp = grp.sort_values(x)
-            ls = "-" if m == "steps" else "--"
-            ax.plot(
-                grp[x],
-                grp[y],
-                marker=MARKERS.get(fam, "o"),
-                ls=ls,
-                color=_color(fam),
-                label=f"{family_label(fam)} ({m})",
-            )
-        if data.empty:
-            ax.text(0.5, 0.5, f"no '{mode}' rows", ha="center", va="center", transform=ax.transAxes)
+def plot_thinking(curves: pd.DataFrame) -> Figure:
+    """System-2 (analysis.system2 curves): % perplexity reduction against forward passes per token, one
+    panel per split (validation, out of distribution), EBT thinking longer (solid) and self-verification
+    (dashed) with their intervals, Transformer++ flat at 0%."""
+    splits = [s for s in ("val", "ood") if s in set(curves["split"])] or sorted(set(curves["split"]))
+    splits = splits or ["val"]
+    fig, axes = plt.subplots(
+        1, len(splits), figsize=(5.5 * len(splits), 3.8), layout="constrained", sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    for ax, split in zip(axes, splits, strict=True):
+        data = curves[curves["split"] == split]
+        for (fam, mode), grp in data.groupby(["family", "mode"], sort=True):
+            grp = grp.sort_values("forward_passes")
+            label = f"{family_label(fam)} ({mode})" if fam == "ebt" else f"{family_label(fam)} (cannot think)"
+            ls = "--" if mode == "verify" else "-"
+            x, y = grp["forward_passes"], 100 * grp["reduction"]
+            ax.plot(x, y, marker=MARKERS.get(fam, "o"), ls=ls, color=_color(fam), label=label)
+            lo, hi = 100 * grp["reduction_lo"], 100 * grp["reduction_hi"]
+            if fam == "ebt" and np.isfinite(lo).all() and np.isfinite(hi).all():
+                ax.fill_between(x, lo, hi, color=_color(fam), alpha=0.12 if ls == "-" else 0.07, lw=0)
+        source = data["source"].iloc[0] if len(data) and data["source"].iloc[0] else ""
+        title = {"val": "validation", "ood": "out of distribution"}.get(split, split)
+        ax.set_title(f"{title}{f' ({source})' if source else ''}")
+        ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(x.replace("_", " "))
+        ax.set_xlabel("forward passes per token")
         ax.grid(True, which="both", alpha=0.25)
         if not data.empty:
             ax.legend(fontsize=8)
-    axes[0].set_ylabel(y)
-    fig.suptitle("System-2 thinking: more inference compute per token")
+    axes[0].set_ylabel("perplexity reduction vs 1 forward pass (%)")
+    fig.suptitle("System-2 thinking: perplexity reduction against forward passes")
     return fig
 
 

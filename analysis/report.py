@@ -39,6 +39,7 @@ from analysis.fit import (
     spawn_seeds,
 )
 from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
+from analysis.system2 import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
 
 CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for compute-optimal allocation
@@ -230,6 +231,7 @@ class Analysis:
     thinking: pd.DataFrame | None
     views: dict[str, list[AxisComparison]] = field(default_factory=dict)  # "flops"/"time" -> per axis
     seed_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # see seed_noise()
+    system2: System2 | None = None  # perplexity reduction per forward pass, validation vs OOD
 
 
 def analyse(
@@ -268,8 +270,11 @@ def analyse(
             for fam, s in zip((EBT, TPP), fam_seeds, strict=True)
         }
     think = tidy_thinking(thinking) if thinking is not None else None
+    s2 = None
+    if think is not None and not think.empty:  # its seed spawned last: the fits' seeds stay as they were
+        s2 = system2(think, bootstrap=bootstrap, level=level, seed=spawn_seeds(root, 1)[0])
     noise = seed_noise(fit_rows, axes, y)
-    return Analysis(y, form, level, bootstrap, comparisons, excluded, compute, think, views, noise)
+    return Analysis(y, form, level, bootstrap, comparisons, excluded, compute, think, views, noise, s2)
 
 
 def seed_noise(fit_rows: pd.DataFrame, axes: Sequence[str], y: str = "val_loss") -> pd.DataFrame:
@@ -340,7 +345,10 @@ def _headline(an: Analysis) -> str:
     if missing and compared:
         text += f" Not compared (too few usable trials): {', '.join(missing)} axis."
     scope = f"{an.form} law fits of {an.y}, {an.bootstrap} bootstrap resamples, {an.level:.0%} intervals."
-    return f"{text} ({scope})"
+    text = f"{text} ({scope})"
+    if an.system2 is not None:
+        text += f" {an.system2.verdict}"
+    return text
 
 
 def _param_rows(fits: dict[str, FitResult]) -> list[list[str]]:
@@ -467,24 +475,40 @@ def _compute_section(doc: Doc, an: Analysis, plot_dir: Path) -> None:
         _figure(doc, plots.plot_isoflop(pts, iso), plot_dir / "isoflop.png", "isoFLOP profiles")
 
 
-def _thinking_section(doc: Doc, thinking: pd.DataFrame, plot_dir: Path) -> None:
+def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
     doc.h(2, "System-2 thinking")
-    _figure(doc, plots.plot_thinking(thinking), plot_dir / "thinking.png", "thinking curves")
+    doc.p(s2.verdict)
+    doc.p(
+        "As the EBT paper measures it: the percentage reduction of perplexity against forward passes per "
+        "token (EBT: thinking steps, or steps × candidates with self-verification), relative to the same "
+        "model's perplexity on the same text at 1 forward pass. Transformer++ predicts in one forward pass "
+        "and cannot spend more: its line is its one measurement repeated, 0% by construction. Intervals "
+        f"resample the evaluated windows ({s2.bootstrap} draws)."
+    )
+    _figure(doc, plots.plot_thinking(s2.curves), plot_dir / "thinking.png", "System-2 perplexity reduction")
     rows = []
-    for (fam, mode), grp in thinking.groupby(["family", "mode"], sort=True):
-        grp = grp.sort_values("forward_passes")
-        first, last = grp.iloc[0], grp.iloc[-1]
-        gain = (first["val_perplexity"] - last["val_perplexity"]) / first["val_perplexity"]
+    for r in s2.curves.itertuples(index=False):
+        if r.family != EBT and r.forward_passes != 1:
+            continue  # cannot think: one row, its measurement (repeated at every budget in summary.json)
+        est = ParamEstimate(r.reduction, r.reduction_lo, r.reduction_hi)
+        ci = f"[{fmt_pct(est.lo)}, {fmt_pct(est.hi)}]" if math.isfinite(est.lo) and r.family == EBT else ""
         rows.append(
             [
-                family_label(fam),
-                mode,
-                f"{fmt(first['forward_passes'])} → {fmt(last['forward_passes'])}",
-                f"{fmt(first['val_perplexity'])} → {fmt(last['val_perplexity'])}",
-                fmt_pct(gain),
+                f"{SPLIT_LABELS.get(r.split, r.split)} ({r.source})" if r.source else r.split,
+                family_label(r.family),
+                MODE_LABELS.get(r.mode, r.mode) if r.family == EBT else "one forward pass",
+                fmt(r.steps),
+                fmt(r.candidates),
+                fmt(r.forward_passes) if r.family == EBT else "1 (any budget)",
+                fmt(r.perplexity),
+                fmt_pct(r.reduction),
+                ci,
             ]
         )
-    doc.table(["family", "mode", "forward passes", "val perplexity", "perplexity reduction"], rows)
+    columns = ["text", "family", "mode", "steps", "candidates", "forward passes", "perplexity"]
+    doc.table([*columns, "perplexity reduction", "CI"], rows)
+    for note in s2.notes:
+        doc.p(note)
 
 
 RATE_COLUMNS = [
@@ -770,6 +794,7 @@ def _summary(an: Analysis) -> dict[str, Any]:
         "axes": axes,
         "compute_optimal": compute,
         "excluded": an.excluded.to_dict(orient="records"),
+        "system2": an.system2.to_dict() if an.system2 is not None else None,
     }
 
 
@@ -825,8 +850,8 @@ def write_report(
         _axis_section(doc, c, an.excluded, tidy, plot_dir)
     if an.compute:
         _compute_section(doc, an, plot_dir)
-    if an.thinking is not None and not an.thinking.empty:
-        _thinking_section(doc, an.thinking, plot_dir)
+    if an.system2 is not None:
+        _thinking_section(doc, an.system2, plot_dir)
     if an.axes:
         _backtest_section(doc, an)
         _seed_noise_section(doc, an)

@@ -7,10 +7,12 @@ memmaps. The cache key covers (corpus content, tokenizer, vocab size, split sett
 hashes the corpus and opens the arrays; a file lock makes parallel trials share one build.
 
 Sources: 'stdlib' = the running interpreter's standard-library source (~12 MB of real text, no download),
-one document per .py file; a .txt file (one document per blank-line-separated block, so that a single book
-or dump still splits at document level), a .jsonl file (field `text_field`), a .parquet file (column
-`text_field`), or a folder of these (recursive, in sorted relative-path order); 'hf:NAME[:CONFIG]' = a hub
-dataset's train split, streamed (cluster users; hub datasets are taken as immutable, keyed by name).
+one document per .py file; 'prose' = the shipped English prose of model/corpora/prose.txt (13.5 KB, public
+domain: the out-of-distribution text of System-2 evaluation, see model/corpora/README.md); a .txt file (one
+document per blank-line-separated block, so that a single book or dump still splits at document level), a
+.jsonl file (field `text_field`), a .parquet file (column `text_field`), or a folder of these (recursive, in
+sorted relative-path order); 'hf:NAME[:CONFIG]' = a hub dataset's train split, streamed (cluster users; hub
+datasets are taken as immutable, keyed by name).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from filelock import FileLock
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from model.config import FrozenModel
 
@@ -45,6 +47,8 @@ FORMAT_VERSION = 1  # bump when the on-disk layout or the packing changes: old c
 SUPPORTED_EXTENSIONS = (".txt", ".jsonl", ".parquet")
 STDLIB_EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__"})
 EOD_TOKEN = "<|endoftext|>"
+PROSE_SOURCE = "prose"  # the shipped out-of-distribution text (model/corpora/README.md: what, licence, size)
+PROSE_PATH = Path(__file__).resolve().parent / "corpora" / "prose.txt"
 HUB_EOD_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "[SEP]")
 
 
@@ -61,6 +65,28 @@ class DataConfig(FrozenModel):
     split_seed: int = 0
     max_documents: int | None = Field(None, ge=1)
     cache_dir: str | None = None
+
+
+class EvalTextConfig(FrozenModel):
+    """Text a trained model is evaluated on besides its own validation split: out-of-distribution text for
+    System-2 evaluation. Tokenized with the model's own tokenizer, every document of it is evaluation text
+    (no train/validation split). `source`: 'prose' (shipped, offline: model/corpora/prose.txt), a local
+    .txt/.jsonl/.parquet file or folder, or 'hf:NAME[:CONFIG]' (a hub dataset's `split`, streamed; online
+    users; needs max_documents so that only that many documents are fetched)."""
+
+    source: str = Field(PROSE_SOURCE, min_length=1)
+    text_field: str = "text"
+    split: str = Field("test", min_length=1, description="the hub dataset's split (hub sources only)")
+    max_documents: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _bounded_hub(self) -> EvalTextConfig:
+        if self.source.startswith("hf:") and self.max_documents is None:
+            raise ValueError(f"a hub source ({self.source!r}) needs max_documents (it is streamed)")
+        return self
+
+
+SHIPPED_OOD = EvalTextConfig()  # the default out-of-distribution text: the shipped prose, offline
 
 
 class DataError(ValueError):
@@ -85,6 +111,8 @@ def _source_files(source: str) -> tuple[Path, tuple[Path, ...]]:
     """(root, files in corpus order) of a local or stdlib source."""
     if source == "stdlib":
         return _stdlib_files()
+    if source == PROSE_SOURCE:
+        return PROSE_PATH.parent, (PROSE_PATH,)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(
@@ -137,14 +165,14 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
         yield from (t for t in pq.read_table(path, columns=[text_field]).column(0).to_pylist() if t)
 
 
-def _hub_documents(cfg: DataConfig) -> Iterator[str]:
-    """A hub dataset's train split, streamed: nothing beyond max_documents is downloaded."""
+def _hub_documents(cfg: DataConfig | EvalTextConfig, split: str = "train") -> Iterator[str]:
+    """A hub dataset's split, streamed: nothing beyond max_documents is downloaded."""
     import datasets
 
     _, name, *config = cfg.source.split(":", 2)
     if not name:
         raise DataError(f"data source {cfg.source!r}: expected 'hf:NAME' or 'hf:NAME:CONFIG'")
-    for row in datasets.load_dataset(name, config[0] if config else None, split="train", streaming=True):
+    for row in datasets.load_dataset(name, config[0] if config else None, split=split, streaming=True):
         if not isinstance(row.get(cfg.text_field), str):
             raise DataError(
                 f"hub dataset {name!r} has no string field {cfg.text_field!r} (set data.text_field)"
@@ -152,12 +180,13 @@ def _hub_documents(cfg: DataConfig) -> Iterator[str]:
         yield row[cfg.text_field]
 
 
-def load_documents(cfg: DataConfig, quiet: bool = False) -> list[str]:
+def load_documents(cfg: DataConfig | EvalTextConfig, quiet: bool = False) -> list[str]:
     """The corpus as a list of non-blank documents in a deterministic order, at most max_documents."""
     from tqdm.auto import tqdm
 
     if cfg.source.startswith("hf:"):
-        raw: Iterator[str] = _hub_documents(cfg)
+        split = cfg.split if isinstance(cfg, EvalTextConfig) else "train"
+        raw: Iterator[str] = _hub_documents(cfg, split)
     else:
         _, files = _source_files(cfg.source)
         raw = itertools.chain.from_iterable(_file_documents(f, cfg.text_field) for f in files)
@@ -409,6 +438,19 @@ def prepare_dataset(
     return TokenDataset(train, val, context_length, tokenizer, fingerprint=key, cache_hit=cache_hit, path=out)
 
 
+def add_eval_text(
+    data: TokenDataset, cfg: EvalTextConfig, split: str = "ood", quiet: bool = False
+) -> TokenDataset:
+    """`data` with the text of `cfg` as the evaluation-only split `split`: its documents tokenized with the
+    dataset's own tokenizer and packed like the other splits (documents joined by the end-of-document id).
+    Not cached: the shipped prose is small, a hub source is bounded by max_documents."""
+    documents = load_documents(cfg, quiet)
+    ids = data.tokenizer.encode_batch(documents)
+    dtype = data.val.dtype
+    stream = np.fromiter(itertools.chain.from_iterable([*d, data.tokenizer.eod_id] for d in ids), dtype=dtype)
+    return data.with_eval_split(split, stream)
+
+
 # ------------------------------------------------------------------------------------------------ access
 
 
@@ -427,24 +469,47 @@ class TokenDataset:
         fingerprint: str = "",
         cache_hit: bool = False,
         path: Path | None = None,
+        eval_splits: dict[str, np.ndarray] | None = None,
     ) -> None:
         if context_length < 1:
             raise ValueError(f"context_length must be >= 1, got {context_length}")
         self.train, self.val, self.context_length, self.tokenizer = train, val, context_length, tokenizer
         self.vocab_size: int = tokenizer.vocab_size
         self.fingerprint, self.cache_hit, self.path = fingerprint, cache_hit, path
+        self.eval_splits: dict[str, np.ndarray] = dict(eval_splits or {})  # extra evaluation-only streams
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
-        for split, hint in (("train", "more documents"), ("val", "a larger val_fraction, more documents")):
+        hints = {"train": "more documents", "val": "a larger val_fraction, more documents"}
+        for split in ("train", "val", *self.eval_splits):
+            if split in ("train", "val") and split in self.eval_splits:
+                raise ValueError(f"evaluation split {split!r} would shadow the dataset's own {split} split")
             if self.num_windows(split) < 1:
                 raise DataError(
                     f"the {split} split has {len(self._tokens(split))} tokens, fewer than one window of "
-                    f"context_length + 1 = {context_length + 1}; use {hint} or a shorter context"
+                    f"context_length + 1 = {context_length + 1}; use {hints.get(split, 'more text')} or a "
+                    "shorter context"
                 )
 
+    def with_eval_split(self, name: str, tokens: np.ndarray) -> TokenDataset:
+        """The same dataset with one more evaluation-only split: a packed stream in this tokenizer's ids."""
+        return TokenDataset(
+            self.train,
+            self.val,
+            self.context_length,
+            self.tokenizer,
+            self.fingerprint,
+            self.cache_hit,
+            self.path,
+            {**self.eval_splits, name: tokens},
+        )
+
     def _tokens(self, split: str) -> np.ndarray:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        return self.train if split == "train" else self.val
+        if split == "train":
+            return self.train
+        if split == "val":
+            return self.val
+        if split not in self.eval_splits:
+            raise ValueError(f"split must be one of {['train', 'val', *self.eval_splits]}, got {split!r}")
+        return self.eval_splits[split]
 
     def num_windows(self, split: str) -> int:
         return max(len(self._tokens(split)) - 1, 0) // self.context_length
@@ -488,8 +553,9 @@ class TokenDataset:
             out[mask] = self._permutation(seed, int(e))[pos[mask]]
         return out
 
-    def val_indices(self, n: int) -> np.ndarray:
-        """min(n, num_windows('val')) evenly spaced validation windows: the same set on every call."""
-        total = self.num_windows("val")
+    def eval_indices(self, n: int, split: str = "val") -> np.ndarray:
+        """min(n, num_windows(split)) evenly spaced windows of an evaluation split (the validation split or an
+        evaluation-only one): the same set on every call."""
+        total = self.num_windows(split)
         n = max(min(n, total), 0)
         return np.arange(n, dtype=np.int64) * total // max(n, 1)

@@ -147,6 +147,7 @@ class Thought:
     logits: Tensor  # (B, S, V) final selected candidate (unnormalised logits)
     choice: Tensor  # (B, S) index of the selected candidate (lowest energy at the last evaluation)
     all_logits: Tensor | None = None  # (M, B, S, V) every candidate's final logits, if asked for
+    row_nll: Tensor | None = None  # (steps, B) summed next-token NLL per row after each step (ignored: 0)
 
 
 class EBT(nn.Module):
@@ -454,16 +455,23 @@ class EBT(nn.Module):
             alpha=self.step_size(rows, None),
             langevin_std=sigma,
         )
-        ce, energies = [], []
+        ce, energies, row_nll = [], [], []
         for candidate, energy in descent:
             energy = energy.view(M, B, S)
             choice = energy.argmin(0)  # (B, S)
             all_logits = candidate.view(M, B, S, -1)
             logits = all_logits.gather(0, choice[None, :, :, None].expand(1, B, S, all_logits.shape[-1]))[0]
             ce.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+            token_nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            row_nll.append(token_nll.view(B, S).sum(1))  # per sequence, for resampling windows
             energies.append(energy)
         return Thought(
-            torch.stack(ce), torch.stack(energies), logits, choice, all_logits if return_all else None
+            torch.stack(ce),
+            torch.stack(energies),
+            logits,
+            choice,
+            all_logits if return_all else None,
+            torch.stack(row_nll),
         )
 
 

@@ -23,8 +23,17 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _row(family: str, mode: str, steps: int, candidates: int, forward_passes: int, loss: float) -> dict:
-    return {
+def _row(
+    family: str,
+    mode: str,
+    steps: int,
+    candidates: int,
+    forward_passes: int,
+    loss: float,
+    window_nll: list[float] | None = None,
+    window_tokens: list[int] | None = None,
+) -> dict:
+    row = {
         "family": family,
         "mode": mode,
         "steps": steps,
@@ -33,6 +42,9 @@ def _row(family: str, mode: str, steps: int, candidates: int, forward_passes: in
         "val_loss": loss,
         "val_perplexity": math.exp(loss),
     }
+    if window_nll is not None:
+        row |= {"window_nll": window_nll, "window_tokens": window_tokens}
+    return row
 
 
 @torch.no_grad()
@@ -49,25 +61,40 @@ def thinking_curves(
       batch gives the whole curve);
     - mode "verify": self-verification, M in `candidates` at the trained (evaluation) step count
       `ebt.eval_steps`, so M=1 is the model's ordinary evaluation loss;
-    - family "transformer_pp" rows if a baseline is given (see the module docstring)."""
+    - family "transformer_pp" rows if a baseline is given (see the module docstring).
+    EBT rows also carry `window_nll` (summed NLL per window, in batch order) and `window_tokens` (the tokens
+    each window's loss counts), the same windows in every row: what a bootstrap over windows resamples."""
     device = _device(ebt)
-    curve = torch.zeros(max_steps, dtype=torch.float64)  # summed CE * tokens, per step
-    verify = {M: 0.0 for M in candidates}
+    curve: list[Tensor] = []  # per batch, (max_steps, B) summed NLL per window
+    verify: dict[int, list[Tensor]] = {M: [] for M in candidates}  # per batch, (B,)
+    counts: list[Tensor] = []  # per batch, (B,) tokens counted per window
     base, n_tokens = 0.0, 0
     for tokens, targets in batches:
         tokens, targets = tokens.to(device), targets.to(device)
-        n = int((targets != IGNORE_INDEX).sum())  # the tokens each batch's mean CE averages over
-        curve += ebt.think(tokens, targets, max_steps).ce.double().cpu() * n
+        per_window = (targets != IGNORE_INDEX).sum(1)
+        n = int(per_window.sum())  # the tokens each batch's mean CE averages over
+        counts.append(per_window.cpu())
+        curve.append(ebt.think(tokens, targets, max_steps).row_nll.double().cpu())
         for M in candidates:
-            verify[M] += float(ebt.think(tokens, targets, ebt.eval_steps, candidates=M).ce[-1]) * n
+            verify[M].append(
+                ebt.think(tokens, targets, ebt.eval_steps, candidates=M).row_nll[-1].double().cpu()
+            )
         if baseline is not None:
             base += float(baseline.eval_loss(tokens.to(_device(baseline)), targets.to(_device(baseline)))) * n
         n_tokens += n
     assert n_tokens > 0, "thinking_curves needs at least one batch"
 
+    window_tokens = torch.cat(counts).tolist()
+    steps_nll = torch.cat(curve, dim=1)  # (max_steps, windows)
+
+    def ebt_row(mode: str, steps: int, M: int, nll: Tensor) -> dict:
+        return _row(
+            "ebt", mode, steps, M, steps * M, float(nll.sum()) / n_tokens, nll.tolist(), window_tokens
+        )
+
     K = ebt.eval_steps
-    rows = [_row("ebt", "steps", k + 1, 1, k + 1, float(curve[k]) / n_tokens) for k in range(max_steps)]
-    rows += [_row("ebt", "verify", K, M, K * M, verify[M] / n_tokens) for M in candidates]
+    rows = [ebt_row("steps", k + 1, 1, steps_nll[k]) for k in range(max_steps)]
+    rows += [ebt_row("verify", K, M, torch.cat(verify[M])) for M in candidates]
     if baseline is not None:
         budgets = sorted({1} | {r["forward_passes"] for r in rows})
         rows += [_row("transformer_pp", "steps", 1, 1, fp, base / n_tokens) for fp in budgets]

@@ -1,6 +1,8 @@
 """System-2 evaluation of trained trials: load their final weights, run the thinking curves of
-model/thinking.py on validation windows, log them to MLflow (the trial's run, and the sweep's parent run
-as `thinking.json`, where the report finds them). `think` is what `ebtscale think` calls."""
+model/thinking.py on windows of the validation split and of out-of-distribution text (`EvalTextConfig`: by
+default the shipped English prose, model/corpora/README.md), log them to MLflow (the trial's run, and the
+sweep's parent run as `thinking.json`, where the report finds them). `think` is what `ebtscale think`
+calls."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import yaml
 from torch import nn
 
 from model import build_model
-from model.data import prepare_dataset
+from model.data import SHIPPED_OOD, EvalTextConfig, add_eval_text, prepare_dataset
 from model.thinking import thinking_curves
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig, parse_trial_config
@@ -42,6 +44,9 @@ def load_trained(trial_dir: Path) -> tuple[TrialConfig, nn.Module]:
     return cfg, model.eval()
 
 
+OOD_SPLIT = "ood"  # the split name of the out-of-distribution rows (the validation rows: "val")
+
+
 def evaluate_thinking(
     ebt_dir: Path,
     baseline_dir: Path | None = None,
@@ -50,17 +55,29 @@ def evaluate_thinking(
     batches: int = 4,
     batch_size: int = 8,
     seed: int = 0,
+    ood: EvalTextConfig | None = None,
 ) -> list[dict]:
-    """Thinking-steps and self-verification rows (analysis schema) on fixed validation windows."""
+    """Thinking-steps and self-verification rows (analysis schema) on fixed windows of the validation split
+    and, with `ood`, of that text: every row has `split` ("val" or "ood") and `source` (the text it read)."""
     cfg, ebt = load_trained(ebt_dir)
     if cfg.model.family != "ebt":
         raise ConfigError(f"{ebt_dir} is a {cfg.model.family} trial, not an EBT")
     baseline = load_trained(baseline_dir)[1] if baseline_dir is not None else None
     data = prepare_dataset(cfg.data, cfg.model.context_length, quiet=True)
-    indices = data.val_indices(batches * batch_size)
-    windows = [data.windows("val", indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
-    torch.manual_seed(seed)  # the initial candidates' noise: the same curves on every run
-    return thinking_curves(ebt, windows, max_steps=max_steps, candidates=candidates, baseline=baseline)
+    splits = {"val": cfg.data.source}
+    if ood is not None:
+        data = add_eval_text(data, ood, OOD_SPLIT, quiet=True)
+        splits[OOD_SPLIT] = ood.source
+    rows = []
+    for split, source in splits.items():
+        indices = data.eval_indices(batches * batch_size, split)
+        windows = [
+            data.windows(split, indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)
+        ]
+        torch.manual_seed(seed)  # the initial candidates' noise: the same curves on every run
+        curves = thinking_curves(ebt, windows, max_steps=max_steps, candidates=candidates, baseline=baseline)
+        rows += [{"split": split, "source": source, **row} for row in curves]
+    return rows
 
 
 def log_thinking(rows: list[dict], uri: str, run_ids: list[str]) -> None:
@@ -73,7 +90,8 @@ def log_thinking(rows: list[dict], uri: str, run_ids: list[str]) -> None:
             client.log_artifact(run_id, str(path))
     for row in rows:
         if row["family"] == "ebt":
-            name = f"think_{row['mode']}_val_loss"
+            prefix = "" if row["split"] == "val" else f"{row['split']}_"
+            name = f"think_{prefix}{row['mode']}_val_loss"
             client.log_metric(run_ids[0], name, row["val_loss"], step=row["forward_passes"])
 
 
@@ -122,12 +140,14 @@ def think(
     candidates: tuple[int, ...] = (1, 2, 4),
     batches: int = 4,
     track: bool = True,
+    ood: EvalTextConfig | None = SHIPPED_OOD,
 ) -> tuple[ThinkTargets, list[dict]]:
-    """`ebtscale think`: the curves of a trial folder or a sweep's EBT (`think_targets`), logged to MLflow
-    unless `track` is off or the trial has no run."""
+    """`ebtscale think`: the curves of a trial folder or a sweep's EBT (`think_targets`) on its validation
+    split and on `ood` text (None: validation only), logged to MLflow unless `track` is off or the trial has
+    no run."""
     targets = think_targets(target, baseline)
     rows = evaluate_thinking(
-        targets.ebt, targets.baseline, max_steps=max_steps, candidates=candidates, batches=batches
+        targets.ebt, targets.baseline, max_steps=max_steps, candidates=candidates, batches=batches, ood=ood
     )
     if track and targets.run_ids:
         if targets.tracking_uri is None:

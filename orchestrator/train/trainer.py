@@ -269,7 +269,7 @@ class Trial:
         result does not depend on how the windows are split into batches and ranks."""
         m = self.cfg.train.micro_batch_size
         n = self.cfg.train.eval_batches * m * self.world
-        indices = self.data.val_indices(n)
+        indices = self.data.eval_indices(n)
         total, counted = 0.0, 0
         self.engine.eval()
         with torch.no_grad():

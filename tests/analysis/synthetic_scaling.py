@@ -117,6 +117,66 @@ def make_thinking() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+STEPS_BUDGETS = (1, 2, 3, 4, 5, 6)  # thinking longer: forward passes = steps
+VERIFY_CANDIDATES = (1, 2, 4)  # self-verification at 2 steps: forward passes = 2 x candidates
+
+
+def make_split_thinking(
+    gains: dict[str, float], windows: int = 64, noise: float = 0.05, seed: int = 0
+) -> pd.DataFrame:
+    """A thinking table as `ebtscale think` writes it, per split in `gains` ("val", "ood"): the EBT's
+    perplexity falls by exactly gain x (k-1)/5 at k thinking steps and by gain x (1, 2, 3)/3 with 1, 2, 4
+    verified candidates (relative to 1 forward pass), with per-window losses whose noise (sd `noise` nats
+    per token) sums to zero in every row, so the pooled reductions are exact; Transformer++ flat."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, gain in gains.items():
+        tokens = rng.integers(40, 65, size=windows)
+        base = tokens * rng.uniform(3.0, 4.0, size=windows)  # summed NLL per window at 1 forward pass
+        ppl1 = float(np.exp(base.sum() / tokens.sum()))
+        budgets = [("steps", k, 1, gain * (k - 1) / 5) for k in STEPS_BUDGETS]
+        budgets += [("verify", 2, m, gain * (i + 1) / 3) for i, m in enumerate(VERIFY_CANDIDATES)]
+        for mode, steps, cands, g in budgets:
+            jitter = rng.normal(0, noise, size=windows) * tokens
+            if (mode, steps) != ("steps", 1):  # the reference row keeps its own losses
+                jitter -= jitter.sum() * tokens / tokens.sum()  # zero in the pooled loss
+                nll = base + np.log1p(-g) * tokens + jitter
+            else:
+                nll = base
+            loss = float(nll.sum() / tokens.sum())
+            rows.append(
+                {
+                    "split": split,
+                    "source": {"val": "stdlib", "ood": "prose"}.get(split, split),
+                    "family": "ebt",
+                    "mode": mode,
+                    "steps": steps,
+                    "candidates": cands,
+                    "forward_passes": steps * cands,
+                    "val_loss": loss,
+                    "val_perplexity": float(np.exp(loss)),
+                    "window_nll": nll.tolist(),
+                    "window_tokens": tokens.tolist(),
+                }
+            )
+        for fp in sorted({1, *STEPS_BUDGETS, *(2 * m for m in VERIFY_CANDIDATES)}):
+            loss = float(np.log(ppl1 * 0.8))
+            rows.append(
+                {
+                    "split": split,
+                    "source": {"val": "stdlib", "ood": "prose"}.get(split, split),
+                    "family": "transformer_pp",
+                    "mode": "steps",
+                    "steps": 1,
+                    "candidates": 1,
+                    "forward_passes": fp,
+                    "val_loss": loss,
+                    "val_perplexity": float(np.exp(loss)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def with_costs(
     trials: pd.DataFrame, cost_of_6n: dict[str, float], flop_per_s: dict[str, float]
 ) -> pd.DataFrame:

@@ -224,12 +224,54 @@ def test_train_indices_visit_every_window_once_per_epoch():
     assert x.shape == (batch, 10)
 
 
-def test_val_indices_are_fixed_and_evenly_spaced():
+def test_eval_indices_are_fixed_and_evenly_spaced():
     ds = synthetic(500, 1001, 10)  # 100 val windows
-    idx = ds.val_indices(10)
+    idx = ds.eval_indices(10)
     assert idx.tolist() == list(range(0, 100, 10))
-    np.testing.assert_array_equal(ds.val_indices(10), idx)
-    assert ds.val_indices(1000).tolist() == list(range(100))  # capped at what exists, no duplicates
+    np.testing.assert_array_equal(ds.eval_indices(10), idx)
+    assert ds.eval_indices(1000).tolist() == list(range(100))  # capped at what exists, no duplicates
+
+
+# ------------------------------------------------------------------------- out-of-distribution evaluation
+
+
+def test_eval_text_is_a_packed_split_in_the_datasets_own_tokenizer(tmp_path):
+    docs = make_docs(120)
+    ds = prepare_dataset(config(write_txt(tmp_path / "c.txt", docs), tmp_path / "cache"), 16, quiet=True)
+    other = make_docs(30, seed=9, words=["lorem", "ipsum", "dolor", "sit", "amet"])
+    text = data.EvalTextConfig(source=str(write_txt(tmp_path / "ood.txt", other)))
+    with_ood = data.add_eval_text(ds, text, quiet=True)
+    stream = with_ood.eval_splits["ood"]
+    chunks = np.split(stream, np.flatnonzero(stream == ds.tokenizer.eod_id) + 1)[:-1]
+    assert [ds.tokenizer.decode(c[:-1].tolist()) for c in chunks] == other  # every document, in order
+    assert with_ood.num_windows("ood") == (len(stream) - 1) // 16
+    idx = with_ood.eval_indices(5, "ood")
+    x, _ = with_ood.windows("ood", idx)
+    np.testing.assert_array_equal(x[1].numpy(), stream[idx[1] * 16 : idx[1] * 16 + 16])
+    assert np.array_equal(with_ood.val, ds.val) and "ood" not in ds.eval_splits  # the original is unchanged
+    with pytest.raises(ValueError, match="split must be one of"):
+        ds.windows("ood", [0])
+    tiny = data.EvalTextConfig(source=str(write_txt(tmp_path / "tiny.txt", ["hi"])))
+    with pytest.raises(DataError, match=r"the ood split has .* fewer than one window"):
+        data.add_eval_text(ds, tiny, quiet=True)
+
+
+def test_the_shipped_prose_is_offline_and_absent_from_the_training_corpus():
+    assert data.SHIPPED_OOD.source == "prose"
+    docs = data.load_documents(data.SHIPPED_OOD, quiet=True)
+    assert docs[0].startswith("In Congress, July 4, 1776.") and len(docs) == 42
+    assert 10_000 < data.PROSE_PATH.stat().st_size < 20_000  # what model/corpora/README.md says: 13.5 KB
+    _, files = data._stdlib_files()
+    stdlib = "".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    for sentence in ("Four score and seven years ago", "With malice toward none", "unalienable Rights"):
+        assert sentence not in stdlib
+
+
+def test_a_hub_eval_text_must_be_bounded():
+    with pytest.raises(ValueError, match="needs max_documents"):
+        data.EvalTextConfig(source="hf:wikitext:wikitext-2-raw-v1")
+    cfg = data.EvalTextConfig(source="hf:wikitext:wikitext-2-raw-v1", max_documents=200, split="test")
+    assert cfg.max_documents == 200  # valid; not fetched here (tests run offline)
 
 
 # ---------------------------------------------------------------------------------------------- sources

@@ -31,6 +31,7 @@ from model.flops import (
     executed_train_flops_per_token,
     expected_train_steps,
 )
+from model.loss import IGNORE_INDEX
 from model.thinking import thinking_curves
 from model.transformer_pp import TransformerPP
 from tests.helpers import seeded_model, token_batch
@@ -470,7 +471,9 @@ def test_thinking_curves_schema(trained: tuple[EBT, torch.Tensor, torch.Tensor])
     batches = [(tokens[:4], targets[:4]), (tokens[4:], targets[4:])]
     rows = thinking_curves(model, batches, max_steps=4, candidates=(1, 2), baseline=baseline)
     keys = {"family", "mode", "steps", "candidates", "forward_passes", "val_loss", "val_perplexity"}
-    assert all(set(r) == keys for r in rows)
+    assert all(
+        set(r) == keys | ({"window_nll", "window_tokens"} if r["family"] == "ebt" else set()) for r in rows
+    )
     steps = [r for r in rows if r["family"] == "ebt" and r["mode"] == "steps"]
     verify = [r for r in rows if r["mode"] == "verify"]
     assert [(r["steps"], r["forward_passes"]) for r in steps] == [(k, k) for k in range(1, 5)]
@@ -479,6 +482,14 @@ def test_thinking_curves_schema(trained: tuple[EBT, torch.Tensor, torch.Tensor])
     assert steps[-1]["val_loss"] == pytest.approx(float(halves[0][-1] + halves[1][-1]) / 2, rel=1e-5)
     assert verify[0]["val_loss"] == pytest.approx(float(sum(model.eval_loss(t, y) for t, y in batches)) / 2)
     assert all(r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"])) for r in rows)
+    n_window = (
+        (targets != IGNORE_INDEX).sum(1).tolist()
+    )  # per window: its NLL sum, the same windows in every row
+    for r in [*steps, *verify]:
+        assert r["window_tokens"] == n_window
+        assert sum(r["window_nll"]) / sum(n_window) == pytest.approx(r["val_loss"], rel=1e-6)
+    one_window = model.think(tokens[5:6], targets[5:6], steps=4, sample_ids=torch.tensor([1])).ce
+    assert steps[-1]["window_nll"][5] / n_window[5] == pytest.approx(float(one_window[-1]), rel=1e-5)
     base = [r for r in rows if r["family"] == "transformer_pp"]
     assert {r["forward_passes"] for r in base} == {1, 2, 3, 4, 8}
     assert len({r["val_loss"] for r in base}) == 1

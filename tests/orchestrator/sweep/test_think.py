@@ -1,5 +1,6 @@
-"""`ebtscale think` on a trial trained alone (`ebtscale train -o DIR`): the curves land in the MLflow run and
-store the trial trained with, which its folder records (run.json), wherever that folder sits."""
+"""`ebtscale think` on a trial trained alone (`ebtscale train -o DIR`): the curves, on the validation split
+and on the shipped out-of-distribution prose, land in the MLflow run and store the trial trained with, which
+its folder records (run.json), wherever that folder sits."""
 
 from __future__ import annotations
 
@@ -33,5 +34,19 @@ def test_think_logs_to_the_store_of_a_trial_trained_with_output_dir(
 
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     assert "thinking.json" in {a.path for a in client.list_artifacts(run_id)}
-    assert "think_steps_val_loss" in client.get_run(run_id).data.metrics
+    metrics = client.get_run(run_id).data.metrics
+    assert "think_steps_val_loss" in metrics and "think_ood_steps_val_loss" in metrics
+    rows = json.loads(Path(client.download_artifacts(run_id, "thinking.json")).read_text())
+    assert {(r["split"], r["source"]) for r in rows} == {("val", "stdlib"), ("ood", "prose")}
+    ebt = {(r["split"], r["mode"], r["forward_passes"]): r for r in rows if r["family"] == "ebt"}
+    assert set(ebt) == {
+        (s, m, fp)
+        for s in ("val", "ood")
+        for m, fp in (("steps", 1), ("steps", 2), ("verify", 2), ("verify", 4))
+    }
+    for split in ("val", "ood"):  # one batch of 8 windows per split, their losses pooled into the row's
+        row = ebt[split, "steps", 2]
+        assert len(row["window_nll"]) == 8
+        assert sum(row["window_nll"]) / sum(row["window_tokens"]) == pytest.approx(row["val_loss"], rel=1e-6)
+    assert ebt["val", "steps", 1]["val_loss"] != ebt["ood", "steps", 1]["val_loss"]  # a different text
     assert not (tmp_path / "X" / "mlflow.db").exists()  # no store guessed above the output folder
