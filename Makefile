@@ -1,6 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - creates .venv if missing, installs everything, runs a small real sweep and its report
-#   make tune-demo - the same with a tuning stage first (Ray Tune + ASHA per family; sweeps/tune-demo.yaml)
+#   make demo   - creates .venv if missing, installs everything, tunes, runs a small real sweep and its report
 #   make test   - the same set-up, then the test suite (what .ci/run calls; without the `chaos` tests)
 #   make chaos  - every fault-injection test in tests/reliability, and the table docs/reliability.md quotes
 SHELL := /bin/bash
@@ -11,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo tune-demo test chaos lint clean
+.PHONY: install browser demo test chaos lint clean
 
 install: $(STAMP)
 
@@ -32,9 +31,6 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/ebtscale demo
-
-tune-demo: $(STAMP)
-	$(BIN)/ebtscale demo --spec sweeps/tune-demo.yaml
 
 # Headless Chromium (Debian package) for the test that renders the MLflow UI; skipped when present.
 browser:

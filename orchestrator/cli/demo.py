@@ -18,8 +18,8 @@ from orchestrator.config import ConfigError
 def demo(
     spec: Annotated[Path, typer.Option(help="the sweep to run")] = Path("sweeps/demo.yaml"),
 ) -> None:
-    """The README's main job: a small real sweep of both families, System-2 curves, and the report. A spec
-    with a tune: block (`make tune-demo`: sweeps/tune-demo.yaml) runs its tuning stage first.
+    """The README's main job: the tuning stage of its spec's tune: block (sweeps/demo.yaml has one), a small
+    real sweep of both families on the chosen values, System-2 curves, and the report.
 
     Offline, on the embedded defaults: local Ray, DeepSpeed on CPU, MLflow in outputs/mlflow.db."""
     from orchestrator.sweep.runner import run_sweep
