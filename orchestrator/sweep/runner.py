@@ -564,6 +564,9 @@ def _run_on_ray(
         for u in (pending if scheduler is not None else sorted(pending, key=unit_flops, reverse=True))
     ]
     trainable = tune.with_resources(_trial_driver, trial_resources)
+    # Tune's new console output prints an experiment banner and a TensorBoard hint whatever `verbose` says;
+    # its classic reporter honours verbose=0 (the sweep shows its own progress table).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A fresh Tune experiment per invocation, over the pending trials only. What a restore would give (skip
     # finished, resume interrupted) lives in the trial folders and verified checkpoints, which survive any
     # crash; restoring Tune's own state after a driver kill was seen to strand later trials waiting for
