@@ -194,14 +194,16 @@ def plan_job(
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    args = ["python", "-m", "orchestrator.cli", "sweep", "run", spec_in_job]
-    args += ["--max-failures", str(max_failures)]
+    options = ["--max-failures", str(max_failures)]
     if max_concurrent is not None:
-        args += ["--max-concurrent", str(max_concurrent)]
+        options += ["--max-concurrent", str(max_concurrent)]
+    commands = [["python", "-m", "orchestrator.cli", "sweep", "run", spec_in_job, *options]]
+    if spec.tune is not None:  # the tuning stage first; the sweep trains what it chose
+        commands.insert(0, ["python", "-m", "orchestrator.cli", "sweep", "tune", spec_in_job, *options])
     return JobPlan(
         sweep=spec.name,
         n_trials=len({t.id for t in trials}),
-        entrypoint=shlex.join(args),
+        entrypoint=" && ".join(shlex.join(c) for c in commands),
         working_dir=root,
         spec_in_job=spec_in_job,
         env_vars=env,

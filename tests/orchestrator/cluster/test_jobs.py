@@ -113,6 +113,15 @@ def test_job_ships_the_project_an_allowlisted_env_and_a_staged_spec(tmp_path: Pa
     with staged_working_dir(job) as folder:
         assert folder == tmp_path  # uploaded as it is
 
+    # a spec with a tune: block: the job tunes first, then trains the sweep on what the search chose
+    tuned = yaml.safe_load(inside.read_text())
+    tuned["tune"] = {"budget": {"tokens": 3072}, "reports": 2, "space": {"ebt": {"lr": [1e-3, 1e-2]}}}
+    inside.write_text(yaml.safe_dump(tuned))
+    job = plan_job(inside, {}, working_dir=tmp_path, max_concurrent=2)
+    tune_cmd, run_cmd = job.entrypoint.split(" && ")
+    assert tune_cmd == "python -m orchestrator.cli sweep tune inside.yaml --max-failures 2 --max-concurrent 2"
+    assert run_cmd == "python -m orchestrator.cli sweep run inside.yaml --max-failures 2 --max-concurrent 2"
+
 
 # ---------------------------------------------------------------------------------------------- processes
 
