@@ -46,10 +46,14 @@ UNSAFE_CALLS = {
 
 
 def python_files() -> list[Path]:
+    """The project's Python files: not environments, outputs or hidden folders (a local checkout of another
+    project's code, kept in an ignored dot-folder for a benchmark, is not ours to check)."""
     return sorted(
         p
         for p in REPO.rglob("*.py")
-        if not SKIP_DIRS & set(p.relative_to(REPO).parts) and not p.name.endswith(".egg-info")
+        if not SKIP_DIRS & set(parts := p.relative_to(REPO).parts)
+        and not any(part.startswith(".") for part in parts[:-1])
+        and not p.name.endswith(".egg-info")
     )
 
 
