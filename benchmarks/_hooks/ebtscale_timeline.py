@@ -5,7 +5,7 @@ bench_orchestration.py puts on PYTHONPATH of the sweep's processes (driver, Ray 
 When a watched module is first imported, its functions are wrapped (functools.wraps keeps their names, so
 Ray still pickles them by reference) to append events to <EBTSCALE_BENCH_TIMELINE>/<pid>.jsonl:
 - imports of torch, deepspeed, mlflow and ray.train (how long each import took);
-- the driver: run_sweep, ensure_runs (MLflow run creation), init_ray, _run_on_ray (Tune);
+- the driver: run_sweep, ensure_runs (MLflow run creation), init_ray, run_on_ray (Tune);
 - the Tune trainable `_trial_driver` and the trial's training `_train` (in a Ray Train worker or the Tune
   actor), keyed by trial id;
 - inside the trainer: init_process_group, prepare_dataset, build_model, deepspeed.initialize, Trial.run,
@@ -134,7 +134,7 @@ def _patch_sweep_runner(m: Any) -> None:
     m.run_sweep = spanned(m.run_sweep, "run_sweep")
     m.ensure_runs = spanned(m.ensure_runs, "ensure_runs")
     m.init_ray = spanned(m.init_ray, "init_ray")
-    m._run_on_ray = spanned(m._run_on_ray, "tune_fit")
+    m.run_on_ray = spanned(m.run_on_ray, "tune_fit")
 
 
 def _patch_trainer(m: Any) -> None:

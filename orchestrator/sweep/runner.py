@@ -162,11 +162,11 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit], extra_tags: dict[st
             run_id = client.create_run(exp_id, run_name=unit.name, tags=run_tags).info.run_id
             client.set_terminated(run_id, status="SCHEDULED")
         unit.folder.write_run(run_id, uri)
-    _close_done_runs(layout, units, client, exp_id, parent_id)
+    close_done_runs(layout, units, client, exp_id, parent_id)
     return parent_id
 
 
-def _close_done_runs(
+def close_done_runs(
     layout: SweepLayout, units: list[TrialUnit], client: Any, exp_id: str, parent_id: str
 ) -> None:
     """A trial killed between writing result.json and closing its MLflow run is done (never trained again),
@@ -523,14 +523,14 @@ def run_sweep(
                     check_plan_fits(planned, address, force)
             parent_id = runs.result()
         if pending:
-            _run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)
+            run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)
         statuses = {u.id: u.status() for u in units}
         if all(s["status"].final for s in statuses.values()):
             mlflow_client(layout.tracking_uri).set_terminated(parent_id, status="FINISHED")
     return statuses
 
 
-def _run_on_ray(
+def run_on_ray(
     layout: SweepLayout,
     units: list[TrialUnit],
     pending: list[TrialUnit],

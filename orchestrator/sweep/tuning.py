@@ -231,11 +231,11 @@ def run_tuning(
     from orchestrator.sweep.runner import (
         LAUNCHERS,
         SweepLayout,
-        _run_on_ray,
         check_plan_fits,
         ensure_runs,
         init_ray,
         ray_env,
+        run_on_ray,
         trial_units,
         uses_ray_train,
     )
@@ -265,7 +265,7 @@ def run_tuning(
         mine = [u for u in units if u.id in search.values]
         todo = [u for u in mine if not u.folder.status()["status"].final]
         if todo:
-            results = _run_on_ray(
+            results = run_on_ray(
                 layout,
                 mine,
                 todo,
@@ -299,7 +299,7 @@ def _record_stops(layout: Any, units: list[Any], results: Any) -> None:
     """A trial ASHA stopped is final: where its own process did not get to write result.json (a Ray Train
     trial is stopped by ending its workers), it is written here from its last report, and its MLflow run is
     closed with that outcome."""
-    from orchestrator.sweep.runner import _close_done_runs
+    from orchestrator.sweep.runner import close_done_runs
     from orchestrator.tracking import get_or_create_experiment, mlflow_client
 
     by_id = {}
@@ -331,7 +331,7 @@ def _record_stops(layout: Any, units: list[Any], results: Any) -> None:
     if written:
         uri = layout.tracking_uri
         exp_id = get_or_create_experiment(uri, layout.spec.name)
-        _close_done_runs(layout, units, mlflow_client(uri), exp_id, layout.parent_run_id())
+        close_done_runs(layout, units, mlflow_client(uri), exp_id, layout.parent_run_id())
 
 
 def tuning_frame(payload: dict[str, Any]) -> Any:
