@@ -296,9 +296,11 @@ def _asha(tune: TuneSpec) -> Any:
 
 
 def _record_stops(layout: Any, units: list[Any], results: Any) -> None:
-    """A trial ASHA stopped is final: where its own process did not get to write result.json (a Ray Train
-    trial is stopped by ending its workers), it is written here from its last report, and its MLflow run is
-    closed with that outcome."""
+    """Settle every trial of a finished Tune experiment. A trial ASHA stopped is final: where its own
+    process did not get to write result.json (a Ray Train trial is stopped by ending its workers), it is
+    written here from its last report. Then every run whose trial has an outcome but was left open (Tune
+    ends the actor of a trial it stopped without waiting for its thread to close the run) is closed with
+    that outcome."""
     from orchestrator.sweep.runner import close_done_runs
     from orchestrator.tracking import get_or_create_experiment, mlflow_client
 
@@ -307,7 +309,6 @@ def _record_stops(layout: Any, units: list[Any], results: Any) -> None:
         job = (result.config or {}).get("job") or {}
         if job.get("id"):
             by_id[job["id"]] = result
-    written = False
     for unit in units:
         folder = unit.folder
         result = by_id.get(unit.id)
@@ -327,11 +328,9 @@ def _record_stops(layout: Any, units: list[Any], results: Any) -> None:
             final_val_perplexity=math.exp(min(loss, 50.0)) if loss is not None else None,
             train_time_s=0.0,
         ).save(folder.result)
-        written = True
-    if written:
-        uri = layout.tracking_uri
-        exp_id = get_or_create_experiment(uri, layout.spec.name)
-        close_done_runs(layout, units, mlflow_client(uri), exp_id, layout.parent_run_id())
+    uri = layout.tracking_uri
+    exp_id = get_or_create_experiment(uri, layout.spec.name)
+    close_done_runs(layout, units, mlflow_client(uri), exp_id, layout.parent_run_id())
 
 
 def tuning_frame(payload: dict[str, Any]) -> Any:
