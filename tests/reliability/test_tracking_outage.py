@@ -1,11 +1,11 @@
 """Guarantee: the tracking server going away does not stop or slow training, and loses nothing.
 
 A real `mlflow server` process (sqlite store, proxied artifact store) is SIGKILLed while a trial trains
-against it and restarted on the same port and store 30 s later. Training must keep stepping during the
-outage (MLflow's HTTP client would otherwise retry each flush with backoff for minutes), and once the store
-is back the run must hold every step of train_loss exactly once, its final metrics, tags and artifacts.
-Calls the trainer makes only now and then (params, tags, artifacts) must not fail or block during an
-outage either: they are kept and sent with the next flush."""
+against it and restarted on the same port and store 12 s later (also 30 s later in `make chaos`). Training
+must keep stepping during the outage (MLflow's HTTP client would otherwise retry each flush with backoff for
+minutes), and once the store is back the run must hold every step of train_loss exactly once, its final
+metrics, tags and artifacts. Calls the trainer makes only now and then (params, tags, artifacts) must not
+fail or block during an outage either: they are kept and sent with the next flush."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from orchestrator.ports import free_port
 from tests.helpers import EBTSCALE, record_fault, tiny_trial
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
-OUTAGE_S = 30.0
+# outage seconds -> training steps (~133 steps/s on one thread): the outage lies well inside the training
+OUTAGES = {12.0: 3000, 30.0: 8000}
 
 
 class MlflowServer:
@@ -85,14 +86,21 @@ class MlflowServer:
         self.proc = None
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[MlflowServer]:
-    root = tmp_path / "server"
-    root.mkdir()
-    srv = MlflowServer(root)
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One server process for the module (each test kills and restarts it; runs are told apart by id)."""
+    srv = MlflowServer(tmp_path_factory.mktemp("server"))
     srv.start()
     yield srv
     srv.kill()
+
+
+@pytest.fixture
+def server(shared_server: MlflowServer) -> MlflowServer:
+    """The module's server, up: started again if a test before this one left it down."""
+    if shared_server.proc is None:
+        shared_server.start()
+    return shared_server
 
 
 def test_tracker_calls_during_an_outage_return_at_once_and_land_after_restart(
@@ -145,8 +153,11 @@ def test_tracker_calls_during_an_outage_return_at_once_and_land_after_restart(
 
 
 @pytest.mark.slow
-def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_path: Path) -> None:
-    steps = 8000  # ~60 s of training on one thread: the outage lies well inside it
+@pytest.mark.parametrize("outage_s", [12.0, pytest.param(30.0, marks=pytest.mark.chaos)])
+def test_training_rides_out_a_tracking_server_outage(
+    server: MlflowServer, tmp_path: Path, outage_s: float
+) -> None:
+    steps = OUTAGES[outage_s]
     cfg = tiny_trial(
         tmp_path / "out",
         name="outage",
@@ -176,7 +187,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
         step_at_kill = json.loads(progress.read_text())["step"]
         server.kill()
         down_at = time.time()
-        time.sleep(OUTAGE_S)
+        time.sleep(outage_s)
         step_at_restart = json.loads(progress.read_text())["step"]
         restart_s = server.start()
         up_at = time.time()
@@ -194,7 +205,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
     counts = Counter(m.step for m in history)
     record_fault(
         "tracking store unavailable",
-        f"mlflow server SIGKILLed mid-trial, restarted after {OUTAGE_S:.0f} s",
+        f"mlflow server SIGKILLed mid-trial, restarted after {outage_s:.0f} s",
         injected=1,
         survived=int(result["status"] == "finished" and run.info.status == "FINISHED"),
         lost=(steps - len(counts)) + sum(n - 1 for n in counts.values()),  # missing + repeated steps
@@ -230,7 +241,7 @@ def test_training_rides_out_a_tracking_server_outage(server: MlflowServer, tmp_p
     assert len(buffered) <= (up_at - down_at) / 2 + 10, f"{len(buffered)} send attempts: a retry storm"
     n_during = sum(1 for m in history if down_at <= m.timestamp / 1000 <= up_at)
     print(
-        f"\noutage: {up_at - down_at:.1f} s (killed at step {step_at_kill}, {OUTAGE_S:.0f} s down + "
+        f"\noutage: {up_at - down_at:.1f} s (killed at step {step_at_kill}, {outage_s:.0f} s down + "
         f"{restart_s:.1f} s restart); steps trained while down: {len(during)}; "
         f"metrics buffered (peak, from the trainer's log): {max(buffered)}; failed flushes: {len(buffered)}; "
         f"train_loss steps delivered: {len(history)}/{steps}; steps lost: {steps - len(counts)}; "

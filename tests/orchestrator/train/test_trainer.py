@@ -22,12 +22,28 @@ def run(cfg: TrialConfig, **kwargs) -> TrialResult:
     return train_trial(cfg, progress=False, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def reference() -> list[float]:
+    """Plain PyTorch's losses for tiny_trial (the ZeRO stage plays no part in them)."""
+    return reference_losses(tiny_trial(Path("unused")), STEPS)
+
+
+@pytest.fixture(scope="module")
+def stage_one(tmp_path_factory: pytest.TempPathFactory) -> TrialResult:
+    """tiny_trial as it is (ZeRO-1), trained uninterrupted: the parity test's stage 1 and the resume test's
+    reference run."""
+    return run(tiny_trial(tmp_path_factory.mktemp("stage-one")))
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stage_matches_plain_pytorch(tmp_path: Path, stage: int) -> None:
+def test_zero_stage_matches_plain_pytorch(
+    tmp_path: Path, stage: int, reference: list[float], stage_one: TrialResult
+) -> None:
     cfg = tiny_trial(tmp_path, deepspeed={"zero_stage": stage})
-    result = run(cfg)
+    result = stage_one if stage == 1 else run(cfg)
+    assert cfg.deepspeed.zero_stage == stage
     assert result.status == "finished" and result.steps == STEPS
-    expected = reference_losses(cfg, STEPS)
+    expected = reference
     assert result.losses == pytest.approx(expected, abs=1e-5)
     assert result.losses[-1] < result.losses[0] - 0.3  # it learns
     assert result.final_val_loss is not None and math.isfinite(result.final_val_loss)
@@ -42,8 +58,8 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert two.final_val_loss == pytest.approx(one.final_val_loss, abs=1e-5)
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    full = run(tiny_trial(tmp_path / "full"))
+def test_resume_equals_uninterrupted(tmp_path: Path, stage_one: TrialResult) -> None:
+    full = stage_one  # tiny_trial uninterrupted
     cfg = tiny_trial(tmp_path / "resumed")
     first = run(cfg, stop_after_steps=6)  # checkpoint_every=6: interrupted right after a checkpoint
     assert first.status == "interrupted" and first.steps == 6

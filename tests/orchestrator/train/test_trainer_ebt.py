@@ -11,7 +11,7 @@ import torch
 
 from model import build_model
 from orchestrator.train.second_order import SecondOrderSafe
-from orchestrator.train.trainer import launch_trial, train_trial
+from orchestrator.train.trainer import TrialResult, launch_trial, train_trial
 from tests.helpers import in_folder, tiny_trial
 from tests.orchestrator.train.reference import reference_losses
 
@@ -27,12 +27,29 @@ def ebt_trial(out: Path, **sections):
     return tiny_trial(out, family="ebt", model=model, train=train, **sections)
 
 
+@pytest.fixture(scope="module")
+def reference() -> list[float]:
+    """Plain PyTorch's losses for ebt_trial (the ZeRO stage plays no part in them)."""
+    return reference_losses(ebt_trial(Path("unused")), STEPS)
+
+
+@pytest.fixture(scope="module")
+def stage_one(tmp_path_factory: pytest.TempPathFactory) -> TrialResult:
+    """ebt_trial as it is (ZeRO-1), trained uninterrupted: the parity test's stage 1 and the resume test's
+    reference run."""
+    out = tmp_path_factory.mktemp("ebt-stage-one")
+    return train_trial(in_folder(ebt_trial(out), out / "t"), progress=False)
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_ebt_zero_stage_matches_plain_pytorch(tmp_path: Path, stage: int) -> None:
+def test_ebt_zero_stage_matches_plain_pytorch(
+    tmp_path: Path, stage: int, reference: list[float], stage_one: TrialResult
+) -> None:
     cfg = ebt_trial(tmp_path, deepspeed={"zero_stage": stage})
-    result = train_trial(in_folder(cfg, tmp_path / "trial"), progress=False)
+    assert cfg.deepspeed.zero_stage == stage
+    result = stage_one if stage == 1 else train_trial(in_folder(cfg, tmp_path / "trial"), progress=False)
     assert result.status == "finished" and result.steps == STEPS
-    assert result.losses == pytest.approx(reference_losses(cfg, STEPS), abs=1e-5)
+    assert result.losses == pytest.approx(reference, abs=1e-5)
     assert result.losses[-1] < 0.7 * result.losses[0]  # it learns through the optimisation
 
 
@@ -46,8 +63,8 @@ def test_ebt_two_processes_match_one(tmp_path: Path) -> None:
     assert two.final_val_loss == pytest.approx(one.final_val_loss, abs=1e-5)
 
 
-def test_ebt_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    full = train_trial(in_folder(ebt_trial(tmp_path / "full"), tmp_path / "full/t"), progress=False)
+def test_ebt_resume_equals_uninterrupted(tmp_path: Path, stage_one: TrialResult) -> None:
+    full = stage_one  # ebt_trial uninterrupted
     cfg = ebt_trial(tmp_path / "resumed", deepspeed={"zero_stage": 2})
     first = train_trial(in_folder(cfg, tmp_path / "resumed/t"), progress=False, stop_after_steps=10)
     second = train_trial(in_folder(cfg, tmp_path / "resumed/t"), progress=False)
