@@ -407,8 +407,10 @@ def check_memory(p: Plan, cpu_limit: int | None, gpu_limit: int | None) -> None:
     for r in p.unique_rows:
         res = r.trial.config.resources
         on_gpu = res.gpus_per_worker > 0
-        limit = gpu_limit * min(1.0, res.gpus_per_worker) if on_gpu and gpu_limit else None
-        limit = limit if on_gpu else cpu_limit
+        if on_gpu:
+            limit = None if gpu_limit is None else gpu_limit * min(1.0, res.gpus_per_worker)
+        else:
+            limit = cpu_limit
         if limit is not None and r.memory_bytes > limit:
             where = f"{res.gpus_per_worker:g} of a GPU's memory" if on_gpu else "the node's memory"
             problems.append(

@@ -379,7 +379,7 @@ def init_ray(address: str | None, env: dict[str, str], dashboard: bool = True) -
 
     if ray.is_initialized():
         return None
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     env = dict(env)
     if address is None:
         # "local" always starts a private instance: a bare ray.init() would silently attach to any cluster
@@ -419,17 +419,22 @@ def ray_env(layout: SweepLayout) -> dict[str, str]:
     env[timeout_var] = os.environ.setdefault(timeout_var, "600")
     # A tuning trial stopped early writes its result and closes its MLflow run before its reused actor takes
     # the next trial; Tune's default 2 s wait for that was seen to be too short on a loaded machine.
-    env.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60"))
+    env["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     return env
 
 
-def check_plan_fits(p: Plan, address: str | None, force: bool) -> None:
-    """Refuse (SpecError) a plan with a trial that cannot fit in a worker, before any trial starts. On the
-    embedded Ray this needs no Ray at all (this machine's memory); on a cluster it runs once connected,
-    against its largest node. `force` skips it."""
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a sweep joins (`--address`, else RAY_ADDRESS); None: an embedded local Ray."""
+    return address or os.environ.get("RAY_ADDRESS")
+
+
+def check_plan_fits(p: Plan, force: bool, on_cluster: bool) -> None:
+    """Refuse (SpecError) a plan with a trial that cannot fit in a worker, before any trial starts. For the
+    embedded Ray it needs no Ray at all (this machine's memory): call it before starting Ray; on a cluster
+    it needs the connection (the largest node's memory): call it once connected. `force` skips it."""
     if force:
         return
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    if not on_cluster:
         check_memory(p, *local_memory_limits())
         return
     import ray
@@ -489,8 +494,9 @@ def run_sweep(
             )
     planned = plan(trials, calibrate=False, throughput_flops=1.0)
     check_budget(planned, max_flops, max_trials)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        check_plan_fits(planned, None, force)
+    on_cluster = cluster_address(address) is not None
+    if not on_cluster:
+        check_plan_fits(planned, force, on_cluster)
     layout = SweepLayout(spec)
     units = trial_units(trials)
     # One driver per sweep at a time: a second one would create MLflow runs of its own for the same trials
@@ -519,8 +525,8 @@ def run_sweep(
                 url = init_ray(address, ray_env(layout), dashboard=dashboard)
                 if url and progress:
                     print(f"Ray dashboard: http://{url}", flush=True)
-                if address is not None or os.environ.get("RAY_ADDRESS"):
-                    check_plan_fits(planned, address, force)
+                if on_cluster:
+                    check_plan_fits(planned, force, on_cluster)
             parent_id = runs.result()
         if pending:
             run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)

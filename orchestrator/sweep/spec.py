@@ -880,6 +880,11 @@ class TuningState:
     path: Path
 
 
+def tuning_path(spec: SweepSpec) -> Path:
+    """Where the spec's tuning stage keeps its outcome: `<output_dir>/<sweep>/tuning.json`."""
+    return sweep_folder(spec.output_dir, spec.name) / TUNING_FILE
+
+
 def tuning_state(spec: SweepSpec, untuned: list[PlannedTrial] | None = None) -> TuningState:
     """The sizes to tune (distinct family x d_model x n_layers of the sweep, filtered by `tune.sizes`) and
     whether tuning.json holds this spec's answer."""
@@ -899,7 +904,7 @@ def tuning_state(spec: SweepSpec, untuned: list[PlannedTrial] | None = None) -> 
     fingerprint = tune.fingerprint(
         {k: c.model_dump(mode="json", exclude=PLACEMENT_FIELDS) for k, c in sorted(sizes.items())}
     )
-    path = sweep_folder(spec.output_dir, spec.name) / TUNING_FILE
+    path = tuning_path(spec)
     values = TunedValues.load(path)
     if values is None:
         return TuningState(sizes, fingerprint, "missing", None, path)

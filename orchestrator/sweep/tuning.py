@@ -35,6 +35,7 @@ from orchestrator.sweep.spec import (
     SweepSpec,
     TuningState,
     trial_shape,
+    tuning_path,
     tuning_state,
 )
 from orchestrator.sweep.tune_space import (
@@ -210,9 +211,9 @@ def write_tuning_file(state: TuningState, sizes: dict[str, dict[str, Any]]) -> d
 
 
 def read_tuning_file(spec: SweepSpec) -> dict[str, Any] | None:
-    """tuning.json as written (for the report and the CLI), or None."""
-    state_path = tuning_state(spec).path
-    return json.loads(state_path.read_text()) if state_path.is_file() else None
+    """tuning.json as written (for the report), or None; no expansion of the spec needed."""
+    path = tuning_path(spec)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -232,6 +233,7 @@ def run_tuning(
         LAUNCHERS,
         SweepLayout,
         check_plan_fits,
+        cluster_address,
         ensure_runs,
         init_ray,
         ray_env,
@@ -249,8 +251,9 @@ def run_tuning(
     searches = plan_searches(spec, state)
     everything = [t for s in searches for t in s.trials]
     planned = plan(everything, calibrate=False, throughput_flops=1.0)
-    if address is None:
-        check_plan_fits(planned, None, force)
+    on_cluster = cluster_address(address) is not None
+    if not on_cluster:
+        check_plan_fits(planned, force, on_cluster)
     layout = SweepLayout(spec)
     units = trial_units(everything)
     ensure_runs(layout, units, extra_tags={tags.STAGE: tags.STAGE_TUNING})
@@ -258,8 +261,8 @@ def run_tuning(
     if pending:
         dashboard = any(uses_ray_train(launcher, u.config.resources.num_workers) for u in pending)
         init_ray(address, ray_env(layout), dashboard=dashboard)
-        if address is not None:
-            check_plan_fits(planned, address, force)
+        if on_cluster:
+            check_plan_fits(planned, force, on_cluster)
     sizes: dict[str, dict[str, Any]] = {}
     for search in searches:
         mine = [u for u in units if u.id in search.values]
@@ -276,7 +279,7 @@ def run_tuning(
                 scheduler=_asha(tune),
                 label=f"search-{search.key.replace(':', '-')}",
             )
-            _record_stops(layout, todo, results)
+            _settle_outcomes(layout, todo, results)
         sizes[search.key] = choose(search, tune)
         write_tuning_file(state, sizes)
     return write_tuning_file(state, sizes)
@@ -295,7 +298,7 @@ def _asha(tune: TuneSpec) -> Any:
     )
 
 
-def _record_stops(layout: Any, units: list[Any], results: Any) -> None:
+def _settle_outcomes(layout: Any, units: list[Any], results: Any) -> None:
     """Settle every trial of a finished Tune experiment. A trial ASHA stopped is final: where its own
     process did not get to write result.json (a Ray Train trial is stopped by ending its workers), it is
     written here from its last report. Then every run whose trial has an outcome but was left open (Tune

@@ -116,7 +116,7 @@ def test_a_trial_too_big_for_a_worker_is_refused_in_seconds_before_ray_starts(tm
     planned = plan(expand(load_spec(spec)), calibrate=False)
     cpu_limit, _gpu = local_memory_limits()
     assert planned.max_memory_bytes > cpu_limit
-    check_plan_fits(planned, None, force=True)  # --force: no refusal
+    check_plan_fits(planned, force=True, on_cluster=False)  # --force: no refusal
     check_memory(planned, planned.max_memory_bytes, None)  # exactly at the limit: fits
     try:
         check_memory(planned, planned.max_memory_bytes - 1, None)
