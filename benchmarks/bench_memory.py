@@ -224,7 +224,7 @@ def measure_memory(cfg: Any, steps: int, root: Path) -> dict[str, Any]:
     }
 
 
-def _reachable_saved(loss: Any, exclude: set[int]) -> dict[int, tuple[tuple[int, ...], int]]:
+def reachable_saved(loss: Any, exclude: set[int]) -> dict[int, tuple[tuple[int, ...], int]]:
     """Distinct storages kept by the autograd graph behind `loss` (each node's `_saved_*` tensors), except
     those in `exclude` (parameters): storage pointer -> (a shape it is saved with, bytes)."""
     import torch
@@ -266,12 +266,12 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     B, S, H = cfg.train.micro_batch_size, m.context_length, m.n_heads
     P = m.ebt.n_step_tokens if m.family == "ebt" else 0
-    queries, keys = {S, P + S, P + 2 * S}, {P + S, P + 2 * S}
+    queries, keys = {S, P + S, P + 2 * S}, {P + S + 1, P + S, P + 2 * S}  # P + S + 1: a candidate sees itself
     attention_sizes = {B * H * q * k * 4 for q in queries for k in keys}
     x = torch.randint(0, m.vocab_size, (B, S))
     loss = model(x, x, sample_ids=torch.arange(B), step_seed=0)
     kinds = {"hidden": 0, "attention": 0, "vocabulary": 0}
-    for shape, nbytes in _reachable_saved(loss, params).values():
+    for shape, nbytes in reachable_saved(loss, params).values():
         if shape and shape[-1] == m.vocab_size:
             kinds["vocabulary"] += nbytes
         elif m.family == "ebt" and nbytes in attention_sizes:  # the Transformer++'s fused kernel keeps none

@@ -38,19 +38,24 @@ TPP_SAVED_ENDS = 3  # x d_model per token: final norm, the head's input
 # (autograd.grad with create_graph=True) saves (14, 8) and two more (H, rows, keys) matrices.
 EBT_SAVED_PER_LAYER = (10 + 14, 4 + 8)
 EBT_ATTENTION_MATRICES = 1 + 2
-# reuse_observed_kv: the candidate stream's attention also keeps the observed + candidate keys/values it
-# concatenates (+2 x d per candidate row); the observed stream is forward only (10, 4) and one (H, n, n)
-# matrix per layer, except its last layer, of which only the keys/values path is kept (3 x d per row).
+# reuse_observed_kv (counted 2026-11-28 the same way, fitted over L in {2, 4} and d_ff in {2d, 3d}): a
+# candidate row keeps (26, 12) per layer and three (H, S, n + 1) score matrices (each candidate sees the
+# n = P + S observed keys and itself: Block.forward_candidates); the observed stream, differentiated once
+# under the fused causal kernel, keeps (14, 4) per observed row and layer (its keys/values also in the
+# layout the candidates' matmuls read) and no (n, n) matrix, and of its last layer only the keys/values
+# path (5 x d per row).
 EBT_REUSE_CANDIDATE_PER_LAYER = (26, 12)
-EBT_OBSERVED_PER_LAYER = (10, 4)
-EBT_OBSERVED_LAST_LAYER = 3
+EBT_REUSE_ATTENTION_MATRICES = 3
+EBT_OBSERVED_PER_LAYER = (14, 4)
+EBT_OBSERVED_LAST_LAYER = 5
 EBT_SAVED_ENDS = {False: 8, True: 7}  # x d_model per observed token per kept step: candidate map, final norm
 # Vocabulary-sized tensors, fp32 whatever the precision (the EBT's candidate logits are fp32; the
 # Transformer++ loss runs on .float() logits), per token: Transformer++ the log-softmax (1 value); EBT per
-# kept step the candidate's softmax p, the CE's log-softmax and one of the candidate gradient's graph (3:
-# bench_memory's saved-tensor walk, 2026-11-28; the logit-space descent kept a fourth, its softmax backward).
+# kept step the candidate's softmax p and the CE's log-softmax, and with the full recompute one more of the
+# candidate gradient's graph (bench_memory's saved-tensor walk, 2026-11-28: the reuse path takes the
+# candidate gradient at p M, so its graph keeps no (B, S, V) tensor).
 TPP_VOCAB_VALUES = 1
-EBT_VOCAB_VALUES_PER_STEP = 3
+EBT_VOCAB_VALUES_PER_STEP = {False: 3, True: 2}  # by reuse_observed_kv
 # Peak / saved: the backward creates gradient buffers before it frees what it consumed. Measured (peak RSS -
 # runtime - parameter bytes) / saved: Transformer++ 1.2-1.6 (the transient scales with the graph); EBT:
 # saved + 1.2 x one kept step's saved bytes (the double backward's buffers belong to the step in flight:
@@ -187,7 +192,7 @@ class EBTFamily:
         ends = EBT_SAVED_ENDS[x.reuse_observed_kv] * S * m.d_model
         if x.reuse_observed_kv:
             step_hidden = B * (S * L * _values(EBT_REUSE_CANDIDATE_PER_LAYER, m) + ends) * e
-            step_attention = EBT_ATTENTION_MATRICES * B * H * L * S * (n + S) * e
+            step_attention = EBT_REUSE_ATTENTION_MATRICES * B * H * L * S * (n + 1) * e
             # observed streams: one per step index (steps past mcmc_steps reuse the last), alive while the
             # descent runs; the backward keeps those of the kept steps (one with truncate_to_last_step)
             streams = min(K, x.mcmc_steps)
@@ -198,13 +203,13 @@ class EBTFamily:
                 * ((L - 1) * _values(EBT_OBSERVED_PER_LAYER, m) + EBT_OBSERVED_LAST_LAYER * m.d_model)
                 * e
             )
-            observed_attention = B * H * (L - 1) * n * n * e
+            observed_attention = 0  # the fused causal kernel keeps a log-sum-exp per row and head only
         else:
             step_hidden = B * (T * L * _values(EBT_SAVED_PER_LAYER, m) + ends) * e
             step_attention = EBT_ATTENTION_MATRICES * B * H * L * T * T * e
             streams = indices = 0
             observed_hidden = observed_attention = 0
-        step_vocabulary = B * S * V * 4 * EBT_VOCAB_VALUES_PER_STEP
+        step_vocabulary = B * S * V * 4 * EBT_VOCAB_VALUES_PER_STEP[x.reuse_observed_kv]
         one_step = step_hidden + step_attention + step_vocabulary
         forward_only_streams = (streams - indices) * (observed_hidden + observed_attention)
         return _terms(
@@ -218,9 +223,9 @@ class EBTFamily:
     def step_work(self, cfg: ModelConfig, micro_batch: int) -> StepWork:
         """K + 2 x kept passes (each descent step's energy and candidate gradient, twice again for the outer
         backward of a kept step: the weighting of its FLOP count, with the expected K); attention elements
-        weighted the same way: T^2 per layer per pass (full recompute, T = P + 2S), or S (n + S) for the
-        candidate stream plus n^2 per observed stream (forward once per step index, backward for the kept
-        ones) with reuse_observed_kv."""
+        weighted the same way: T^2 per layer per pass (full recompute, T = P + 2S), or S (n + 1) for the
+        candidate stream (observed keys and itself) plus n^2 per observed stream (forward once per step
+        index, backward for the kept ones) with reuse_observed_kv."""
         x, B, S, L, H = cfg.ebt, micro_batch, cfg.context_length, cfg.n_layers, cfg.n_heads
         K, kept = flops.expected_train_steps(cfg)
         passes = K + 2 * kept
@@ -228,7 +233,7 @@ class EBTFamily:
         if x.reuse_observed_kv:
             streams = min(K, x.mcmc_steps)
             kept_streams = 1 if x.truncate_to_last_step else streams
-            return StepWork(passes, B * H * L * (S * (n + S) * passes + n * n * (streams + 2 * kept_streams)))
+            return StepWork(passes, B * H * L * (S * (n + 1) * passes + n * n * (streams + 2 * kept_streams)))
         return StepWork(passes, B * H * L * (n + S) ** 2 * passes)
 
 
@@ -274,13 +279,14 @@ def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> di
     - full recompute (reuse_observed_kv false): every energy evaluation runs all T = P + 2S rows through L
       blocks, keeping their forward and candidate-gradient graphs: hidden B (T L (24d + 12f) + 8Sd) e and
       three (B, H, T, T) attention matrices per layer (MATH kernel): 3 B H L T^2 e;
-    - reuse_observed_kv: only the S candidate rows run per step, attending to the n + S observed and
-      candidate keys: hidden B S (L (26d + 12f) + 7d) e, attention 3 B H L S (n + S) e. The observed stream
-      is computed once per distinct step index (min(k, mcmc_steps - 1)), forward only, and only its keys and
-      values are used: B n ((L-1)(10d + 4f) + 3d) e hidden and (L-1) B H n^2 e attention per index (the
-      backward keeps the kept steps' indices; with truncate_to_last_step the others live during the descent
-      only: counted as transient);
-    - vocabulary: 3 B S V 4 (candidate softmax p, CE log-softmax, one of the candidate gradient's graph).
+    - reuse_observed_kv: only the S candidate rows run per step, each attending to the n observed keys it
+      may see and to itself: hidden B S (L (26d + 12f) + 7d) e, attention 3 B H L S (n + 1) e. The observed
+      stream is computed once per distinct step index (min(k, mcmc_steps - 1)) under the fused causal
+      kernel, and only its keys and values are used: B n ((L-1)(14d + 4f) + 5d) e hidden per index and no
+      attention matrix (the backward keeps the kept steps' indices; with truncate_to_last_step the others
+      live during the descent only: counted as transient);
+    - vocabulary: 3 B S V 4 (candidate softmax p, CE log-softmax, one of the candidate gradient's graph),
+      2 B S V 4 with reuse_observed_kv (no (B, S, V) tensor in the candidate gradient's graph).
     weights: SecondOrderSafe runs the EBT on clones of its weights, made by every forward and kept by the
     graph until the backward has summed their gradients: N x EBT_WEIGHT_CLONE_VALUES_PER_PARAM x e.
     transient = EBT_TRANSIENT_STEPS x one kept step's saved bytes (the outer backward's buffers belong to the

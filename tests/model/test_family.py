@@ -3,12 +3,19 @@ describe the model it builds."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
+import torch
 
 from model import ModelInterface, build_model
 from model.config import EBTConfig, ModelConfig
 from model.family import FAMILIES, family
 from model.flops import count_params
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -24,3 +31,44 @@ def test_the_step_token_count_is_the_variants() -> None:
     assert (
         EBTConfig(variant="time_embed").n_step_tokens == 1 and EBTConfig(variant="default").n_step_tokens == 0
     )
+
+
+@pytest.fixture(scope="module")
+def reachable_saved() -> Any:
+    """bench_memory's walk of the autograd graph: the distinct storages a loss's backward keeps."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from bench_memory import reachable_saved
+
+        yield reachable_saved
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.mark.parametrize(
+    "family_name, ebt",
+    [
+        ("transformer_pp", {}),
+        ("ebt", {}),  # reuse_observed_kv, the default
+        ("ebt", {"reuse_observed_kv": False}),
+        ("ebt", {"mcmc_steps": 3, "truncate_to_last_step": True}),
+    ],
+    ids=["tpp", "ebt-reuse", "ebt-full", "ebt-reuse-k3-truncated"],
+)
+def test_the_planned_activation_terms_are_what_autograd_keeps(
+    family_name: str, ebt: dict[str, Any], reachable_saved: Any
+) -> None:
+    """The planner's memory estimate rests on these terms: a change to what the models save for their
+    backward (a new attention layout, a kept tensor more) must come with new coefficients."""
+    shape = dict(d_model=64, n_layers=2, n_heads=2, vocab_size=200, context_length=48)
+    cfg = ModelConfig(family=family_name, **shape, **({"ebt": ebt} if ebt else {}))
+    B = 3
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    x = torch.randint(0, cfg.vocab_size, (B, cfg.context_length))
+    loss = model(x, x, sample_ids=torch.arange(B), step_seed=0)
+    kept = sum(nbytes for _, nbytes in reachable_saved(loss, params).values())
+    terms = family(cfg).activation_terms(cfg, B, value_bytes=4)
+    planned = terms["hidden"] + terms["attention"] + terms["vocabulary"]
+    assert kept == pytest.approx(planned, rel=0.03)
