@@ -721,6 +721,20 @@ def plain_step_fns(
     return steps
 
 
+def counted_step_flops(step: Callable[[], float]) -> float:
+    """Matmul FLOPs of one training step as torch's FlopCounterMode counts them, every attention under the
+    MATH kernel (which it counts as matmuls; a fused causal kernel would be left out): the same yardstick for
+    our code and the authors'. Their ratio is the time ratio an equally efficient implementation would get:
+    our step cannot be much under ours/authors' counted FLOPs unless it runs faster per FLOP."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        step()
+    return float(counter.get_total_flops())
+
+
 def plain_size(
     d: int, vocab: int, args: argparse.Namespace, device: str, dtype: torch.dtype, workdir: Path
 ) -> dict[str, Any]:
@@ -739,6 +753,9 @@ def plain_size(
     best = {v: min(t) for v, t in times.items()}
     cfgs = plain_configs(d, vocab, args)
     tokens = micro * args.context
+    counted = {}  # FLOPs per token each variant's step executes, counted the same way for all
+    if not args.no_flop_count:
+        counted = {v: counted_step_flops(step) / tokens for v, step in steps.items()}
     out: dict[str, Any] = {
         "d_model": d,
         "vocab": vocab,
@@ -748,10 +765,13 @@ def plain_size(
     out["step_s"], out["step_s_best"] = times, best
     out["model_flops_per_token"] = {v: train_flops_per_token(cfgs[v]) for v in best if v in cfgs}
     out["computed_flops_per_token"] = {v: executed_train_flops_per_token(cfgs[v]) for v in best if v in cfgs}
+    out["counted_flops_per_token"] = counted
     ratios = {}
     for a, b in RATIOS:
         if a in best and b in best:
             ratios[f"{a}/{b}"] = best[a] / best[b]
+        if a in counted and b in counted:
+            ratios[f"{a}/{b} counted FLOPs"] = counted[a] / counted[b]
     if "ebt_reuse/transformer_pp" in ratios:
         flops = out["computed_flops_per_token"]
         ratios["ebt_reuse/transformer_pp FLOP ratio"] = flops["ebt_reuse"] / flops["transformer_pp"]
@@ -845,8 +865,18 @@ def render_plain(result: dict[str, Any]) -> None:
     t = table(
         f"plain PyTorch training step (forward + loss + backward + AdamW), {result['device']} "
         f"{result['dtype']}, {result['threads']} thread(s), best of {result['args']['rounds']} rounds",
-        ("V", "d/L", "batch", *(f"{v} s" for v in variants), *ratio_cols, "MFU ebt", "MFU tpp"),
+        (
+            "V",
+            "d/L",
+            "batch",
+            *(f"{v} s" for v in variants),
+            *ratio_cols,
+            "ebt_reuse/authors counted FLOPs",
+            "MFU ebt",
+            "MFU tpp",
+        ),
     )
+    flop_ratio = "ebt_reuse/authors counted FLOPs"
     for s in result["sizes"]:
         t.add_row(
             str(s["vocab"]),
@@ -854,6 +884,7 @@ def render_plain(result: dict[str, Any]) -> None:
             str(s["micro_batch"]),
             *(f"{s['step_s_best'][v]:.3f}" if v in s["step_s_best"] else "-" for v in variants),
             *(f"{s['ratios'][c]:.2f}" if c in s["ratios"] else "-" for c in ratio_cols),
+            f"{s['ratios'][flop_ratio]:.3f}" if flop_ratio in s["ratios"] else "-",
             *(f"{s['mfu'][v]:.0%}" if v in s["mfu"] else "-" for v in ("ebt_reuse", "transformer_pp")),
         )
     out.print(t)
@@ -884,7 +915,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a sweep worker's cpus: 1)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-mlflow", action="store_true", help="log without an MLflow tracker")
-    parser.add_argument("--no-flop-count", action="store_true", help="skip the FlopCounterMode check")
+    parser.add_argument(
+        "--no-flop-count",
+        action="store_true",
+        help="skip the FlopCounterMode check (--plain: the counted FLOPs of each variant's step)",
+    )
     parser.add_argument(
         "--no-optimizer-check", action="store_true", help="skip the fused-AdamW what-if (largest TPP size)"
     )

@@ -66,6 +66,9 @@ def test_gpu_sh_dry_run_runs_the_cpu_side_into_one_folder(tmp_path: Path) -> Non
     plain = json.loads((out / "throughput-plain.json").read_text())
     assert plain["device"] == "cpu" and plain["dtype"] == "float32"
     assert {"transformer_pp", "ebt_reuse", "ebt"} <= set(plain["sizes"][0]["step_s_best"])
+    counted = plain["sizes"][0]["counted_flops_per_token"]  # the side-by-side's FLOP yardstick
+    assert counted["transformer_pp"] < counted["ebt_reuse"] < counted["ebt"]
+    assert plain["sizes"][0]["ratios"]["ebt_reuse/ebt counted FLOPs"] == counted["ebt_reuse"] / counted["ebt"]
     spec = (out / "gpu-sweep.yaml").read_text()
     assert "gpus_per_worker: 0.5" in spec and f"output_dir: {out}/sweep" in spec
     plan = (out / "sweep-plan.txt").read_text()
