@@ -7,6 +7,8 @@ at the position of the token it predicts, beside the observed stream.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -91,7 +93,13 @@ class Attention(nn.Module):
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward_candidates(
-        self, x: Tensor, cos: Tensor, sin: Tensor, observed_kv: tuple[Tensor, Tensor], bias: Tensor
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        observed_kv: tuple[Tensor, Tensor],
+        bias: Tensor,
+        blocks: Sequence[tuple[int, int, int]],
     ) -> Tensor:
         """Attention of candidate rows x (B, S, d) that each see some observed keys/values (B, H, n, h), as
         `bias` (S, n: 0 may attend, -inf may not) says, and themselves only -> (B, S, d).
@@ -99,15 +107,20 @@ class Attention(nn.Module):
         The same as a masked attention over [observed | candidates], whose candidate-by-candidate block is
         diagonal: its one live score per row is a dot product, computed as such (no S x S scores, no mask
         over them). Plain matmuls and a softmax, so it has a double backward, which fused SDPA kernels lack.
-        """
+        `blocks` [(start, end, keys)] split the rows: rows start..end-1 score only the first `keys` observed
+        keys, past which their bias is all -inf (skipping those scores changes nothing)."""
         B, S, d = x.shape
         q, k, v = self.rotated_qkv(x, cos, sin)  # (B, H, S, h)
         keys, values = observed_kv  # (B, H, n, h)
         q = q * self.head_dim**-0.5
-        observed = bias + q @ keys.transpose(-2, -1)  # (B, H, S, n)
-        itself = (q * k).sum(-1, keepdim=True)  # (B, H, S, 1)
-        w = torch.cat([observed, itself], dim=-1).softmax(-1)  # (B, H, S, n + 1)
-        y = w[..., :-1] @ values + w[..., -1:] * v  # (B, H, S, h)
+        y = []
+        for start, end, m in blocks:
+            rows = slice(start, end)
+            observed = bias[rows, :m] + q[:, :, rows] @ keys[:, :, :m].transpose(-2, -1)  # (B, H, r, m)
+            itself = (q[:, :, rows] * k[:, :, rows]).sum(-1, keepdim=True)  # (B, H, r, 1)
+            w, w_self = torch.cat([observed, itself], dim=-1).softmax(-1).split([m, 1], dim=-1)
+            y.append(w @ values[:, :, :m] + w_self * v[:, :, rows])  # (B, H, r, h)
+        y = torch.cat(y, dim=2) if len(y) > 1 else y[0]  # (B, H, S, h)
         return self.proj(y.transpose(1, 2).reshape(B, S, d))
 
 
@@ -156,10 +169,16 @@ class Block(nn.Module):
         return self.attn.rotated_qkv(self.attn_norm(x), cos, sin)[1:]
 
     def forward_candidates(
-        self, x: Tensor, cos: Tensor, sin: Tensor, observed_kv: tuple[Tensor, Tensor], bias: Tensor
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        observed_kv: tuple[Tensor, Tensor],
+        bias: Tensor,
+        blocks: Sequence[tuple[int, int, int]],
     ) -> Tensor:
         """`forward` of candidate rows over observed keys/values (see Attention.forward_candidates)."""
-        x = x + self.attn.forward_candidates(self.attn_norm(x), cos, sin, observed_kv, bias)
+        x = x + self.attn.forward_candidates(self.attn_norm(x), cos, sin, observed_kv, bias, blocks)
         return x + self.mlp(self.mlp_norm(x))
 
 

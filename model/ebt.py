@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin, table_dtype
 from model.config import EBTConfig, ModelConfig
-from model.flops import tied_candidate_map
+from model.flops import candidate_blocks, tied_candidate_map
 from model.loss import training_ce
 from model.replay import ReplayBuffer
 
@@ -245,8 +245,9 @@ class EBT(nn.Module):
         _, cand_pos = positions(S, self.P, c.device)
         cos, sin = self._rotary(cand_pos)
         bias = observed_bias(S, self.P, c.dtype, c.device)  # (S, P+S)
+        blocks = candidate_blocks(S, self.P)  # rows scored against only the observed keys they may see
         for block, kv in zip(self.blocks, observed_kv, strict=True):
-            c = block.forward_candidates(c, cos, sin, kv, bias)
+            c = block.forward_candidates(c, cos, sin, kv, bias, blocks)
         return self.energy_head(self.norm(c)).squeeze(-1)
 
     def candidate_matrix(self) -> Tensor:

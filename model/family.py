@@ -39,11 +39,11 @@ TPP_SAVED_ENDS = 3  # x d_model per token: final norm, the head's input
 EBT_SAVED_PER_LAYER = (10 + 14, 4 + 8)
 EBT_ATTENTION_MATRICES = 1 + 2
 # reuse_observed_kv (counted 2026-11-28 the same way, fitted over L in {2, 4} and d_ff in {2d, 3d}): a
-# candidate row keeps (26, 12) per layer and three (H, S, n + 1) score matrices (each candidate sees the
-# n = P + S observed keys and itself: Block.forward_candidates); the observed stream, differentiated once
-# under the fused causal kernel, keeps (14, 4) per observed row and layer (its keys/values also in the
-# layout the candidates' matmuls read) and no (n, n) matrix, and of its last layer only the keys/values
-# path (5 x d per row).
+# candidate row keeps (26, 12) per layer, and the candidate attention three score matrices per layer (each
+# candidate sees the observed keys its block may see and itself: Block.forward_candidates); the observed
+# stream, differentiated once under the fused causal kernel, keeps (14, 4) per observed row and layer (its
+# keys/values also in the layout the candidates' matmuls read) and no (n, n) matrix, and of its last layer
+# only the keys/values path (5 x d per row).
 EBT_REUSE_CANDIDATE_PER_LAYER = (26, 12)
 EBT_REUSE_ATTENTION_MATRICES = 3
 EBT_OBSERVED_PER_LAYER = (14, 4)
@@ -192,7 +192,8 @@ class EBTFamily:
         ends = EBT_SAVED_ENDS[x.reuse_observed_kv] * S * m.d_model
         if x.reuse_observed_kv:
             step_hidden = B * (S * L * _values(EBT_REUSE_CANDIDATE_PER_LAYER, m) + ends) * e
-            step_attention = EBT_REUSE_ATTENTION_MATRICES * B * H * L * S * (n + 1) * e
+            scores = flops.candidate_score_elements(S, P)  # per head and layer
+            step_attention = EBT_REUSE_ATTENTION_MATRICES * B * H * L * scores * e
             # observed streams: one per step index (steps past mcmc_steps reuse the last), alive while the
             # descent runs; the backward keeps those of the kept steps (one with truncate_to_last_step)
             streams = min(K, x.mcmc_steps)
@@ -223,9 +224,9 @@ class EBTFamily:
     def step_work(self, cfg: ModelConfig, micro_batch: int) -> StepWork:
         """K + 2 x kept passes (each descent step's energy and candidate gradient, twice again for the outer
         backward of a kept step: the weighting of its FLOP count, with the expected K); attention elements
-        weighted the same way: T^2 per layer per pass (full recompute, T = P + 2S), or S (n + 1) for the
-        candidate stream (observed keys and itself) plus n^2 per observed stream (forward once per step
-        index, backward for the kept ones) with reuse_observed_kv."""
+        weighted the same way: T^2 per layer per pass (full recompute, T = P + 2S), or the candidate scores
+        (`flops.candidate_score_elements`: each block of rows x its observed keys + 1) plus n^2 per observed
+        stream (forward once per step index, backward for the kept ones) with reuse_observed_kv."""
         x, B, S, L, H = cfg.ebt, micro_batch, cfg.context_length, cfg.n_layers, cfg.n_heads
         K, kept = flops.expected_train_steps(cfg)
         passes = K + 2 * kept
@@ -233,7 +234,8 @@ class EBTFamily:
         if x.reuse_observed_kv:
             streams = min(K, x.mcmc_steps)
             kept_streams = 1 if x.truncate_to_last_step else streams
-            return StepWork(passes, B * H * L * (S * (n + 1) * passes + n * n * (streams + 2 * kept_streams)))
+            candidates = flops.candidate_score_elements(S, x.n_step_tokens)
+            return StepWork(passes, B * H * L * (candidates * passes + n * n * (streams + 2 * kept_streams)))
         return StepWork(passes, B * H * L * (n + S) ** 2 * passes)
 
 
@@ -280,7 +282,9 @@ def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> di
       blocks, keeping their forward and candidate-gradient graphs: hidden B (T L (24d + 12f) + 8Sd) e and
       three (B, H, T, T) attention matrices per layer (MATH kernel): 3 B H L T^2 e;
     - reuse_observed_kv: only the S candidate rows run per step, each attending to the n observed keys it
-      may see and to itself: hidden B S (L (26d + 12f) + 7d) e, attention 3 B H L S (n + 1) e. The observed
+      may see and to itself: hidden B S (L (26d + 12f) + 7d) e, attention 3 B H L C e with C the candidate
+      scores per head (`flops.candidate_score_elements`: at most S (n + 1), less where the rows are split
+      into blocks that score a prefix of the keys). The observed
       stream is computed once per distinct step index (min(k, mcmc_steps - 1)) under the fused causal
       kernel, and only its keys and values are used: B n ((L-1)(14d + 4f) + 5d) e hidden per index and no
       attention matrix (the backward keeps the kept steps' indices; with truncate_to_last_step the others

@@ -7,6 +7,7 @@ subtracted), a backward pass costs twice its forward. Norms, activations and the
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 from model.config import ModelConfig
@@ -73,6 +74,25 @@ def _family(cfg: ModelConfig) -> Family:
 def tied_candidate_map(cfg: ModelConfig) -> bool:
     """Candidate embedding = probs @ token embedding ('token_embedding', or tie_embeddings=True)."""
     return cfg.tie_embeddings or cfg.ebt.candidate_embedding == "token_embedding"
+
+
+CANDIDATE_BLOCK_MIN_ROWS = 64  # fewer rows per block: the blocks' extra ops cost more than the scores skipped
+CANDIDATE_BLOCKS_MAX = 4  # measured best on CPU at context 256 (benchmarks/NOTES.md; 8 blocks were slower)
+
+
+def candidate_blocks(S: int, P: int) -> list[tuple[int, int, int]]:
+    """The S candidate rows in up to CANDIDATE_BLOCKS_MAX blocks of rows [start, end), each with the number
+    of leading observed keys its rows may see, P + end (candidate t sees keys 0..P+t): a block of early
+    candidates scores only a short prefix of the P + S observed keys, where one (S, P + S) score matrix would
+    be about half -inf. -> [(start, end, keys)]"""
+    count = max(1, min(CANDIDATE_BLOCKS_MAX, S // CANDIDATE_BLOCK_MIN_ROWS))
+    bounds = [S * i // count for i in range(count + 1)]
+    return [(start, end, P + end) for start, end in itertools.pairwise(bounds)]
+
+
+def candidate_score_elements(S: int, P: int) -> int:
+    """Scores per head of one candidate-stream attention: each block's rows x (its keys + the self score)."""
+    return sum((end - start) * (keys + 1) for start, end, keys in candidate_blocks(S, P))
 
 
 def ebt_params(cfg: ModelConfig) -> dict[str, int]:
@@ -148,12 +168,12 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     attn(q, k) = 4qkd for q queries over k keys:
     - observed stream, once per distinct step index: F_o = (L - 1)(lin(n) + attn(n, n)) + 6nd^2. Only its
       keys/values are used, so the last block stops at its qkv projection;
-    - candidate stream, every step: F_c = L(lin(S) + attn(S, n)) + 2SVd + 2Sd (queries are the S candidates,
-      keys the n observed ones; each candidate's score with itself is elementwise; candidate map + energy
-      head);
+    - candidate stream, every step: F_c = L(lin(S) + A) + 2SVd + 2Sd, A = sum over `candidate_blocks` of
+      attn(rows, keys) (the candidates score the observed keys their block may see; each candidate's score
+      with itself is elementwise; candidate map + energy head);
     - candidate gradient (autograd.grad w.r.t. the candidate embedding, then one GEMM to the vocabulary):
-      G_c = L(lin(S) + 2 attn(S, n)) + 2SVd + 2Sd (input gradients only, attention backward twice its
-      forward);
+      G_c = L(lin(S) + A) + 2SVd + 2Sd (gradients on the way to the candidates only: the linears' inputs,
+      the attention's queries and weights, not the observed keys/values);
     - outer backward: 2(F_c + G_c) per kept step, less 2SVd where the step's probabilities are detached (no
       gradient for them through the candidate map), and 2 F_o per distinct index the kept steps use.
     Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range; replayed
@@ -173,8 +193,9 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     ends = 2 * S * V * d + 2 * S * d
     obs_fwd = (L - 1) * (lin(n) + attn(n, n)) + 6 * n * d * d
     obs_bwd = 2 * obs_fwd
-    cand_fwd = L * (lin(S) + attn(S, n)) + ends
-    cand_grad = L * (lin(S) + 2 * attn(S, n)) + ends
+    cand_attn = sum(attn(end - start, keys) for start, end, keys in candidate_blocks(S, P))
+    cand_fwd = L * (lin(S) + cand_attn) + ends
+    cand_grad = L * (lin(S) + cand_attn) + ends
     low, high = e.train_step_counts
     counts = range(low, high + 1)
     total = 0.0

@@ -52,15 +52,17 @@ def reachable_saved() -> Any:
         ("ebt", {}),  # reuse_observed_kv, the default
         ("ebt", {"reuse_observed_kv": False}),
         ("ebt", {"mcmc_steps": 3, "truncate_to_last_step": True}),
+        ("ebt", {}),  # context 160: the candidate attention in 2 blocks
     ],
-    ids=["tpp", "ebt-reuse", "ebt-full", "ebt-reuse-k3-truncated"],
+    ids=["tpp", "ebt-reuse", "ebt-full", "ebt-reuse-k3-truncated", "ebt-reuse-blocks"],
 )
 def test_the_planned_activation_terms_are_what_autograd_keeps(
-    family_name: str, ebt: dict[str, Any], reachable_saved: Any
+    family_name: str, ebt: dict[str, Any], reachable_saved: Any, request: pytest.FixtureRequest
 ) -> None:
     """The planner's memory estimate rests on these terms: a change to what the models save for their
     backward (a new attention layout, a kept tensor more) must come with new coefficients."""
-    shape = dict(d_model=64, n_layers=2, n_heads=2, vocab_size=200, context_length=48)
+    context = 160 if request.node.callspec.id == "ebt-reuse-blocks" else 48
+    shape = dict(d_model=64, n_layers=2, n_heads=2, vocab_size=200, context_length=context)
     cfg = ModelConfig(family=family_name, **shape, **({"ebt": ebt} if ebt else {}))
     B = 3
     torch.manual_seed(0)
