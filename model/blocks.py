@@ -113,14 +113,14 @@ class Attention(nn.Module):
         q, k, v = self.rotated_qkv(x, cos, sin)  # (B, H, S, h)
         keys, values = observed_kv  # (B, H, n, h)
         q = q * self.head_dim**-0.5
-        y = []
+        parts = []  # (B, H, rows, h) per block
         for start, end, m in blocks:
             rows = slice(start, end)
             observed = bias[rows, :m] + q[:, :, rows] @ keys[:, :, :m].transpose(-2, -1)  # (B, H, r, m)
             itself = (q[:, :, rows] * k[:, :, rows]).sum(-1, keepdim=True)  # (B, H, r, 1)
             w, w_self = torch.cat([observed, itself], dim=-1).softmax(-1).split([m, 1], dim=-1)
-            y.append(w @ values[:, :, :m] + w_self * v[:, :, rows])  # (B, H, r, h)
-        y = torch.cat(y, dim=2) if len(y) > 1 else y[0]  # (B, H, S, h)
+            parts.append(w @ values[:, :, :m] + w_self * v[:, :, rows])  # (B, H, r, h)
+        y = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # (B, H, S, h)
         return self.proj(y.transpose(1, 2).reshape(B, S, d))
 
 
