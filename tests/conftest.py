@@ -10,6 +10,11 @@ import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread, here and in every process a test starts (CLI commands, in-process trials): the models
+# are tiny, and two threads on the test machine's two shared cores make a step many times slower (a 400-step
+# trial took 84-143 s instead of 6-13 s in-process while other processes held a core). Set before anything
+# imports torch; a trial under Ray sets its own count (cpus_per_worker) either way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

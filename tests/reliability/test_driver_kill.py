@@ -32,9 +32,10 @@ def kill_when(spec: Path, ready: object, what: str) -> None:
 
 
 def test_driver_killed_at_three_points_finishes_on_rerun_with_one_run_per_trial(tmp_path: Path) -> None:
-    # 300 steps: seconds of training left after the first checkpoint even on a quiet machine, so the
-    # mid-trial kill always lands mid-trial
-    spec = write_spec(tmp_path, SWEEP, tokens=8 * 32 * 300, checkpoint_every=5)
+    # 150 steps, a checkpoint every 5: after the first checkpoint a trial still has 145 steps and 29
+    # checkpoints to go, seconds of training even on a quiet machine, while the kill comes within ~0.1 s of
+    # seeing that checkpoint; so the mid-trial kill always lands mid-trial (and the test says so if not)
+    spec = write_spec(tmp_path, SWEEP, tokens=8 * 32 * 150, checkpoint_every=5)
     out = tmp_path / "out"
     trials = out / SWEEP / "trials"
 
