@@ -310,9 +310,9 @@ def _tokenizer_key(cfg: DataConfig) -> str:
 # ---------------------------------------------------------------------------------------------- building
 
 
-def resolve_cache_dir(cfg: DataConfig) -> Path:
-    """cfg.cache_dir, else $EBTSCALE_CACHE_DIR, else ~/.cache/ebtscale."""
-    path = cfg.cache_dir or os.environ.get("EBTSCALE_CACHE_DIR") or "~/.cache/ebtscale"
+def resolve_cache_dir(cfg: DataConfig | None = None) -> Path:
+    """cfg.cache_dir, else $EBTSCALE_CACHE_DIR, else ~/.cache/ebtscale (the project's one cache folder)."""
+    path = (cfg.cache_dir if cfg else None) or os.environ.get("EBTSCALE_CACHE_DIR") or "~/.cache/ebtscale"
     return Path(path).expanduser()
 
 

@@ -1,0 +1,48 @@
+"""orchestrator/tracking.py: new sqlite stores are copies of one migrated empty store, cached per MLflow
+version, and work like stores MLflow made itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from orchestrator.tracking import artifact_location, get_or_create_experiment, mlflow_client
+
+
+def store(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EBTSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    first, second = store(tmp_path / "a"), store(tmp_path / "b")
+    mlflow_client(first)
+    template = tmp_path / "cache" / "mlflow" / f"empty-{mlflow.__version__}.db"
+    assert template.is_file()
+    made = template.stat().st_mtime_ns
+    client = mlflow_client(second)
+    assert template.stat().st_mtime_ns == made  # reused, not migrated again
+    (default,) = client.search_experiments()
+    assert default.name == "Default" and default.artifact_location == artifact_location(second, "Default")
+    # the copy is a working store of its own: a run logged in it is read back, and not seen in the other
+    run = client.create_run(get_or_create_experiment(second, "sweep"))
+    client.log_metric(run.info.run_id, "val_loss", 4.2)
+    assert client.get_run(run.info.run_id).data.metrics == {"val_loss": 4.2}
+    assert mlflow_client(first).get_experiment_by_name("sweep") is None
+
+
+def test_without_a_usable_cache_mlflow_makes_the_store_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would be")  # no folder can be made under it
+    monkeypatch.setenv("EBTSCALE_CACHE_DIR", str(blocked))
+    uri = store(tmp_path / "c")
+    client = mlflow_client(uri)
+    run = client.create_run(get_or_create_experiment(uri, "sweep"))
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert (tmp_path / "c" / "mlflow.db").is_file() and not list((tmp_path / "c").glob("*.tmp"))
