@@ -5,12 +5,13 @@ processes of a session (a driver and every Ray process it started); the fault lo
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 EBTSCALE = [sys.executable, "-m", "orchestrator.cli"]
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator[Any]:
+    """A script of benchmarks/ as a module (they import each other by path, not as a package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 # ------------------------------------------------------------------------------------------- trials, models

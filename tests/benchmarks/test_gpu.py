@@ -5,25 +5,20 @@ plan). GPU figures themselves are measured only where a GPU is (benchmarks/NOTES
 from __future__ import annotations
 
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, benchmark_module
 
 
 @pytest.fixture(scope="module")
-def bench() -> Any:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_throughput
-
-        yield bench_throughput
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+def bench() -> Iterator[Any]:
+    with benchmark_module("bench_throughput") as module:
+        yield module
 
 
 def test_picks_cuda_in_bf16_when_a_gpu_is_visible(bench: Any, monkeypatch: pytest.MonkeyPatch) -> None:

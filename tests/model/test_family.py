@@ -3,8 +3,7 @@ describe the model it builds."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ from model import ModelInterface, build_model
 from model.config import EBTConfig, ModelConfig
 from model.family import FAMILIES, family
 from model.flops import count_params
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import benchmark_module
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -34,15 +32,10 @@ def test_the_step_token_count_is_the_variants() -> None:
 
 
 @pytest.fixture(scope="module")
-def reachable_saved() -> Any:
+def reachable_saved() -> Iterator[Any]:
     """bench_memory's walk of the autograd graph: the distinct storages a loss's backward keeps."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from bench_memory import reachable_saved
-
-        yield reachable_saved
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_module("bench_memory") as module:
+        yield module.reachable_saved
 
 
 @pytest.mark.parametrize(
