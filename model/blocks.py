@@ -112,14 +112,11 @@ class Attention(nn.Module):
         B, S, d = x.shape
         q, k, v = self.rotated_qkv(x, cos, sin)  # (B, H, S, h)
         keys, values = observed_kv  # (B, H, n, h)
-        # the layouts the matmuls read, made once: each block's key prefix is then a view, not another copy
-        keys_t = keys.transpose(-2, -1).contiguous()  # (B, H, h, n)
-        values = values.contiguous()
         q = q * self.head_dim**-0.5
         parts = []  # (B, H, rows, h) per block
         for start, end, m in blocks:
             rows = slice(start, end)
-            observed = bias[rows, :m] + q[:, :, rows] @ keys_t[..., :m]  # (B, H, r, m)
+            observed = bias[rows, :m] + q[:, :, rows] @ keys[:, :, :m].transpose(-2, -1)  # (B, H, r, m)
             itself = (q[:, :, rows] * k[:, :, rows]).sum(-1, keepdim=True)  # (B, H, r, 1)
             w, w_self = torch.cat([observed, itself], dim=-1).softmax(-1).split([m, 1], dim=-1)
             parts.append(w @ values[:, :, :m] + w_self * v[:, :, rows])  # (B, H, r, h)
