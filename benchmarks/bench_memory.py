@@ -259,6 +259,7 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
     import torch
 
     from model import build_model
+    from model.flops import candidate_blocks
 
     m = cfg.model
     torch.manual_seed(0)
@@ -268,6 +269,8 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
     P = m.ebt.n_step_tokens if m.family == "ebt" else 0
     queries, keys = {S, P + S, P + 2 * S}, {P + S + 1, P + S, P + 2 * S}  # P + S + 1: a candidate sees itself
     attention_sizes = {B * H * q * k * 4 for q in queries for k in keys}
+    if m.family == "ebt":  # the candidate attention's blocks: rows x (their observed keys + itself)
+        attention_sizes |= {B * H * (end - start) * (k + 1) * 4 for start, end, k in candidate_blocks(S, P)}
     x = torch.randint(0, m.vocab_size, (B, S))
     loss = model(x, x, sample_ids=torch.arange(B), step_seed=0)
     kinds = {"hidden": 0, "attention": 0, "vocabulary": 0}
