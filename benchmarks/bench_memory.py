@@ -267,7 +267,7 @@ def saved_tensors(cfg: Any) -> dict[str, Any]:
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     B, S, H = cfg.train.micro_batch_size, m.context_length, m.n_heads
     P = m.ebt.n_step_tokens if m.family == "ebt" else 0
-    queries, keys = {S, P + S, P + 2 * S}, {P + S + 1, P + S, P + 2 * S}  # P + S + 1: a candidate sees itself
+    queries, keys = {S, P + S, P + 2 * S}, {P + S, P + 2 * S}
     attention_sizes = {B * H * q * k * 4 for q in queries for k in keys}
     if m.family == "ebt":  # the candidate attention's blocks: rows x (their observed keys + itself)
         attention_sizes |= {B * H * (end - start) * (k + 1) * 4 for start, end, k in candidate_blocks(S, P)}

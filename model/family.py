@@ -284,11 +284,11 @@ def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> di
     - reuse_observed_kv: only the S candidate rows run per step, each attending to the n observed keys it
       may see and to itself: hidden B S (L (26d + 12f) + 7d) e, attention 3 B H L C e with C the candidate
       scores per head (`flops.candidate_score_elements`: at most S (n + 1), less where the rows are split
-      into blocks that score a prefix of the keys). The observed
-      stream is computed once per distinct step index (min(k, mcmc_steps - 1)) under the fused causal
-      kernel, and only its keys and values are used: B n ((L-1)(14d + 4f) + 5d) e hidden per index and no
-      attention matrix (the backward keeps the kept steps' indices; with truncate_to_last_step the others
-      live during the descent only: counted as transient);
+      into blocks that score a prefix of the keys). The observed stream is computed once per distinct step
+      index (min(k, mcmc_steps - 1)) under the fused causal kernel, and only its keys and values are used:
+      B n ((L-1)(14d + 4f) + 5d) e hidden per index and no attention matrix (the backward keeps the kept
+      steps' indices; with truncate_to_last_step the others live during the descent only: counted as
+      transient);
     - vocabulary: 3 B S V 4 (candidate softmax p, CE log-softmax, one of the candidate gradient's graph),
       2 B S V 4 with reuse_observed_kv (no (B, S, V) tensor in the candidate gradient's graph).
     weights: SecondOrderSafe runs the EBT on clones of its weights, made by every forward and kept by the

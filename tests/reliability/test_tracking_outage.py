@@ -28,15 +28,11 @@ import pytest
 import yaml
 
 from orchestrator.ports import free_port
-from tests.helpers import EBTSCALE, record_fault, tiny_trial
+from tests.helpers import EBTSCALE, MLFLOW_SERVER_ENV, record_fault, tiny_trial
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 # outage seconds -> training steps (~133 steps/s on one thread): the outage lies well inside the training
 OUTAGES = {12.0: 3000, 30.0: 8000}
-# The server runs without MLflow's job runner (three huey consumer processes for GenAI jobs, which tracking
-# never uses): it is up in 15-19 s instead of 25-42 s on a loaded 2-core machine (measured 2026-11-28), and
-# this module starts it three times.
-NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class MlflowServer:
@@ -70,7 +66,7 @@ class MlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **NO_JOB_RUNNER},
+            env={**os.environ, **MLFLOW_SERVER_ENV},
         )
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:

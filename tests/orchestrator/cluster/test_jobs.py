@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.cluster.jobs import STAGED_SPEC_DIR, plan_job, staged_working_dir
-from tests.helpers import EBTSCALE, REPO, session_pids, wait_for, write_spec
+from tests.helpers import EBTSCALE, MLFLOW_SERVER_ENV, REPO, session_pids, wait_for, write_spec
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
@@ -230,9 +230,7 @@ def stack() -> Iterator[Stack]:
         RAY_ADDRESS=gcs,
         RAY_USAGE_STATS_ENABLED="0",
         TOKENIZERS_PARALLELISM="false",
-        # MLflow's job runner (huey consumers for GenAI jobs) serves nothing here: without it the tracking
-        # server is 2 processes instead of 10 and up in about half the time.
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        **MLFLOW_SERVER_ENV,
     )
     s = Stack(temp, gcs, f"http://127.0.0.1:{dash_port}", f"http://127.0.0.1:{mlflow_port}", token, env, [])
     s.env["MLFLOW_TRACKING_URI"] = s.tracking_uri
