@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
+# make test runs the suite on this many pytest-xdist workers (0: in this process), a module per worker
+# at a time: its tests wait on Ray, MLflow and subprocesses much of the time, so two overlap well on 2 cores
+TEST_WORKERS ?= 2
 
 .PHONY: install browser demo test chaos lint clean
 
@@ -37,7 +40,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || bash infra/ci/install-chromium.sh
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not chaos" -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 FAULT_LOG := outputs/chaos/faults.jsonl
 chaos: $(STAMP)

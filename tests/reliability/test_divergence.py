@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import child_runs, cli, record_fault, write_spec
 
 
+@pytest.mark.slow
 def test_diverged_trials_are_recorded_and_reported_while_the_sweep_goes_on(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "diverge", tokens=8 * 32 * 40, checkpoint_every=10)
     raw = spec.read_text()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     child_runs,
     cli,
@@ -31,6 +33,7 @@ def kill_when(spec: Path, ready: object, what: str) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_driver_killed_at_three_points_finishes_on_rerun_with_one_run_per_trial(tmp_path: Path) -> None:
     # 150 steps, a checkpoint every 5: after the first checkpoint a trial still has 145 steps and 29
     # checkpoints to go, seconds of training even on a quiet machine, while the kill comes within ~0.1 s of

@@ -167,6 +167,7 @@ def fill_disk(pid: int, ckpt: Path) -> Callable[[], None]:
     return filler.unlink
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["file-size-limit", "disk-full"])
 def test_a_failed_checkpoint_write_is_never_loaded(
     tmp_path: Path, fault: str, uninterrupted: dict[str, Any]

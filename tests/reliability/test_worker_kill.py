@@ -35,6 +35,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     ["tune-actor", pytest.param("ray-train-worker", marks=pytest.mark.chaos)],  # chaos: 90 s

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.helpers import child_runs, cli, result_mtimes, tiny_trial, write_spec
 
 
+@pytest.mark.slow
 def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "four", tokens=8 * 32 * 6)
     first = cli("sweep", "run", str(spec))

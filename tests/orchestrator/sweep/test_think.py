@@ -13,6 +13,7 @@ from orchestrator.trial_dir import TrialDir
 from tests.helpers import cli, tiny_trial, write_yaml
 
 
+@pytest.mark.slow
 def test_think_logs_to_the_store_of_a_trial_trained_with_output_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

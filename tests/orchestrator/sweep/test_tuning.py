@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator import tags
 from orchestrator.sweep.spec import expand, load_spec, tuning_state
 from orchestrator.sweep.tuning import plan_searches
@@ -14,6 +16,7 @@ from orchestrator.trial_dir import TrialStatus
 from tests.helpers import child_runs, cli, write_spec, write_yaml
 
 
+@pytest.mark.slow
 def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_nothing(
     tmp_path: Path,
 ) -> None:
