@@ -235,6 +235,9 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        # the vector kernels torch dispatches to: "AVX512" and "AVX2" machines of one name differ 2-3x on
+        # the tiny trials (benchmarks/NOTES.md, 2026-11-28)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "git_commit": commit,
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
