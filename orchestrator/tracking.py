@@ -19,6 +19,7 @@ import gc
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -87,20 +88,23 @@ def _copy_empty_store(db: Path) -> None:
     from model.data import resolve_cache_dir
 
     template = resolve_cache_dir() / "mlflow" / f"empty-{mlflow.__version__}.db"
+    fresh = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+    partial = db.with_name(f"{db.name}.{os.getpid()}.tmp")
     try:
         if not template.exists():
             template.parent.mkdir(parents=True, exist_ok=True)
-            fresh = template.with_name(f"{template.name}.{os.getpid()}.tmp")
             MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments()  # migrates
             os.replace(fresh, template)  # atomic: a racing process finds a whole template or none
-        partial = db.with_name(f"{db.name}.{os.getpid()}.tmp")
-        partial.write_bytes(template.read_bytes())
+        shutil.copyfile(template, partial)
         with contextlib.closing(sqlite3.connect(partial)) as conn, conn:
             default = artifact_location(f"sqlite:///{db}", "Default")
             conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (default,))
         os.replace(partial, db)
     except (OSError, sqlite3.Error) as err:
         log.warning("creating the MLflow store %s from scratch (no template: %s)", db, err)
+        for leftover in (fresh, partial):  # a failed copy leaves nothing beside the store
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -46,3 +46,15 @@ def test_without_a_usable_cache_mlflow_makes_the_store_itself(
     run = client.create_run(get_or_create_experiment(uri, "sweep"))
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
     assert (tmp_path / "c" / "mlflow.db").is_file() and not list((tmp_path / "c").glob("*.tmp"))
+
+
+def test_a_broken_template_leaves_no_partial_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EBTSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "mlflow" / f"empty-{mlflow.__version__}.db"
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"not a sqlite database")  # the copy's UPDATE fails: MLflow makes the store itself
+    uri = store(tmp_path / "d")
+    client = mlflow_client(uri)
+    run = client.create_run(get_or_create_experiment(uri, "sweep"))
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert not list((tmp_path / "d").glob("*.tmp"))
