@@ -43,6 +43,7 @@ from orchestrator.sweep.spec import (
     load_spec,
     parse_spec,
     rows_by_id,
+    si,
     trial_name,
     unique_trials,
 )
@@ -429,13 +430,11 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
     }
     axes: dict[str, Any] = {}
     chosen = draw(st.sets(st.sampled_from(["data", "batch", "params", "depth"]), min_size=1))
-    # 3-significant-digit-distinct token counts, so names stay distinct
+    # token counts distinct at 3 significant digits (`si`, as trial names print them), so names stay distinct:
+    # distinct multiples of tps are not enough (822 and 823 x 16 are both "13.2K")
     if "data" in chosen:
-        axes["data"] = {
-            "tokens": draw(
-                st.lists(st.integers(1, 999).map(lambda k: k * tps), min_size=1, max_size=4, unique=True)
-            )
-        }
+        tokens = st.integers(1, 999).map(lambda k: k * tps)
+        axes["data"] = {"tokens": draw(st.lists(tokens, min_size=1, max_size=4, unique_by=si))}
     if "batch" in chosen:
         axes["batch"] = {
             "global_batch_size": draw(
