@@ -125,7 +125,8 @@ def tune_command(
     address: AddressOption = None,
     max_failures: Annotated[int, typer.Option(help="retries per tuning trial after a crash")] = 2,
     max_concurrent: Annotated[
-        int | None, typer.Option(help="trials at once (default: as many as the cluster's resources fit)")
+        int | None,
+        typer.Option(help="trials at once (default: the spec's tune.max_concurrent, else as many as fit)"),
     ] = None,
     launcher: LauncherOption = "auto",
     force: ForceOption = False,

@@ -116,6 +116,10 @@ class TuneSpec(_Model):
     grace_reports: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(ge=2)] = 3
     seed: Annotated[int, Field(ge=0)] = 0
+    # trials of one search at once (default: as many as fit). ASHA stops a trial against the trials that
+    # reached its rung before it, so with several at once the stops, and the choice, depend on timing; with
+    # 1 they follow the sample order and a re-run on any machine chooses the same values.
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TuneSpec:
@@ -126,7 +130,8 @@ class TuneSpec(_Model):
     def fingerprint(self, sizes: dict[str, Any]) -> str:
         """Identifies what a search was asked (this block and the configs of the sizes it tunes): a
         tuning.json written for another question is stale and is not applied."""
-        payload = json.dumps({"tune": self.model_dump(mode="json"), "sizes": sizes}, sort_keys=True)
+        asked = self.model_dump(mode="json", exclude={"max_concurrent"})  # how it runs, not what it asks
+        payload = json.dumps({"tune": asked, "sizes": sizes}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

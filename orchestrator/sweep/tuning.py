@@ -228,7 +228,8 @@ def run_tuning(
     launcher: str = "auto",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) every search of the spec's tuning stage; returns tuning.json's content."""
+    """Run (or resume) every search of the spec's tuning stage; returns tuning.json's content.
+    `max_concurrent` (trials of a search at once) overrides the spec's `tune.max_concurrent`."""
     from orchestrator.sweep.runner import (
         LAUNCHERS,
         SweepLayout,
@@ -273,7 +274,7 @@ def run_tuning(
                 mine,
                 todo,
                 max_failures,
-                max_concurrent,
+                max_concurrent or tune.max_concurrent,
                 progress,
                 launcher,
                 scheduler=_asha(tune),

@@ -72,6 +72,7 @@ def spec_with(path: str, value: Any, output_dir: Path | None = None) -> dict[str
         ("tune.sizes", [32, 40], "tune.sizes.1", "not a size of this sweep"),
         ("tune.grace_reports", 5, "tune", "grace_reports"),
         ("tune.reduction_factor", 1, "tune.reduction_factor", ">= 2"),
+        ("tune.max_concurrent", 0, "tune.max_concurrent", ">= 1"),
     ],
 )
 def test_an_impossible_search_space_is_refused_naming_the_field(
@@ -82,6 +83,17 @@ def test_an_impossible_search_space_is_refused_naming_the_field(
     fields = [f for f, _ in err.value.problems]
     assert any(f.startswith(field) for f in fields), err.value.problems
     assert reason in str(err.value), err.value
+
+
+def test_the_fingerprint_holds_what_a_search_asks_not_how_it_runs() -> None:
+    """tune.max_concurrent changes how the trials are scheduled: a tuning.json made with another value still
+    answers the same question. The number of samples does not."""
+    sizes = {"transformer_pp:d32:L1": {"d_model": 32}}
+    default = parse_spec(spec_with("tune.num_samples", 4)).tune
+    one_at_a_time = parse_spec(spec_with("tune.max_concurrent", 1)).tune
+    more_samples = parse_spec(spec_with("tune.num_samples", 5)).tune
+    assert one_at_a_time.max_concurrent == 1 and default.max_concurrent is None
+    assert default.fingerprint(sizes) == one_at_a_time.fingerprint(sizes) != more_samples.fingerprint(sizes)
 
 
 def test_a_tuned_lr_conflicts_with_an_lr_rule_and_a_searched_k_must_fit_the_base() -> None:

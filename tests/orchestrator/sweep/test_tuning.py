@@ -3,6 +3,7 @@ the sweep's MLflow store; then the sweep's plan on the chosen values, and a re-r
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_
         "reports": 3,  # a validation loss every 4 steps
         "grace_reports": 1,
         "reduction_factor": 2,
+        "max_concurrent": 1,  # one at a time: ASHA compares each trial with those that reached a rung before
         "space": {"transformer_pp": {"lr": {"loguniform": [1e-4, 1e-1]}}},
     }
     write_yaml(path, spec_data)
@@ -42,8 +44,7 @@ def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_
     (search,) = plan_searches(spec)
     assert len(search.trials) == 6
 
-    # one trial at a time: ASHA compares each trial with those that reached a rung before it
-    result = cli("sweep", "tune", str(path), "--max-concurrent", "1")
+    result = cli("sweep", "tune", str(path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tuning" in result.stdout and "lr" in result.stdout
 
@@ -71,6 +72,13 @@ def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_
     assert all(r.data.tags[tags.STAGE] == tags.STAGE_TUNING for r in runs)
     assert sorted(r.data.tags[tags.STATUS] for r in runs) == sorted(o["status"] for o in outcomes.values())
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the spec's max_concurrent held: each trial's validation losses were logged before the next one's began
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    stamps = [[m.timestamp for m in client.get_metric_history(r.info.run_id, "val_loss")] for r in runs]
+    spans = sorted((min(t), max(t)) for t in stamps)
+    assert len(spans) == 6 and all(b[0] > a[1] for a, b in itertools.pairwise(spans)), spans
 
     # the sweep's trials train the chosen lr, under new ids; the plan says where the values came from
     for t in expand(spec):
