@@ -74,6 +74,10 @@ CALIBRATION_EFFICIENCY = 0.75  # executed FLOPs run at this share of the calibra
 STEP_OVERHEAD_S = 2.0e-3  # per optimizer step: DeepSpeed's step bookkeeping, scheduler, loss reduction
 PASS_OVERHEAD_S = 1.1e-3  # per layer pass (see time_terms): Python, autograd and DeepSpeed dispatch
 MATH_ATTENTION_S_PER_ELEMENT = 6.5e-9  # per (B, H, query, key) element and pass of the MATH kernel
+# torch's CPU kernels on the machine of that fit. On another kind the fixed costs differ far more than the
+# GEMM rate shows: on an AVX2 VM (2026-11-28) the smoke sweeps took 2.0-2.5x their planned time, so a plan
+# made on such a CPU says so (benchmarks/NOTES.md).
+FIT_CPU_CAPABILITY = "AVX512"
 _CALIBRATION_SECONDS = 0.25  # time spent timing GEMMs, per device
 
 
@@ -306,6 +310,19 @@ def calibrate_throughput(
     return best * CALIBRATION_EFFICIENCY
 
 
+def _cpu_kind_notes() -> list[str]:
+    """A note when torch runs other CPU kernels here than on the machine the time model was fitted on."""
+    import torch
+
+    here = torch.backends.cpu.get_cpu_capability()
+    if here == FIT_CPU_CAPABILITY:
+        return []
+    return [
+        f"CPU times were fitted on an {FIT_CPU_CAPABILITY} CPU and this one runs torch's {here} kernels: "
+        "they may be well off (2.0-2.5x low on an AVX2 VM; docs/sweeps.md)"
+    ]
+
+
 def _representative(trials: list[PlannedTrial]) -> dict[str, int]:
     """The largest trial's main GEMM (micro-batch tokens x d_model x d_ff, clamped so timing stays short)
     and its worker's CPU threads."""
@@ -332,6 +349,7 @@ def plan(trials: list[PlannedTrial], throughput_flops: float | None = None, cali
         if cpu:
             cpu_rate = calibrate_throughput(**_representative(cpu))
             source = "calibrated"
+            notes += _cpu_kind_notes()
         if gpu:
             import torch
 

@@ -47,7 +47,7 @@ from orchestrator.sweep.spec import (
     trial_name,
     unique_trials,
 )
-from tests.helpers import REPO, write_yaml
+from tests.helpers import REPO, cli, write_yaml
 
 ROOT = REPO
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -604,6 +604,21 @@ def test_plan_time_unknown_without_throughput() -> None:
 def test_plan_calibration_is_quick_and_positive() -> None:
     rate = plan_mod.calibrate_throughput(m=128, k=64, n=128, threads=1)
     assert math.isfinite(rate) and rate > 1e6
+
+
+def test_a_plan_on_another_kind_of_cpu_says_its_times_may_be_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time model's fixed costs were fitted on one kind of CPU; a calibrated plan on another says so."""
+    import torch
+
+    trials, fitted_on = [r.trial for r in tpp_plan().rows[:1]], plan_mod.FIT_CPU_CAPABILITY
+    monkeypatch.setattr(plan_mod, "FIT_CPU_CAPABILITY", torch.backends.cpu.get_cpu_capability())
+    assert not any("fitted on" in n for n in plan(trials).notes)
+    assert not any("fitted on" in n for n in plan(trials, throughput_flops=1e9).notes)  # a given rate: no fit
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # torch's plain kernels, on any x86 CPU
+    result = cli("sweep", "plan", str(ROOT / "sweeps" / "smoke-params.yaml"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (note,) = [n for n in json.loads(result.stdout)["notes"] if "fitted on" in n]
+    assert f"fitted on an {fitted_on} CPU" in note and "DEFAULT kernels" in note
 
 
 def test_memory_per_zero_stage() -> None:
