@@ -40,7 +40,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || bash infra/ci/install-chromium.sh
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -m "not chaos" -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not chaos" -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 FAULT_LOG := outputs/chaos/faults.jsonl
 chaos: $(STAMP)

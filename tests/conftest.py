@@ -40,5 +40,6 @@ def one_thread() -> Iterator[None]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked slow first (otherwise in collection order): `make test` runs two xdist workers, and the
     minute-long sweep tests then start early on both instead of leaving one worker alone with them at the
-    end. The order is deterministic, as xdist needs every worker to collect the same one."""
+    end. The order is deterministic, as xdist needs every worker to collect the same one. The Makefile passes
+    --no-loadscope-reorder: by default xdist's loadscope reorders modules by their number of tests."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
