@@ -74,9 +74,9 @@ CALIBRATION_EFFICIENCY = 0.75  # executed FLOPs run at this share of the calibra
 STEP_OVERHEAD_S = 2.0e-3  # per optimizer step: DeepSpeed's step bookkeeping, scheduler, loss reduction
 PASS_OVERHEAD_S = 1.1e-3  # per layer pass (see time_terms): Python, autograd and DeepSpeed dispatch
 MATH_ATTENTION_S_PER_ELEMENT = 6.5e-9  # per (B, H, query, key) element and pass of the MATH kernel
-# torch's CPU kernels on the machine of that fit. On another kind the fixed costs differ far more than the
-# GEMM rate shows: on an AVX2 VM (2026-11-28) the smoke sweeps took 2.0-2.5x their planned time, so a plan
-# made on such a CPU says so (benchmarks/NOTES.md).
+# torch.backends.cpu.get_cpu_capability() on the machine of that fit. On another kind the fixed costs differ
+# far more than the GEMM rate shows: on an AVX2 VM (2026-11-28) the smoke sweeps took 2.0-2.5x their planned
+# time, so a plan made on such a CPU says so (benchmarks/NOTES.md).
 FIT_CPU_CAPABILITY = "AVX512"
 _CALIBRATION_SECONDS = 0.25  # time spent timing GEMMs, per device
 
