@@ -332,16 +332,16 @@ class Trial:
                     metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
                 if done % cfg.train.log_every == 0 or "val_loss" in metrics:
                     self._log(metrics, step=done)
-                # (a search's scheduler also says stop at a trial's last report: it has nothing left to stop)
-                if (
-                    "val_loss" in metrics
-                    and on_eval is not None
-                    and not on_eval(done, val_loss)
-                    and done < total
-                ):
-                    status, reason = TrialStatus.STOPPED, f"stopped early by the search at step {done}"
-                    bar.update(loss, val_loss)
-                    break
+                if "val_loss" in metrics and on_eval is not None:
+                    # The hook may be this process's last act: Tune ends the actor of a trial it stops at a
+                    # report without waiting for it. What was logged goes to the store first.
+                    if self.tracker is not None:
+                        self.tracker.flush()
+                    # (a search's scheduler also says stop at a trial's last report: it has nothing to stop)
+                    if not on_eval(done, val_loss) and done < total:
+                        status, reason = TrialStatus.STOPPED, f"stopped early by the search at step {done}"
+                        bar.update(loss, val_loss)
+                        break
                 if done % cfg.train.checkpoint_every == 0 and done < total:
                     # Metrics up to the checkpoint go to the store first: a resume from it re-logs only
                     # later steps, so the run's history has no gap (and, skipping steps it has, no repeat).

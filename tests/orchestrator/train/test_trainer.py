@@ -122,3 +122,26 @@ def test_mlflow_store_holds_run_params_metrics_and_config(tmp_path: Path) -> Non
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "result.json"} <= artifacts
     assert not (Path.cwd() / "mlruns").exists()
+
+
+def test_an_eval_hook_finds_its_step_in_the_store_and_can_stop_the_trial(tmp_path: Path) -> None:
+    """A search's hook may be the trial's last act (Tune ends a stopped trial's actor without waiting), so
+    every metric up to its step is in the store when it is called. Returning False stops the trial there."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    seen: list[tuple[int, list[int], list[int]]] = []
+
+    def hook(step: int, val_loss: float) -> bool:
+        (mlflow_run,) = client.search_runs(client.get_experiment_by_name("hook").experiment_id)
+        steps = {
+            key: sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, key))
+            for key in ("train_loss", "val_loss")
+        }
+        seen.append((step, steps["train_loss"], steps["val_loss"]))
+        return False
+
+    result = run(tiny_trial(tmp_path), tracking=TrackingContext(uri=uri, experiment="hook"), on_eval=hook)
+    assert result.status == "stopped" and result.steps == 6 and result.final_val_loss is not None
+    assert seen == [(6, list(range(1, 7)), [6])]
