@@ -280,8 +280,9 @@ def _train(payload: dict[str, Any], in_actor: bool) -> dict[str, Any]:
     reported: list[int] = []
     stopped_by_tune: list[bool] = []
 
-    def on_eval(step: int, val_loss: float) -> bool:
-        metrics = {"val_loss": val_loss, "report": -(-step // every), "step": step}
+    def on_eval(step: int, val_loss: float, train_time_s: float) -> bool:
+        report = -(-step // every)
+        metrics = {"val_loss": val_loss, "report": report, "step": step, "train_time_s": train_time_s}
         reported.append(step)
         if not in_actor:  # a Ray Train worker: its TuneReportCallback relays rank 0's metrics
             import ray.train

@@ -137,11 +137,6 @@ def plan_searches(spec: SweepSpec, state: TuningState | None = None) -> list[Siz
 # ------------------------------------------------------------------------------------------------- choice
 
 
-def _last_reported_loss(result: Any) -> float | None:
-    loss = (result.metrics or {}).get("val_loss") if result is not None else None
-    return loss if loss is not None and math.isfinite(loss) else None
-
-
 def choose(search: SizeSearch, tune: TuneSpec) -> dict[str, Any]:
     """The size's evidence and choice from its trials' folders: every sample with its outcome, the best
     finished one, and edge warnings."""
@@ -299,6 +294,25 @@ def _asha(tune: TuneSpec) -> Any:
     )
 
 
+def stopped_result(report: dict[str, Any], config: TrialConfig) -> TrialResult | None:
+    """The outcome of a trial ASHA stopped, from its last report to Tune (`runner._train`'s `on_eval`): None
+    when the report is no early stop (the trial trained its whole budget, or never reported)."""
+    steps = int(report.get("step") or 0)
+    if steps >= config.total_steps or steps == 0:
+        return None
+    loss = report.get("val_loss")
+    loss = loss if loss is not None and math.isfinite(loss) else None
+    return TrialResult(
+        status=TrialStatus.STOPPED,
+        reason=f"stopped early by the search at step {steps}",
+        steps=steps,
+        tokens=steps * config.tokens_per_step,
+        final_val_loss=loss,
+        final_val_perplexity=math.exp(min(loss, 50.0)) if loss is not None else None,
+        train_time_s=float(report.get("train_time_s") or 0.0),
+    )
+
+
 def _settle_outcomes(layout: Any, units: list[Any], results: Any) -> None:
     """Settle every trial of a finished Tune experiment. A trial ASHA stopped is final: where its own
     process did not get to write result.json (a Ray Train trial is stopped by ending its workers), it is
@@ -318,20 +332,9 @@ def _settle_outcomes(layout: Any, units: list[Any], results: Any) -> None:
         result = by_id.get(unit.id)
         if folder.result.is_file() or result is None or result.error is not None:
             continue
-        metrics = result.metrics or {}
-        steps = int(metrics.get("step") or 0)
-        if steps >= unit.config.total_steps or steps == 0:
-            continue  # finished (its own result.json is due) or never reported: left as the folder says
-        loss = _last_reported_loss(result)
-        TrialResult(
-            status=TrialStatus.STOPPED,
-            reason=f"stopped early by the search at step {steps}",
-            steps=steps,
-            tokens=steps * unit.config.tokens_per_step,
-            final_val_loss=loss,
-            final_val_perplexity=math.exp(min(loss, 50.0)) if loss is not None else None,
-            train_time_s=0.0,
-        ).save(folder.result)
+        stopped = stopped_result(result.metrics or {}, unit.config)
+        if stopped is not None:
+            stopped.save(folder.result)
     uri = layout.tracking_uri
     exp_id = get_or_create_experiment(uri, layout.spec.name)
     close_done_runs(layout, units, mlflow_client(uri), exp_id, layout.parent_run_id())

@@ -155,7 +155,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- loop
 
 
-EvalHook = Callable[[int, float], bool]  # (step, val_loss) -> keep training?
+EvalHook = Callable[[int, float, float], bool]  # (step, val_loss, train_time_s) -> keep training?
 _HAS_FINAL_LOSS = (TrialStatus.FINISHED, TrialStatus.STOPPED)
 
 
@@ -338,7 +338,7 @@ class Trial:
                     if self.tracker is not None:
                         self.tracker.flush()
                     # (a search's scheduler also says stop at a trial's last report: it has nothing to stop)
-                    if not on_eval(done, val_loss) and done < total:
+                    if not on_eval(done, val_loss, elapsed) and done < total:
                         status, reason = TrialStatus.STOPPED, f"stopped early by the search at step {done}"
                         bar.update(loss, val_loss)
                         break

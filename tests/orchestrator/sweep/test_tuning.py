@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import tags
 from orchestrator.sweep.spec import expand, load_spec, tuning_state
-from orchestrator.sweep.tuning import plan_searches
+from orchestrator.sweep.tuning import plan_searches, stopped_result
 from orchestrator.trial_dir import TrialStatus
 from tests.helpers import child_runs, cli, write_spec, write_yaml
 
@@ -54,6 +54,7 @@ def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_
     finished = [o for o in outcomes.values() if o["status"] == TrialStatus.FINISHED]
     assert len(stopped) >= 1 and len(finished) >= 1 and len(stopped) + len(finished) == 6, outcomes
     assert all(o["steps"] < 12 and o["steps"] % 4 == 0 for o in stopped)  # stopped at a rung, before the end
+    assert all(o["train_time_s"] > 0 for o in stopped)  # also where the driver wrote it from the last report
     assert all(o["steps"] == 12 for o in finished)
 
     payload = json.loads(tuning_state(spec).path.read_text())
@@ -100,3 +101,19 @@ def test_asha_stops_some_trials_the_choice_reaches_the_sweep_and_a_rerun_trains_
     assert len(child_runs(uri, "tuned")) == 6
     assert json.loads(tuning_state(spec).path.read_text())["chosen"] == payload["chosen"]
     assert time.monotonic() - start < 60, "a finished search starts no Ray"
+
+
+def test_a_stopped_trials_outcome_comes_from_its_last_report(tmp_path: Path) -> None:
+    """What the driver writes for a trial ASHA stopped whose own process did not get to (Tune ends it without
+    waiting): the report's step, loss and training time; nothing for a report that is no early stop."""
+    path = write_spec(tmp_path, "tuned", tokens=2048, families=["transformer_pp"])
+    config = expand(load_spec(path))[0].config  # 8 steps of 256 tokens
+    report = {"val_loss": 5.5, "report": 1, "step": 4, "train_time_s": 1.25}
+    result = stopped_result(report, config)
+    assert result is not None and result.status == TrialStatus.STOPPED
+    assert (result.steps, result.tokens, result.train_time_s) == (4, 1024, 1.25)
+    assert result.final_val_loss == 5.5 and result.final_val_perplexity == pytest.approx(244.69, abs=0.01)
+    assert "step 4" in result.reason
+    assert stopped_result({**report, "val_loss": float("nan")}, config).final_val_loss is None
+    assert stopped_result({**report, "step": 8}, config) is None  # its whole budget: finished
+    assert stopped_result({"final": 1}, config) is None  # never reported

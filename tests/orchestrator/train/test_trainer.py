@@ -132,8 +132,10 @@ def test_an_eval_hook_finds_its_step_in_the_store_and_can_stop_the_trial(tmp_pat
     uri = resolve_tracking_uri(tmp_path)
     client = MlflowClient(uri)
     seen: list[tuple[int, list[int], list[int]]] = []
+    times: list[float] = []
 
-    def hook(step: int, val_loss: float) -> bool:
+    def hook(step: int, val_loss: float, train_time_s: float) -> bool:
+        times.append(train_time_s)
         (mlflow_run,) = client.search_runs(client.get_experiment_by_name("hook").experiment_id)
         steps = {
             key: sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, key))
@@ -145,3 +147,4 @@ def test_an_eval_hook_finds_its_step_in_the_store_and_can_stop_the_trial(tmp_pat
     result = run(tiny_trial(tmp_path), tracking=TrackingContext(uri=uri, experiment="hook"), on_eval=hook)
     assert result.status == "stopped" and result.steps == 6 and result.final_val_loss is not None
     assert seen == [(6, list(range(1, 7)), [6])]
+    assert times == [result.train_time_s] and result.train_time_s > 0
