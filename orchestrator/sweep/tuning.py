@@ -315,10 +315,9 @@ def stopped_result(report: dict[str, Any], config: TrialConfig) -> TrialResult |
 
 def _settle_outcomes(layout: Any, units: list[Any], results: Any) -> None:
     """Settle every trial of a finished Tune experiment. A trial ASHA stopped is final: where its own
-    process did not get to write result.json (a Ray Train trial is stopped by ending its workers), it is
-    written here from its last report. Then every run whose trial has an outcome but was left open (Tune
-    ends the actor of a trial it stopped without waiting for its thread to close the run) is closed with
-    that outcome."""
+    process did not get to write result.json (a Ray Train trial is stopped by ending its workers; the actor
+    of a search's last trial is ended without waiting for it), it is written here from its last report.
+    Then every run whose trial has an outcome but was left open is closed with that outcome."""
     from orchestrator.sweep.runner import close_done_runs
     from orchestrator.tracking import get_or_create_experiment, mlflow_client
 
