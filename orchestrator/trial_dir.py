@@ -19,6 +19,7 @@ Where the folder is is decided once, when a trial is planned (`TrialConfig.trial
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -45,6 +46,17 @@ class TrialStatus(StrEnum):
     def final(self) -> bool:
         """An outcome that is never trained again."""
         return self in (TrialStatus.FINISHED, TrialStatus.DIVERGED, TrialStatus.STOPPED)
+
+
+def stopped_by_search(step: int) -> str:
+    """The reason of a trial the search's scheduler stopped: the trainer's and, for a trial Tune ended first,
+    the sweep driver's."""
+    return f"stopped early by the search at step {step}"
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), the exponent capped at 50: a diverging loss gives a large finite value, not an overflow."""
+    return math.exp(min(loss, 50.0))
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

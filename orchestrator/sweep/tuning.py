@@ -47,7 +47,14 @@ from orchestrator.sweep.tune_space import (
     knob_label,
     knob_patch,
 )
-from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus, atomic_write_json
+from orchestrator.trial_dir import (
+    TrialDir,
+    TrialResult,
+    TrialStatus,
+    atomic_write_json,
+    perplexity,
+    stopped_by_search,
+)
 
 
 @dataclass(frozen=True)
@@ -304,11 +311,11 @@ def stopped_result(report: dict[str, Any], config: TrialConfig) -> TrialResult |
     loss = loss if loss is not None and math.isfinite(loss) else None
     return TrialResult(
         status=TrialStatus.STOPPED,
-        reason=f"stopped early by the search at step {steps}",
+        reason=stopped_by_search(steps),
         steps=steps,
         tokens=steps * config.tokens_per_step,
         final_val_loss=loss,
-        final_val_perplexity=math.exp(min(loss, 50.0)) if loss is not None else None,
+        final_val_perplexity=perplexity(loss) if loss is not None else None,
         train_time_s=float(report.get("train_time_s") or 0.0),
     )
 

@@ -33,7 +33,15 @@ from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig
 from orchestrator.tracking import RunTracker, record_outcome
 from orchestrator.train import checkpoint, distributed
 from orchestrator.train.second_order import SecondOrderSafe
-from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus, atomic_write, atomic_write_text
+from orchestrator.trial_dir import (
+    TrialDir,
+    TrialResult,
+    TrialStatus,
+    atomic_write,
+    atomic_write_text,
+    perplexity,
+    stopped_by_search,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +337,7 @@ class Trial:
                 }
                 if done % cfg.train.eval_every == 0 or done == total:
                     val_loss = self.evaluate()
-                    metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
+                    metrics.update(val_loss=val_loss, val_perplexity=perplexity(val_loss))
                 if done % cfg.train.log_every == 0 or "val_loss" in metrics:
                     self._log(metrics, step=done)
                 if "val_loss" in metrics and on_eval is not None:
@@ -339,7 +347,7 @@ class Trial:
                         self.tracker.flush()
                     # (a search's scheduler also says stop at a trial's last report: it has nothing to stop)
                     if not on_eval(done, val_loss, elapsed) and done < total:
-                        status, reason = TrialStatus.STOPPED, f"stopped early by the search at step {done}"
+                        status, reason = TrialStatus.STOPPED, stopped_by_search(done)
                         bar.update(loss, val_loss)
                         break
                 if done % cfg.train.checkpoint_every == 0 and done < total:
@@ -368,9 +376,7 @@ class Trial:
             steps=steps_done,
             tokens=steps_done * tokens_per_step,
             final_val_loss=val_loss if status in _HAS_FINAL_LOSS else None,
-            final_val_perplexity=(
-                math.exp(min(val_loss, 50.0)) if status in _HAS_FINAL_LOSS and val_loss else None
-            ),
+            final_val_perplexity=perplexity(val_loss) if status in _HAS_FINAL_LOSS and val_loss else None,
             train_time_s=elapsed,
             run_id=self.tracker.run_id if self.tracker else None,
             losses=losses,
