@@ -101,7 +101,8 @@ def with_reuse(t: Any, reuse: bool) -> Any:
 
 def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
     """Distinct trials of a spec, EBT trials once per reuse_observed_kv setting."""
-    from orchestrator.sweep.spec import expand, load_spec, unique_trials
+    from orchestrator.sweep.expand import expand, unique_trials
+    from orchestrator.sweep.spec import load_spec
 
     out = []
     for t in unique_trials(expand(load_spec(spec))):
@@ -111,7 +112,7 @@ def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
 
 def large_trials(reuse: list[bool], out: Path) -> list[Any]:
     from orchestrator.config import parse_trial_config
-    from orchestrator.sweep.spec import PlannedTrial
+    from orchestrator.sweep.expand import PlannedTrial
 
     trials = []
     for family in ("transformer_pp", "ebt"):

@@ -111,7 +111,8 @@ def synthetic_spec(seeds: int, output_dir: Path) -> dict[str, Any]:
 
 def seeds_for(trials: int) -> int:
     """Seeds that give about `trials` distinct trials (the count per seed is read off a 1-seed expansion)."""
-    from orchestrator.sweep.spec import expand, parse_spec, unique_trials
+    from orchestrator.sweep.expand import expand, unique_trials
+    from orchestrator.sweep.spec import parse_spec
 
     per_seed = len(unique_trials(expand(parse_spec(synthetic_spec(1, Path(tempfile.gettempdir()))))))
     return max(1, round(trials / per_seed))
@@ -146,8 +147,9 @@ def bench_plan(spec_file: Path, repeat: int, run_cli: bool) -> dict[str, Any]:
     """The in-process stages of `ebtscale sweep plan SPEC`, then the CLI's wall time."""
     from rich.console import Console
 
+    from orchestrator.sweep.expand import expand
     from orchestrator.sweep.plan import plan, render_plan
-    from orchestrator.sweep.spec import expand, load_spec
+    from orchestrator.sweep.spec import load_spec
 
     def render(p: Any) -> int:
         out = Console(file=io.StringIO(), width=200)  # what the CLI prints to a pipe
@@ -293,8 +295,9 @@ def build_store(spec_dict: dict[str, Any], root: Path) -> dict[str, Any]:
     """A finished sweep's MLflow store at root/mlflow.db: the parent run (as ensure_runs writes it) and one
     child per distinct trial."""
     from orchestrator import tags
+    from orchestrator.sweep.expand import expand
     from orchestrator.sweep.runner import trial_units
-    from orchestrator.sweep.spec import expand, parse_spec
+    from orchestrator.sweep.spec import parse_spec
     from orchestrator.tracking import RunTracker, get_or_create_experiment, mlflow_client
 
     spec = parse_spec(spec_dict)

@@ -12,8 +12,9 @@ from rich.console import Console
 
 from orchestrator.cli.common import SpecArg, fail, print_status, print_tuning
 from orchestrator.config import ConfigError
+from orchestrator.sweep.expand import expand
 from orchestrator.sweep.plan import check_budget, plan, render_plan
-from orchestrator.sweep.spec import SweepSpec, expand, load_spec
+from orchestrator.sweep.spec import SweepSpec, load_spec
 
 sweep_app = typer.Typer(
     name="sweep",
@@ -110,7 +111,7 @@ def plan_command(
 
 
 def _tuning_note(sweep: SweepSpec) -> str:
-    from orchestrator.sweep.spec import tuning_state
+    from orchestrator.sweep.expand import tuning_state
 
     state = tuning_state(sweep)
     if state.status == "complete":

@@ -157,8 +157,9 @@ def plan_job(
 
     With `output_dir`, the job gets a copy of the spec pointing there, so the shipped specs (whose
     output_dir is the relative `outputs`) run on a cluster unchanged."""
+    from orchestrator.sweep.expand import expand
     from orchestrator.sweep.plan import check_budget, plan
-    from orchestrator.sweep.spec import expand, load_spec, parse_spec
+    from orchestrator.sweep.spec import load_spec, parse_spec
 
     spec = load_spec(spec_path)
     trials = expand(spec)

@@ -41,7 +41,8 @@ from model.family import activation_terms as family_activation_terms
 from model.family import family
 from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
 from orchestrator.config import TrialConfig
-from orchestrator.sweep.spec import PlannedTrial, SpecError, si
+from orchestrator.sweep.expand import PlannedTrial, si
+from orchestrator.sweep.spec import SpecError
 
 MIB, GIB = 1 << 20, 1 << 30
 

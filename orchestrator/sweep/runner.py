@@ -28,8 +28,9 @@ from typing import Any
 from model.flops import train_flops_per_token
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig
+from orchestrator.sweep.expand import PlannedTrial, expand, tuning_state
 from orchestrator.sweep.plan import Plan, check_budget, check_memory, local_memory_limits, plan
-from orchestrator.sweep.spec import PlannedTrial, SweepSpec, expand, tuning_state
+from orchestrator.sweep.spec import SweepSpec
 from orchestrator.tracking import (
     RunTracker,
     gc_paused,

@@ -116,8 +116,9 @@ def think_targets(target: Path, baseline: Path | None = None) -> ThinkTargets:
             return ThinkTargets(target, baseline, [], None)
         uri = record.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         return ThinkTargets(target, baseline, [record.run_id], uri)
+    from orchestrator.sweep.expand import expand
     from orchestrator.sweep.runner import SweepLayout, trial_units
-    from orchestrator.sweep.spec import expand, load_spec
+    from orchestrator.sweep.spec import load_spec
 
     spec = load_spec(target)
     layout = SweepLayout(spec)

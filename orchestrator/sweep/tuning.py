@@ -28,16 +28,9 @@ from typing import Any
 from model.flops import count_params
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig, deep_merge
+from orchestrator.sweep.expand import PlannedTrial, TuningState, trial_shape, tuning_path, tuning_state
 from orchestrator.sweep.plan import plan
-from orchestrator.sweep.spec import (
-    FAMILY_TAGS,
-    PlannedTrial,
-    SweepSpec,
-    TuningState,
-    trial_shape,
-    tuning_path,
-    tuning_state,
-)
+from orchestrator.sweep.spec import FAMILY_TAGS, SweepSpec
 from orchestrator.sweep.tune_space import (
     TUNING_AXIS,
     FamilySpace,

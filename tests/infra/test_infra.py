@@ -168,7 +168,8 @@ def test_raycluster_manifest_is_a_valid_kuberay_raycluster() -> None:
 
 
 def test_rayjob_runs_a_valid_spec_on_that_cluster() -> None:
-    from orchestrator.sweep.spec import expand, parse_spec
+    from orchestrator.sweep.expand import expand
+    from orchestrator.sweep.spec import parse_spec
 
     cluster = by_kind(INFRA / "k8s" / "raycluster.yaml")["RayCluster"]
     kinds = by_kind(INFRA / "k8s" / "rayjob.yaml")

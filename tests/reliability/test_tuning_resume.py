@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sweep.spec import load_spec, tuning_state
+from orchestrator.sweep.expand import tuning_state
+from orchestrator.sweep.spec import load_spec
 from orchestrator.sweep.tuning import plan_searches
 from tests.helpers import (
     child_runs,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sweep.spec import expand, load_spec
+from orchestrator.sweep.expand import expand
+from orchestrator.sweep.spec import load_spec
 from orchestrator.train.trainer import launch_trial
 from tests.helpers import (
     child_runs,

@@ -96,9 +96,10 @@ def test_a_trial_too_big_for_a_worker_is_refused_in_seconds_before_ray_starts(tm
     import time
 
     from orchestrator.config import ConfigError
+    from orchestrator.sweep.expand import expand
     from orchestrator.sweep.plan import check_memory, local_memory_limits, plan
     from orchestrator.sweep.runner import check_plan_fits
-    from orchestrator.sweep.spec import expand, load_spec
+    from orchestrator.sweep.spec import load_spec
 
     model = {"d_model": 16384, "n_layers": 64, "n_heads": 128, "vocab_size": 50304, "context_length": 4096}
     spec = write_spec(

@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from model.flops import count_params, train_flops_per_token
 from orchestrator.cli.sweep import sweep_app
 from orchestrator.config import ConfigError, TrialConfig
+from orchestrator.sweep import expand as expand_mod
 from orchestrator.sweep import plan as plan_mod
-from orchestrator.sweep import spec as spec_mod
+from orchestrator.sweep.expand import PlannedTrial, expand, rows_by_id, si, trial_name, unique_trials
 from orchestrator.sweep.plan import (
     check_budget,
     memory_per_worker,
@@ -34,19 +35,7 @@ from orchestrator.sweep.plan import (
     plan_text,
     render_plan,
 )
-from orchestrator.sweep.spec import (
-    AXES,
-    PlannedTrial,
-    SpecError,
-    SweepSpec,
-    expand,
-    load_spec,
-    parse_spec,
-    rows_by_id,
-    si,
-    trial_name,
-    unique_trials,
-)
+from orchestrator.sweep.spec import AXES, SpecError, SweepSpec, load_spec, parse_spec
 from tests.helpers import REPO, cli, write_yaml
 
 ROOT = REPO
@@ -282,8 +271,8 @@ def test_isoflop_uses_each_familys_own_flops(monkeypatch: pytest.MonkeyPatch) ->
     def fake_params(cfg):
         return count_params(cfg.model_copy(update={"family": "transformer_pp"}))
 
-    monkeypatch.setattr(spec_mod, "train_flops_per_token", fake_fpt)
-    monkeypatch.setattr(spec_mod, "count_params", fake_params)
+    monkeypatch.setattr(expand_mod, "train_flops_per_token", fake_fpt)
+    monkeypatch.setattr(expand_mod, "count_params", fake_params)
     data = with_value(FLOPS, "families", ["ebt", "transformer_pp"])
     data = with_value(data, "axes.flops.budgets", [1e13])
     trials = parse_and_expand(data)
@@ -532,7 +521,8 @@ def test_garbage_anywhere_is_a_spec_error_or_valid(data: dict[str, Any], draw) -
 
 def test_ids_are_stable_across_processes() -> None:
     code = (
-        "import json, sys; from orchestrator.sweep.spec import parse_spec, expand; "
+        "import json, sys; from orchestrator.sweep.spec import parse_spec; "
+        "from orchestrator.sweep.expand import expand; "
         "print(json.dumps([t.id for t in expand(parse_spec(json.loads(sys.argv[1])))]))"
     )
     out = subprocess.run(
@@ -814,7 +804,8 @@ from orchestrator import cli, ports  # what `ebtscale sweep run` loads
 from orchestrator.cli import sweep as sweep_cli
 from orchestrator.sweep import results, runner
 from orchestrator.sweep.plan import check_budget, plan
-from orchestrator.sweep.spec import expand, load_spec
+from orchestrator.sweep.expand import expand
+from orchestrator.sweep.spec import load_spec
 
 units = runner.trial_units(expand(load_spec(sys.argv[1])))
 check_budget(plan([r for u in units for r in u.rows], calibrate=False, throughput_flops=1.0))

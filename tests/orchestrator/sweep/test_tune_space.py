@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator.config import ConfigError
-from orchestrator.sweep.spec import SpecError, expand, parse_spec, tuning_state
+from orchestrator.sweep.expand import expand, tuning_state
+from orchestrator.sweep.spec import SpecError, parse_spec
 from orchestrator.sweep.tune_space import LogUniform, TunedValues, at_edge, knob_label, power_law_lr
 from orchestrator.sweep.tuning import plan_searches, sample_space, write_tuning_file
 

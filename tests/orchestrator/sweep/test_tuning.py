@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import tags
-from orchestrator.sweep.spec import expand, load_spec, tuning_state
+from orchestrator.sweep.expand import expand, tuning_state
+from orchestrator.sweep.spec import load_spec
 from orchestrator.sweep.tuning import plan_searches, stopped_result
 from orchestrator.trial_dir import TrialStatus
 from tests.helpers import child_runs, cli, write_spec, write_yaml
