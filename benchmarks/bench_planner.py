@@ -93,10 +93,11 @@ def with_reuse(t: Any, reuse: bool) -> Any:
     model = cfg.model.model_copy(
         update={"ebt": cfg.model.ebt.model_copy(update={"reuse_observed_kv": reuse})}
     )
+    from orchestrator.sweep.expand import TrialCosts
+
     name = f"{t.name}-{'reuse' if reuse else 'full'}"
-    return dataclasses.replace(
-        t, name=name, id=f"{t.id}-{int(reuse)}", config=cfg.model_copy(update={"model": model, "name": name})
-    )
+    new = cfg.model_copy(update={"model": model, "name": name})
+    return dataclasses.replace(t, name=name, id=f"{t.id}-{int(reuse)}", config=new, costs=TrialCosts.of(new))
 
 
 def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
@@ -112,7 +113,7 @@ def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
 
 def large_trials(reuse: list[bool], out: Path) -> list[Any]:
     from orchestrator.config import parse_trial_config
-    from orchestrator.sweep.expand import PlannedTrial
+    from orchestrator.sweep.expand import PlannedTrial, TrialCosts
 
     trials = []
     for family in ("transformer_pp", "ebt"):
@@ -140,7 +141,18 @@ def large_trials(reuse: list[bool], out: Path) -> list[Any]:
                 }
             )
             t = PlannedTrial(
-                cfg.config_hash(), cfg.name, "large", family, "large", 0, d, None, "large", cfg.name, cfg
+                cfg.config_hash(),
+                cfg.name,
+                "large",
+                family,
+                "large",
+                0,
+                d,
+                None,
+                "large",
+                cfg.name,
+                cfg,
+                TrialCosts.of(cfg),
             )
             trials += [with_reuse(t, r) for r in reuse] if family == "ebt" else [t]
     return trials

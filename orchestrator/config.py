@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenModel, ModelConfig
 from model.data import DataConfig
-from orchestrator.trial_dir import TrialDir
+from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, TrialDir
 
 
 class SafeYaml12Loader(yaml.SafeLoader):
@@ -110,7 +110,7 @@ class TrialConfig(FrozenModel):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     train: TrainConfig
     resources: ResourcesConfig = ResourcesConfig()
-    output_dir: str = "outputs"
+    output_dir: str = DEFAULT_OUTPUT_DIR
     trial_dir: str | None = None
 
     @model_validator(mode="after")

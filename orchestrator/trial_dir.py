@@ -12,8 +12,8 @@ module is the one place that names them:
                    model.pt           the final weights (a plain tensor state dict)
 
 Where the folder is is decided once, when a trial is planned (`TrialConfig.trial_dir`): in a sweep
-`<output_dir>/<sweep>/trials/<name>-<id>` (`TrialDir.in_sweep`), for `ebtscale train`
-`<output_dir>/trials/<name>` (`TrialDir.standalone`).
+`<output_dir>/<sweep>/trials/<name>-<id>` (`SweepDir.trial`: orchestrator/sweep_dir.py names a sweep's
+folder), for `ebtscale train` `<output_dir>/trials/<name>` (`TrialDir.standalone`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+DEFAULT_OUTPUT_DIR = (
+    "outputs"  # a trial or spec without output_dir, and a bare sweep name, put their files here
+)
 RUNNING_WITHIN_S = 120  # progress.json younger than this: the trial is running, else interrupted
 
 
@@ -116,15 +119,6 @@ class TrialDir:
     path: Path
 
     @classmethod
-    def in_sweep(cls, output_dir: str | Path, sweep: str, name: str, trial_id: str) -> TrialDir:
-        return cls(sweep_folder(output_dir, sweep) / "trials" / f"{name}-{trial_id}")
-
-    @classmethod
-    def in_tuning(cls, output_dir: str | Path, sweep: str, name: str, trial_id: str) -> TrialDir:
-        """A tuning-stage trial (orchestrator/sweep/tuning.py): beside the sweep's trials, not among them."""
-        return cls(sweep_folder(output_dir, sweep) / "tuning" / f"{name}-{trial_id}")
-
-    @classmethod
     def standalone(cls, output_dir: str | Path, name: str) -> TrialDir:
         return cls(Path(output_dir).expanduser().resolve() / "trials" / name)
 
@@ -204,8 +198,3 @@ class TrialDir:
                 "total": p["total_steps"],
             }
         return {"status": TrialStatus.PENDING}
-
-
-def sweep_folder(output_dir: str | Path, sweep: str) -> Path:
-    """A sweep's own folder: sweep.json, trials/, ray/, report/; with a tuning stage tuning.json, tuning/."""
-    return Path(output_dir).expanduser().resolve() / sweep

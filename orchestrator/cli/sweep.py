@@ -12,9 +12,9 @@ from rich.console import Console
 
 from orchestrator.cli.common import SpecArg, fail, print_status, print_tuning
 from orchestrator.config import ConfigError
-from orchestrator.sweep.expand import expand
+from orchestrator.sweep.expand import TuningState, expand
 from orchestrator.sweep.plan import check_budget, plan, render_plan
-from orchestrator.sweep.spec import SweepSpec, load_spec
+from orchestrator.sweep.spec import load_spec
 
 sweep_app = typer.Typer(
     name="sweep",
@@ -82,6 +82,7 @@ def plan_command(
     ] = False,
 ) -> None:
     """Validate SPEC and print its dry-run plan (help text: _PLAN_HELP)."""
+    note = ""
     try:
         sweep = load_spec(spec)
         if tuning:
@@ -92,9 +93,11 @@ def plan_command(
             trials = [t for search in plan_searches(sweep) for t in search.trials]
         else:
             trials = expand(sweep)
+            if trials.tuning is not None:
+                note = _tuning_note(trials.tuning)
         result = plan(trials, throughput_flops=throughput)
-        if sweep.tune is not None and not tuning:
-            result.notes.append(_tuning_note(sweep))
+        if note:
+            result.notes.append(note)
     except (ConfigError, OSError, ImportError) as err:
         raise fail(err) from None
     if as_json:
@@ -110,10 +113,7 @@ def plan_command(
         raise fail(err) from None
 
 
-def _tuning_note(sweep: SweepSpec) -> str:
-    from orchestrator.sweep.expand import tuning_state
-
-    state = tuning_state(sweep)
+def _tuning_note(state: TuningState) -> str:
     if state.status == "complete":
         return "the 'tuned' column: values from the tuning stage (tuned at that size, or carried to it)"
     why = "has not run" if state.status == "missing" else "is stale (its tune: block or base changed)"
@@ -233,8 +233,8 @@ def export_command(
     from orchestrator.sweep.results import SweepNotFound, load_sweep_trials, resolve_sweep
 
     try:
-        name, uri = resolve_sweep(sweep, tracking_uri)
-        frame = load_sweep_trials(uri, name)
+        ref = resolve_sweep(sweep, tracking_uri)
+        frame = load_sweep_trials(ref.tracking_uri, ref.name)
     except (ConfigError, OSError, SweepNotFound) as err:
         raise fail(err) from None
     if out.suffix == ".parquet":

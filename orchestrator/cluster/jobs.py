@@ -29,6 +29,7 @@ import yaml
 
 from orchestrator import SOURCE_ROOT
 from orchestrator.config import ConfigError
+from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded: environments, VCS data, local results and caches (Ray also honours .gitignore).
@@ -36,7 +37,7 @@ DEFAULT_EXCLUDES = (
     ".venv",
     "venv",
     ".git",
-    "outputs",
+    DEFAULT_OUTPUT_DIR,
     "**/__pycache__",
     "*.pyc",
     "*.egg-info",
@@ -172,7 +173,9 @@ def plan_job(
         if parse_spec(yaml.safe_load(staged)) != spec:  # the copy must mean exactly what the original does
             raise ConfigError(f"cannot rewrite {spec_path} with a new output_dir; edit the spec instead")
     else:
-        check_output_dir(str((yaml.safe_load(spec_path.read_text()) or {}).get("output_dir", "outputs")))
+        check_output_dir(
+            str((yaml.safe_load(spec_path.read_text()) or {}).get("output_dir", DEFAULT_OUTPUT_DIR))
+        )
 
     root = (working_dir or project_root() or spec_path.parent).resolve()
     if not root.is_dir():

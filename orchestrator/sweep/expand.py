@@ -9,10 +9,10 @@ axis (each axis is its own fit) and `unique_trials` gives what the orchestrator 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydantic import ValidationError
 
@@ -34,8 +34,32 @@ from orchestrator.sweep.spec import (
     trial_dict,
     validation_problems,
 )
-from orchestrator.sweep.tune_space import TUNING_FILE, Tuned, TunedValues, knob_patch, size_key
-from orchestrator.trial_dir import TrialDir, sweep_folder
+from orchestrator.sweep.tune_space import Tuned, TunedValues, knob_patch, size_key
+
+
+@dataclass(frozen=True)
+class TrialCosts:
+    """A planned trial's size and compute, counted once when it is planned (the family's own counts:
+    model/family.py), for whatever needs them later: the plan, the schedule order, the tuning stage."""
+
+    params_total: int
+    params_non_embedding: int  # Kaplan's N
+    train_flops_per_token: float  # the study's convention (model/flops.py)
+    tokens: int  # what training consumes: whole optimizer steps
+
+    @property
+    def train_flops(self) -> float:
+        return self.train_flops_per_token * self.tokens
+
+    @classmethod
+    def of(cls, cfg: TrialConfig) -> TrialCosts:
+        params = count_params(cfg.model)
+        return cls(
+            params_total=params["total"],
+            params_non_embedding=params["non_embedding"],
+            train_flops_per_token=train_flops_per_token(cfg.model),
+            tokens=cfg.total_steps * cfg.tokens_per_step,
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,7 @@ class PlannedTrial:
     source: str
     shape: str  # the name without the family (`trial_shape`)
     config: TrialConfig
+    costs: TrialCosts
     tuned: Tuned | None = None  # values from the spec's tuning stage (tuning.json), if any
 
     @property
@@ -191,6 +216,7 @@ def _planned(
         source=src,
         shape=shape,
         config=cfg.model_copy(update={"name": name, "output_dir": spec.output_dir}),
+        costs=TrialCosts.of(cfg),
         tuned=tuned,
     )
 
@@ -201,9 +227,7 @@ def _place(spec: SweepSpec, trials: list[PlannedTrial]) -> list[PlannedTrial]:
     folders: dict[str, str] = {}
     placed = []
     for t in trials:
-        folder = folders.setdefault(
-            t.id, str(TrialDir.in_sweep(spec.output_dir, spec.name, t.name, t.id).path)
-        )
+        folder = folders.setdefault(t.id, str(spec.folder.trial(t.name, t.id).path))
         placed.append(replace(t, config=t.config.model_copy(update={"trial_dir": folder})))
     return placed
 
@@ -215,8 +239,9 @@ def _isoflop(spec: SweepSpec, family: str, tuned: TunedValues | None) -> Iterato
     rungs = []
     for point in axis_points(spec, family, "flops"):
         cfg, _ = _resolve(spec, family, point, spec.seeds[0], tuned=tuned)
-        per_step = train_flops_per_token(cfg.model) * cfg.tokens_per_step
-        rungs.append((point, count_params(cfg.model)["non_embedding"], per_step, cfg.tokens_per_step))
+        costs = TrialCosts.of(cfg)
+        per_step = costs.train_flops_per_token * cfg.tokens_per_step
+        rungs.append((point, costs.params_non_embedding, per_step, cfg.tokens_per_step))
     cheapest = min(rungs, key=lambda r: r[2])
     for i, budget in enumerate(ax.budgets):
         loc = f"axes.flops.budgets.{i}"
@@ -266,15 +291,36 @@ def _pick_log_even(candidates: list[tuple[int, AxisPoint, int]], k: int) -> list
     return chosen
 
 
-def expand(spec: SweepSpec) -> list[PlannedTrial]:
+@dataclass(frozen=True)
+class Expansion(Sequence[PlannedTrial]):
+    """What `expand` computed: the planned rows, in order (it is their sequence), and for a spec with a
+    tune: block the tuning stage's state, found on the way, so that no caller expands again to learn it."""
+
+    trials: tuple[PlannedTrial, ...]
+    tuning: TuningState | None = None
+
+    @overload
+    def __getitem__(self, index: int) -> PlannedTrial: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[PlannedTrial, ...]: ...
+    def __getitem__(self, index: int | slice) -> PlannedTrial | tuple[PlannedTrial, ...]:
+        return self.trials[index]
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
+
+def expand(spec: SweepSpec) -> Expansion:
     """families x axes x points x seeds, fully resolved, with the tuning stage's values when the spec has a
     `tune:` block and its search is complete (`tuning_state`). Raises SpecError for budgets that cannot be
     met, rules that run away, and name clashes (a name must always mean the same config)."""
     trials = _expand(spec, None)
     if spec.tune is None:
-        return trials
+        return Expansion(tuple(trials))
     state = tuning_state(spec, trials)
-    return trials if state.values is None else _expand(spec, state.values)
+    if state.values is not None:
+        trials = _expand(spec, state.values)
+    return Expansion(tuple(trials), state)
 
 
 def _expand(spec: SweepSpec, tuned: TunedValues | None) -> list[PlannedTrial]:
@@ -309,11 +355,6 @@ class TuningState:
     path: Path
 
 
-def tuning_path(spec: SweepSpec) -> Path:
-    """Where the spec's tuning stage keeps its outcome: `<output_dir>/<sweep>/tuning.json`."""
-    return sweep_folder(spec.output_dir, spec.name) / TUNING_FILE
-
-
 def tuning_state(spec: SweepSpec, untuned: list[PlannedTrial] | None = None) -> TuningState:
     """The sizes to tune (distinct family x d_model x n_layers of the sweep, filtered by `tune.sizes`) and
     whether tuning.json holds this spec's answer."""
@@ -333,7 +374,7 @@ def tuning_state(spec: SweepSpec, untuned: list[PlannedTrial] | None = None) -> 
     fingerprint = tune.fingerprint(
         {k: c.model_dump(mode="json", exclude=PLACEMENT_FIELDS) for k, c in sorted(sizes.items())}
     )
-    path = tuning_path(spec)
+    path = spec.folder.tuning_file
     values = TunedValues.load(path)
     if values is None:
         return TuningState(sizes, fingerprint, "missing", None, path)

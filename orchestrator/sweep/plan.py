@@ -362,21 +362,18 @@ def plan(trials: list[PlannedTrial], throughput_flops: float | None = None, cali
     rows: list[TrialEstimate] = []
     seen: set[str] = set()
     for t in trials:
-        cfg = t.config
-        counts = count_params(cfg.model)
-        tokens = cfg.total_steps * cfg.tokens_per_step  # what training consumes (whole steps)
-        flops = train_flops_per_token(cfg.model) * tokens
+        cfg, costs = t.config, t.costs
         rate = gpu_rate if cfg.resources.gpus_per_worker > 0 else cpu_rate
         rows.append(
             TrialEstimate(
                 trial=t,
-                params_total=counts["total"],
-                params_non_embedding=counts["non_embedding"],
-                tokens=tokens,
-                flops=flops,
+                params_total=costs.params_total,
+                params_non_embedding=costs.params_non_embedding,
+                tokens=costs.tokens,
+                flops=costs.train_flops,
                 steps=cfg.total_steps,
                 global_batch=cfg.train.global_batch_size,
-                memory_bytes=memory_per_worker(cfg, counts["total"]),
+                memory_bytes=memory_per_worker(cfg, costs.params_total),
                 seconds=None if rate is None else trial_seconds(cfg, rate, calibrated=source == "calibrated"),
                 duplicate=t.id in seen,
             )

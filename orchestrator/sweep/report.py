@@ -16,8 +16,8 @@ from orchestrator.sweep.results import (
     resolve_sweep,
     sweep_parent_run,
 )
+from orchestrator.sweep.spec import SweepSpec
 from orchestrator.tracking import mlflow_client
-from orchestrator.trial_dir import sweep_folder
 
 
 def code_version() -> str:
@@ -78,32 +78,21 @@ def build_report(
     published to the sweep's parent run. Returns the report's paths."""
     from analysis import write_report
 
-    name, uri = resolve_sweep(sweep, tracking_uri)
-    trials = load_sweep_trials(uri, name)
-    thinking = load_thinking_curves(uri, name)
-    out_dir = out or _default_report_dir(sweep, name)
-    provenance = provenance_of(uri, name, sweep)
-    tuning = _tuning_table(sweep)
-    paths = write_report(trials, out_dir, provenance, thinking, y=y, bootstrap=bootstrap, tuning=tuning)
-    publish_report(uri, name, paths)
+    ref = resolve_sweep(sweep, tracking_uri)
+    trials = load_sweep_trials(ref.tracking_uri, ref.name)
+    thinking = load_thinking_curves(ref.tracking_uri, ref.name)
+    provenance = provenance_of(ref.tracking_uri, ref.name, sweep)
+    tuning = _tuning_table(ref.spec) if ref.spec is not None else None
+    paths = write_report(
+        trials, out or ref.folder.report, provenance, thinking, y=y, bootstrap=bootstrap, tuning=tuning
+    )
+    publish_report(ref.tracking_uri, ref.name, paths)
     return paths
 
 
-def _tuning_table(sweep: str) -> Any:
-    """The tuning stage's table (tuning.json, found through the spec), or None."""
-    if not sweep.endswith((".yaml", ".yml")):
-        return None
-    from orchestrator.sweep.spec import load_spec
+def _tuning_table(spec: SweepSpec) -> Any:
+    """The tuning stage's table (tuning.json), or None."""
     from orchestrator.sweep.tuning import read_tuning_file, tuning_frame
 
-    spec = load_spec(sweep)
     payload = read_tuning_file(spec) if spec.tune is not None else None
     return tuning_frame(payload) if payload and payload["sizes"] else None
-
-
-def _default_report_dir(sweep: str, name: str) -> Path:
-    if sweep.endswith((".yaml", ".yml")):
-        from orchestrator.sweep.spec import load_spec
-
-        return sweep_folder(load_spec(sweep).output_dir, name) / "report"
-    return Path("outputs") / name / "report"

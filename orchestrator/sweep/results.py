@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from orchestrator import tags
-from orchestrator.sweep.spec import load_spec
+from orchestrator.sweep.spec import SweepSpec, load_spec
+from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir, names_a_spec
 from orchestrator.tracking import gc_paused, mlflow_client, resolve_tracking_uri
 from orchestrator.trial_dir import TrialStatus
 
@@ -114,9 +115,21 @@ def load_thinking_curves(uri: str, sweep: str) -> pd.DataFrame | None:
         return pd.DataFrame(json.load(f))
 
 
-def resolve_sweep(sweep: str, tracking_uri: str | None) -> tuple[str, str]:
-    """(sweep name, tracking URI) from a spec path or a bare sweep name."""
-    if sweep.endswith((".yaml", ".yml")) or Path(sweep).is_file():
+@dataclass(frozen=True)
+class SweepRef:
+    """What a command's SWEEP argument names: a spec file (`spec`: its sweep, folder and store) or a bare
+    sweep name (its folder under the default output folder; its store there, or `--tracking-uri`'s)."""
+
+    name: str
+    tracking_uri: str
+    folder: SweepDir
+    spec: SweepSpec | None
+
+
+def resolve_sweep(sweep: str, tracking_uri: str | None) -> SweepRef:
+    """The one reading of a SWEEP argument (`names_a_spec` decides: a YAML name or an existing file)."""
+    if names_a_spec(sweep):
         spec = load_spec(sweep)
-        return spec.name, tracking_uri or resolve_tracking_uri(spec.output_dir)
-    return sweep, tracking_uri or resolve_tracking_uri("outputs")
+        return SweepRef(spec.name, tracking_uri or resolve_tracking_uri(spec.output_dir), spec.folder, spec)
+    uri = tracking_uri or resolve_tracking_uri(DEFAULT_OUTPUT_DIR)
+    return SweepRef(sweep, uri, SweepDir.of(DEFAULT_OUTPUT_DIR, sweep), None)

@@ -19,18 +19,18 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from model.flops import train_flops_per_token
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig
-from orchestrator.sweep.expand import PlannedTrial, expand, tuning_state
+from orchestrator.sweep.expand import PlannedTrial, expand
 from orchestrator.sweep.plan import Plan, check_budget, check_memory, local_memory_limits, plan
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep_dir import SweepDir
 from orchestrator.tracking import (
     RunTracker,
     gc_paused,
@@ -39,7 +39,7 @@ from orchestrator.tracking import (
     record_outcome,
     resolve_tracking_uri,
 )
-from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus, atomic_write_json, sweep_folder
+from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus
 
 
 @dataclass
@@ -75,43 +75,23 @@ class TrialUnit:
         return self.folder.status() | {"name": self.name}
 
 
-@dataclass
-class SweepLayout:
-    """Where a sweep's own files live: <output_dir>/<sweep name>/{sweep.json, driver.lock, ray/} (its
-    trials' folders are planned with the trials: `TrialConfig.trial_dir`)."""
+@dataclass(frozen=True)
+class Stage:
+    """A stage that trains (the sweep, its tuning stage) once `start_stage` has set it up: the spec, its
+    folder and MLflow store, the units to account for and those still to train, and the sweep's parent run.
+    It holds the sweep's driver lock for as long as it lives."""
 
     spec: SweepSpec
-
-    @property
-    def root(self) -> Path:
-        return sweep_folder(self.spec.output_dir, self.spec.name)
-
-    @property
-    def sweep_file(self) -> Path:
-        return self.root / "sweep.json"
-
-    @property
-    def lock(self) -> Path:
-        """Held by the one driver of the sweep (`run_sweep`)."""
-        return self.root / "driver.lock"
-
-    @property
-    def ray(self) -> Path:
-        """Ray Tune's and Ray Train's state."""
-        return self.root / "ray"
-
-    def parent_run_id(self) -> str:
-        return json.loads(self.sweep_file.read_text())["parent_run_id"]
-
-    @property
-    def tracking_uri(self) -> str:
-        return resolve_tracking_uri(self.spec.output_dir)
+    folder: SweepDir
+    tracking_uri: str
+    units: list[TrialUnit]
+    pending: list[TrialUnit]
+    parent_run_id: str
 
 
 def unit_flops(unit: TrialUnit) -> float:
     """Training FLOPs of a unit's trial (the study's count), for the progress ETA and the schedule order."""
-    cfg = unit.config
-    return train_flops_per_token(cfg.model) * cfg.total_steps * cfg.tokens_per_step
+    return unit.rows[0].costs.train_flops
 
 
 def trial_units(trials: Iterable[PlannedTrial]) -> list[TrialUnit]:
@@ -129,15 +109,17 @@ def sweep_status(spec: SweepSpec) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- MLflow
 
 
-def ensure_runs(layout: SweepLayout, units: list[TrialUnit], extra_tags: dict[str, str] | None = None) -> str:
+def ensure_runs(
+    spec: SweepSpec, uri: str, units: list[TrialUnit], extra_tags: dict[str, str] | None = None
+) -> str:
     """Create (or find) the sweep's parent run and one child run per unit (`extra_tags` on the new ones:
     the tuning stage's mark); returns the parent run id. Idempotent: ids are kept in sweep.json / run.json
     and found by tag if those files were lost."""
-    uri, spec = layout.tracking_uri, layout.spec
-    layout.root.mkdir(parents=True, exist_ok=True)
+    folder = spec.folder
+    folder.root.mkdir(parents=True, exist_ok=True)
     exp_id = get_or_create_experiment(uri, spec.name)
     client = mlflow_client(uri)
-    parent_id = layout.parent_run_id() if layout.sweep_file.is_file() else None
+    parent_id = folder.parent_run_id() if folder.sweep_file.is_file() else None
     if parent_id is None:
         role = {tags.ROLE: tags.ROLE_SWEEP, tags.SWEEP: spec.name}
         found = client.search_runs([exp_id], " and ".join(tags.search(k, v) for k, v in role.items()))
@@ -147,9 +129,7 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit], extra_tags: dict[st
             parent = RunTracker.start(uri, spec.name, spec.name, tags=role)
             parent.log_params({"spec": spec.model_dump(mode="json")})
             parent_id = parent.run_id
-        atomic_write_json(
-            layout.sweep_file, {"parent_run_id": parent_id, "tracking_uri": uri, "name": spec.name}
-        )
+        folder.write_sweep_file(parent_id, uri)
     with gc_paused():
         children = client.search_runs([exp_id], tags.search(tags.PARENT, parent_id), max_results=50000)
     existing = {r.data.tags.get(tags.TRIAL_ID): r.info.run_id for r in children}
@@ -163,16 +143,15 @@ def ensure_runs(layout: SweepLayout, units: list[TrialUnit], extra_tags: dict[st
             run_id = client.create_run(exp_id, run_name=unit.name, tags=run_tags).info.run_id
             client.set_terminated(run_id, status="SCHEDULED")
         unit.folder.write_run(run_id, uri)
-    close_done_runs(layout, units, client, exp_id, parent_id)
+    close_done_runs(uri, spec.name, units, parent_id)
     return parent_id
 
 
-def close_done_runs(
-    layout: SweepLayout, units: list[TrialUnit], client: Any, exp_id: str, parent_id: str
-) -> None:
+def close_done_runs(uri: str, sweep: str, units: list[TrialUnit], parent_id: str) -> None:
     """A trial killed between writing result.json and closing its MLflow run is done (never trained again),
     but its run was left open: record its outcome from result.json and close it."""
-    uri = layout.tracking_uri
+    exp_id = get_or_create_experiment(uri, sweep)
+    client = mlflow_client(uri)
     with gc_paused():
         unfinished = client.search_runs(
             [exp_id],
@@ -186,7 +165,7 @@ def close_done_runs(
         if record is None or not folder.result.is_file():
             continue
         if record.run_id in open_runs:
-            tracker = RunTracker.start(uri, layout.spec.name, unit.name, resume_run_id=record.run_id)
+            tracker = RunTracker.start(uri, sweep, unit.name, resume_run_id=record.run_id)
             record_outcome(tracker, TrialResult.load(folder.result), folder)
 
 
@@ -409,12 +388,10 @@ def init_ray(address: str | None, env: dict[str, str], dashboard: bool = True) -
     return context.dashboard_url if address is None and dashboard else None
 
 
-def ray_env(layout: SweepLayout) -> dict[str, str]:
+def ray_env(tracking_uri: str) -> dict[str, str]:
     """Environment of every process the sweep's Ray starts (trial actors, Train workers)."""
     env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "EBTSCALE_CACHE_DIR", "HF_HOME") if k in os.environ}
-    env.update(
-        MLFLOW_TRACKING_URI=layout.tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1"
-    )
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, TOKENIZERS_PARALLELISM="false", RAY_TRAIN_V2_ENABLED="1")
     # Starting a worker imports torch + DeepSpeed; on a loaded 2-core machine that can exceed Ray Train's 60 s
     # default, after which it retries the start forever. A generous limit lets a slow start succeed.
     timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -462,6 +439,53 @@ def concurrent_slots(units: list[TrialUnit]) -> int:
     return max(1, min(slots, default=1))
 
 
+@contextmanager
+def start_stage(
+    spec: SweepSpec,
+    trials: Sequence[PlannedTrial],
+    *,
+    address: str | None = None,
+    launcher: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+    dashboard: bool = False,
+    max_flops: float | None = None,
+    max_trials: int | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Iterator[Stage]:
+    """What every stage that trains does before its first trial, in this order, and the sweep's driver lock
+    for as long as the stage runs: the launcher and the budget caps are checked and each trial's memory
+    against this machine (a cluster's: once connected; `force` skips it), then, under the lock, the MLflow
+    runs are created (`ensure_runs`, with `extra_tags` on new ones) while Ray starts, if anything is pending.
+    An embedded Ray gets its dashboard when a pending trial uses Ray Train, or when `dashboard` asks for it.
+    Raises ConfigError (SweepBusy when another driver holds the lock) before anything trains."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    planned = plan(list(trials), calibrate=False, throughput_flops=1.0)
+    check_budget(planned, max_flops, max_trials)
+    on_cluster = cluster_address(address) is not None
+    if not on_cluster:
+        check_plan_fits(planned, force, on_cluster)
+    folder, uri = spec.folder, resolve_tracking_uri(spec.output_dir)
+    units = trial_units(trials)
+    with folder.driver_lock():
+        pending = [u for u in units if not u.folder.status()["status"].final]
+        with ThreadPoolExecutor(1) as pool:
+            # Ray starts (seconds) while the MLflow runs are created: both are done before any trial trains.
+            runs = pool.submit(ensure_runs, spec, uri, units, extra_tags)
+            if pending:
+                dashboard = dashboard or any(
+                    uses_ray_train(launcher, u.config.resources.num_workers) for u in pending
+                )
+                url = init_ray(address, ray_env(uri), dashboard=dashboard)
+                if url and progress:
+                    print(f"Ray dashboard: http://{url}", flush=True)
+                if on_cluster:
+                    check_plan_fits(planned, force, on_cluster)
+            parent_id = runs.result()
+        yield Stage(spec, folder, uri, units, pending, parent_id)
+
+
 def run_sweep(
     spec: SweepSpec,
     address: str | None = None,
@@ -475,71 +499,40 @@ def run_sweep(
     untuned: bool = False,
     force: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Expand (once) and check the budget caps and each trial's memory, create the MLflow runs, train every
-    pending trial on Ray; returns {trial id: status dict}. `launcher`: "auto" trains single-worker trials in
-    their Tune actor (`TrialJob.in_tune_actor`), "ray_train" gives every trial a Ray Train TorchTrainer. An
-    embedded Ray gets its dashboard when a trial uses Ray Train, or when `dashboard` asks for it. A spec with
-    a `tune:` block needs its search done first (`sweep tune`), unless `untuned`; `force` skips the memory
-    check."""
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    import fcntl
-
+    """Expand (once), start the stage (`start_stage`: caps, memory, the driver lock, MLflow runs, Ray), train
+    every pending trial on Ray; returns {trial id: status dict}. `launcher`: "auto" trains single-worker
+    trials in their Tune actor (`TrialJob.in_tune_actor`), "ray_train" gives every trial a Ray Train
+    TorchTrainer. A spec with a `tune:` block needs its search done first (`sweep tune`), unless
+    `untuned`."""
     trials = expand(spec)
-    if spec.tune is not None and not untuned:
-        state = tuning_state(spec)
-        if state.status != "complete":
-            why = "has not finished" if state.status == "missing" else "answers another tune: block or base"
-            raise ConfigError(
-                f"sweep {spec.name}: its tuning stage {why} ({state.path}); run `ebtscale sweep tune` first, "
-                "or pass --untuned to train the spec's own values"
-            )
-    planned = plan(trials, calibrate=False, throughput_flops=1.0)
-    check_budget(planned, max_flops, max_trials)
-    on_cluster = cluster_address(address) is not None
-    if not on_cluster:
-        check_plan_fits(planned, force, on_cluster)
-    layout = SweepLayout(spec)
-    units = trial_units(trials)
-    # One driver per sweep at a time: a second one would create MLflow runs of its own for the same trials
-    # and train them into the same folders. The kernel drops the lock when the driver exits or is killed, so
-    # a rerun after a crash is never refused.
-    layout.root.mkdir(parents=True, exist_ok=True)
-    lock_path = layout.lock
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"sweep {spec.name} is already running: another driver holds {lock_path}; wait for it "
-                "(`ebtscale sweep status`) or stop it, then run again"
-            ) from None
-        except OSError:  # a filesystem without locks (some NFS mounts): run unguarded, as before
-            pass
-        pending = [u for u in units if not u.folder.status()["status"].final]
-        with ThreadPoolExecutor(1) as pool:
-            # Ray starts (seconds) while the MLflow runs are created: both are done before any trial trains.
-            runs = pool.submit(ensure_runs, layout, units)
-            if pending:
-                dashboard = dashboard or any(
-                    uses_ray_train(launcher, u.config.resources.num_workers) for u in pending
-                )
-                url = init_ray(address, ray_env(layout), dashboard=dashboard)
-                if url and progress:
-                    print(f"Ray dashboard: http://{url}", flush=True)
-                if on_cluster:
-                    check_plan_fits(planned, force, on_cluster)
-            parent_id = runs.result()
-        if pending:
-            run_on_ray(layout, units, pending, max_failures, max_concurrent, progress, launcher)
-        statuses = {u.id: u.status() for u in units}
+    if trials.tuning is not None and not untuned and trials.tuning.status != "complete":
+        state = trials.tuning
+        why = "has not finished" if state.status == "missing" else "answers another tune: block or base"
+        raise ConfigError(
+            f"sweep {spec.name}: its tuning stage {why} ({state.path}); run `ebtscale sweep tune` first, "
+            "or pass --untuned to train the spec's own values"
+        )
+    with start_stage(
+        spec,
+        trials,
+        address=address,
+        launcher=launcher,
+        force=force,
+        progress=progress,
+        dashboard=dashboard,
+        max_flops=max_flops,
+        max_trials=max_trials,
+    ) as stage:
+        if stage.pending:
+            run_on_ray(stage, stage.units, stage.pending, max_failures, max_concurrent, progress, launcher)
+        statuses = {u.id: u.status() for u in stage.units}
         if all(s["status"].final for s in statuses.values()):
-            mlflow_client(layout.tracking_uri).set_terminated(parent_id, status="FINISHED")
+            mlflow_client(stage.tracking_uri).set_terminated(stage.parent_run_id, status="FINISHED")
     return statuses
 
 
 def run_on_ray(
-    layout: SweepLayout,
+    stage: Stage,
     units: list[TrialUnit],
     pending: list[TrialUnit],
     max_failures: int,
@@ -553,14 +546,14 @@ def run_on_ray(
     stage's ASHA) the trials report every validation loss and may be stopped early."""
     from ray import tune
 
-    ray_dir = layout.ray
+    ray_dir = stage.folder.ray
     attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
     jobs = [
         TrialJob(
             id=u.id,
             config=u.config,
-            tracking_uri=layout.tracking_uri,
-            experiment=layout.spec.name,
+            tracking_uri=stage.tracking_uri,
+            experiment=stage.spec.name,
             ray_storage=str(ray_dir / "train"),
             launcher=launcher,
             attempt=attempt,
@@ -596,7 +589,7 @@ def run_on_ray(
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
-    monitor = _ProgressMonitor(layout, units) if progress else None
+    monitor = _ProgressMonitor(stage.spec.name, units) if progress else None
     try:
         return tuner.fit()
     finally:
@@ -607,10 +600,10 @@ def run_on_ray(
 class _ProgressMonitor:
     """Live terminal view of the sweep: trials done / running / failed, and an ETA from FLOPs done."""
 
-    def __init__(self, layout: SweepLayout, units: list[TrialUnit], every_s: float = 2.0) -> None:
+    def __init__(self, sweep: str, units: list[TrialUnit], every_s: float = 2.0) -> None:
         from rich.live import Live
 
-        self.layout, self.units, self.every_s = layout, units, every_s
+        self.sweep, self.units, self.every_s = sweep, units, every_s
         self.start = time.time()
         self._stop = threading.Event()
         self.live = Live(self.render(), refresh_per_second=1, transient=False)
@@ -635,7 +628,7 @@ class _ProgressMonitor:
         elapsed = time.time() - self.start
         frac = done_flops / total_flops if total_flops else 1.0
         eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0.01 else "-"
-        table = Table(title=f"sweep {self.layout.spec.name}", show_header=True)
+        table = Table(title=f"sweep {self.sweep}", show_header=True)
         S = TrialStatus
         states = (S.FINISHED, S.RUNNING, S.PENDING, S.DIVERGED, S.STOPPED, S.FAILED, S.INTERRUPTED)
         for col in ("trials", *states, "work done", "ETA"):

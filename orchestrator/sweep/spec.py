@@ -28,6 +28,7 @@ from pydantic import (
 from model.config import ModelFamily
 from orchestrator.config import ConfigError, TrialConfig, deep_merge, yaml_load
 from orchestrator.sweep.tune_space import TuneSpec, dimension_bounds, family_problems, knob_patch
+from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
 FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
@@ -266,7 +267,12 @@ class SweepSpec(_SpecModel):
     rules: Rules = Rules()
     axes: Axes
     tune: TuneSpec | None = None  # a search per family and size before the sweep (tune_space.py)
-    output_dir: str = "outputs"
+    output_dir: str = DEFAULT_OUTPUT_DIR
+
+    @property
+    def folder(self) -> SweepDir:
+        """The sweep's own folder, `<output_dir>/<name>` (every file in it: orchestrator/sweep_dir.py)."""
+        return SweepDir.of(self.output_dir, self.name)
 
     @model_validator(mode="after")
     def _check_semantics(self) -> SweepSpec:

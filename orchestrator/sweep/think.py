@@ -117,11 +117,11 @@ def think_targets(target: Path, baseline: Path | None = None) -> ThinkTargets:
         uri = record.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         return ThinkTargets(target, baseline, [record.run_id], uri)
     from orchestrator.sweep.expand import expand
-    from orchestrator.sweep.runner import SweepLayout, trial_units
+    from orchestrator.sweep.runner import trial_units
     from orchestrator.sweep.spec import load_spec
+    from orchestrator.tracking import resolve_tracking_uri
 
     spec = load_spec(target)
-    layout = SweepLayout(spec)
     done = [u for u in trial_units(expand(spec)) if u.folder.status()["status"] == TrialStatus.FINISHED]
     ebts = sorted((u for u in done if u.family == "ebt"), key=lambda u: (u.config.total_steps, u.name))
     if not ebts:
@@ -131,7 +131,8 @@ def think_targets(target: Path, baseline: Path | None = None) -> ThinkTargets:
     base_dir = baseline or (twin.folder.path if twin else None)
     record = ebt.folder.read_run()
     runs = [record.run_id] if record is not None else []
-    return ThinkTargets(ebt.folder.path, base_dir, [*runs, layout.parent_run_id()], layout.tracking_uri)
+    uri = resolve_tracking_uri(spec.output_dir)
+    return ThinkTargets(ebt.folder.path, base_dir, [*runs, spec.folder.parent_run_id()], uri)
 
 
 def think(

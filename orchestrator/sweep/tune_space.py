@@ -36,7 +36,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TUNING_FILE = "tuning.json"  # in <output_dir>/<sweep>/, next to sweep.json
 TUNING_AXIS = "tune"  # PlannedTrial.axis of a tuning trial
 
 # knob -> (config path, the families that have it, integer-valued)

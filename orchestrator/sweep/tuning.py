@@ -25,11 +25,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from model.flops import count_params
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig, deep_merge
-from orchestrator.sweep.expand import PlannedTrial, TuningState, trial_shape, tuning_path, tuning_state
-from orchestrator.sweep.plan import plan
+from orchestrator.sweep.expand import PlannedTrial, TrialCosts, TuningState, trial_shape, tuning_state
+from orchestrator.sweep.runner import Stage, TrialUnit, close_done_runs, run_on_ray, start_stage
 from orchestrator.sweep.spec import FAMILY_TAGS, SweepSpec
 from orchestrator.sweep.tune_space import (
     TUNING_AXIS,
@@ -41,7 +40,6 @@ from orchestrator.sweep.tune_space import (
     knob_patch,
 )
 from orchestrator.trial_dir import (
-    TrialDir,
     TrialResult,
     TrialStatus,
     atomic_write_json,
@@ -94,7 +92,7 @@ def tuning_config(base: TrialConfig, tune: TuneSpec, values: dict[str, float]) -
 
 
 def plan_searches(spec: SweepSpec, state: TuningState | None = None) -> list[SizeSearch]:
-    """Every family x size search of the spec, its trials planned and placed (`TrialDir.in_tuning`)."""
+    """Every family x size search of the spec, its trials planned and placed (`SweepDir.tuning_trial`)."""
     tune = spec.tune
     if tune is None:
         raise ConfigError(f"sweep spec {spec.name} has no tune: block")
@@ -110,7 +108,7 @@ def plan_searches(spec: SweepSpec, state: TuningState | None = None) -> list[Siz
                 continue
             shape = f"{trial_shape(cfg, TUNING_AXIS)}-{i}-{knob_label(sample)}"
             name = f"tune-{FAMILY_TAGS[family]}-{shape}"
-            folder = TrialDir.in_tuning(spec.output_dir, spec.name, name, trial_id).path
+            folder = spec.folder.tuning_trial(name, trial_id).path
             config = cfg.model_copy(
                 update={"name": name, "output_dir": spec.output_dir, "trial_dir": str(folder)}
             )
@@ -127,6 +125,7 @@ def plan_searches(spec: SweepSpec, state: TuningState | None = None) -> list[Siz
                     source=f"tune.space.{family}",
                     shape=shape,
                     config=config,
+                    costs=TrialCosts.of(config),
                 )
             )
             values[trial_id] = sample
@@ -170,7 +169,7 @@ def choose(search: SizeSearch, tune: TuneSpec) -> dict[str, Any]:
         "family": search.family,
         "d_model": cfg.model.d_model,
         "n_layers": cfg.model.n_layers,
-        "n_params": count_params(cfg.model)["non_embedding"],
+        "n_params": search.trials[0].costs.params_non_embedding,  # one model per search
         "space": space.model_dump(mode="json", exclude_none=True),
         "trials": rows,
         "counts": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
@@ -207,7 +206,7 @@ def write_tuning_file(state: TuningState, sizes: dict[str, dict[str, Any]]) -> d
 
 def read_tuning_file(spec: SweepSpec) -> dict[str, Any] | None:
     """tuning.json as written (for the report), or None; no expansion of the spec needed."""
-    path = tuning_path(spec)
+    path = spec.folder.tuning_file
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -223,62 +222,44 @@ def run_tuning(
     launcher: str = "auto",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) every search of the spec's tuning stage; returns tuning.json's content.
+    """Run (or resume) every search of the spec's tuning stage; returns tuning.json's content. The stage
+    starts as the sweep does (`runner.start_stage`: memory check, the sweep's driver lock, MLflow runs, Ray).
     `max_concurrent` (trials of a search at once) overrides the spec's `tune.max_concurrent`."""
-    from orchestrator.sweep.runner import (
-        LAUNCHERS,
-        SweepLayout,
-        check_plan_fits,
-        cluster_address,
-        ensure_runs,
-        init_ray,
-        ray_env,
-        run_on_ray,
-        trial_units,
-        uses_ray_train,
-    )
-
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     tune = spec.tune
     if tune is None:
         raise ConfigError(f"sweep spec {spec.name} has no tune: block: nothing to tune")
     state = tuning_state(spec)
     searches = plan_searches(spec, state)
     everything = [t for s in searches for t in s.trials]
-    planned = plan(everything, calibrate=False, throughput_flops=1.0)
-    on_cluster = cluster_address(address) is not None
-    if not on_cluster:
-        check_plan_fits(planned, force, on_cluster)
-    layout = SweepLayout(spec)
-    units = trial_units(everything)
-    ensure_runs(layout, units, extra_tags={tags.STAGE: tags.STAGE_TUNING})
-    pending = [u for u in units if not u.folder.status()["status"].final]
-    if pending:
-        dashboard = any(uses_ray_train(launcher, u.config.resources.num_workers) for u in pending)
-        init_ray(address, ray_env(layout), dashboard=dashboard)
-        if on_cluster:
-            check_plan_fits(planned, force, on_cluster)
     sizes: dict[str, dict[str, Any]] = {}
-    for search in searches:
-        mine = [u for u in units if u.id in search.values]
-        todo = [u for u in mine if not u.folder.status()["status"].final]
-        if todo:
-            results = run_on_ray(
-                layout,
-                mine,
-                todo,
-                max_failures,
-                max_concurrent or tune.max_concurrent,
-                progress,
-                launcher,
-                scheduler=_asha(tune),
-                label=f"search-{search.key.replace(':', '-')}",
-            )
-            _settle_outcomes(layout, todo, results)
-        sizes[search.key] = choose(search, tune)
-        write_tuning_file(state, sizes)
-    return write_tuning_file(state, sizes)
+    with start_stage(
+        spec,
+        everything,
+        address=address,
+        launcher=launcher,
+        force=force,
+        progress=progress,
+        extra_tags={tags.STAGE: tags.STAGE_TUNING},
+    ) as stage:
+        for search in searches:
+            mine = [u for u in stage.units if u.id in search.values]
+            todo = [u for u in mine if not u.folder.status()["status"].final]
+            if todo:
+                results = run_on_ray(
+                    stage,
+                    mine,
+                    todo,
+                    max_failures,
+                    max_concurrent or tune.max_concurrent,
+                    progress,
+                    launcher,
+                    scheduler=_asha(tune),
+                    label=f"search-{search.key.replace(':', '-')}",
+                )
+                _settle_outcomes(stage, todo, results)
+            sizes[search.key] = choose(search, tune)
+            write_tuning_file(state, sizes)
+        return write_tuning_file(state, sizes)
 
 
 def _asha(tune: TuneSpec) -> Any:
@@ -313,14 +294,11 @@ def stopped_result(report: dict[str, Any], config: TrialConfig) -> TrialResult |
     )
 
 
-def _settle_outcomes(layout: Any, units: list[Any], results: Any) -> None:
+def _settle_outcomes(stage: Stage, units: list[TrialUnit], results: Any) -> None:
     """Settle every trial of a finished Tune experiment. A trial ASHA stopped is final: where its own
     process did not get to write result.json (a Ray Train trial is stopped by ending its workers; the actor
     of a search's last trial is ended without waiting for it), it is written here from its last report.
     Then every run whose trial has an outcome but was left open is closed with that outcome."""
-    from orchestrator.sweep.runner import close_done_runs
-    from orchestrator.tracking import get_or_create_experiment, mlflow_client
-
     by_id = {}
     for result in results:
         job = (result.config or {}).get("job") or {}
@@ -334,9 +312,7 @@ def _settle_outcomes(layout: Any, units: list[Any], results: Any) -> None:
         stopped = stopped_result(result.metrics or {}, unit.config)
         if stopped is not None:
             stopped.save(folder.result)
-    uri = layout.tracking_uri
-    exp_id = get_or_create_experiment(uri, layout.spec.name)
-    close_done_runs(layout, units, mlflow_client(uri), exp_id, layout.parent_run_id())
+    close_done_runs(stage.tracking_uri, stage.spec.name, units, stage.parent_run_id)
 
 
 def tuning_frame(payload: dict[str, Any]) -> Any:
