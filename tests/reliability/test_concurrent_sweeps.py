@@ -142,3 +142,61 @@ def test_the_same_sweep_started_twice_at_once_trains_once(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stdout + again.stderr
     check_sweep(f"sqlite:///{out / 'mlflow.db'}", out, "twice")
     print(f"\nsame sweep twice at once: {took:.0f} s; the second driver was refused")
+
+
+def tuning_spec(tmp_path: Path, name: str) -> Path:
+    """One Transformer++ size with a 2-trial lr search (the tuning stage) and one data point."""
+    from orchestrator.sweep.spec import load_spec
+    from tests.helpers import write_yaml
+
+    path = write_spec(
+        tmp_path, name, tokens=8 * 32 * STEPS, families=["transformer_pp"], axes={"data": {"tokens": [1536]}}
+    )
+    data = load_spec(path).model_dump(mode="json")
+    data["tune"] = {
+        "num_samples": 2,
+        "budget": {"tokens": 8 * 32 * STEPS},
+        "reports": 2,
+        "space": {"transformer_pp": {"lr": {"loguniform": [3e-3, 3e-2]}}},
+    }
+    return write_yaml(path, data)
+
+
+def test_the_same_tuning_stage_started_twice_at_once_runs_once(tmp_path: Path) -> None:
+    """The tuning stage starts as the sweep does, under the sweep's driver lock: of two `sweep tune` drivers
+    started at once, one searches and the other is refused before it creates a run or trains a trial."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.sweep.tuning import plan_searches
+
+    spec = tuning_spec(tmp_path, "tunedtwice")
+    procs = [start("sweep", "tune", str(spec), log=tmp_path / f"tuner-{i}.log") for i in range(2)]
+    codes = wait_all(procs, timeout=600)
+    logs = [(tmp_path / f"tuner-{i}.log").read_text() for i in range(2)]
+    out = tmp_path / "out"
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    parents, children = sweep_runs(uri, "tunedtwice")
+    ids = Counter(r.data.tags.get("ebtscale.trial_id") for r in children)
+    record_fault(
+        "concurrent sweeps on one store",
+        "the same tuning stage started twice at once",
+        injected=1,
+        survived=sum(n == 1 for n in ids.values()),
+        lost=sum(n - 1 for n in ids.values()) + abs(len(parents) - 1),
+    )
+    assert sorted(codes) == [0, 2], logs
+    refused = logs[codes.index(2)]
+    assert "error: sweep tunedtwice is already running" in refused and "Traceback" not in refused
+
+    (search,) = plan_searches(load_spec(spec))
+    planned = {t.id for t in search.trials}
+    assert len(parents) == 1 and len(children) == len(planned) == 2
+    assert set(ids) == planned and set(ids.values()) == {1}, ids  # one run per tuning trial
+    client = MlflowClient(uri)
+    for run in children:
+        steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+        assert set(steps.values()) == {1}, f"{run.info.run_name}: a step logged twice"
+    for t in search.trials:
+        assert t.config.folder.result.is_file() and not t.config.folder.failed.exists()
+    assert json.loads((out / "tunedtwice" / "tuning.json").read_text())["complete"]
