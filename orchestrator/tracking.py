@@ -46,12 +46,22 @@ log = logging.getLogger(__name__)
 
 
 def resolve_tracking_uri(output_dir: str | Path) -> str:
+    """MLFLOW_TRACKING_URI, else the output folder's own sqlite store (an absolute path: Tune changes the
+    working directory). Creates nothing: the first client of a writing command creates the store
+    (`mlflow_client`), and a command that only reads checks it exists (`existing_store`)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    path = Path(output_dir).expanduser().resolve() / "mlflow.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{Path(output_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def existing_store(uri: str) -> str:
+    """`uri`, checked for a command that only reads: a sqlite store that does not exist is an error rather
+    than an empty store created as a side effect (a server's store is the server's business)."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not db.is_file():
+        raise FileNotFoundError(f"no MLflow store at {db}: nothing has run there yet")
+    return uri
 
 
 def mlflow_client(uri: str) -> Any:

@@ -14,9 +14,13 @@ from orchestrator.cli.report import run_report
 from orchestrator.cli.think import run_thinking
 from orchestrator.config import ConfigError
 
+DEMO_SPEC = Path("sweeps") / "demo.yaml"
+
 
 def demo(
-    spec: Annotated[Path, typer.Option(help="the sweep to run")] = Path("sweeps/demo.yaml"),
+    spec: Annotated[
+        Path | None, typer.Option(help="the sweep to run [default: sweeps/demo.yaml]", show_default=False)
+    ] = None,
 ) -> None:
     """The README's main job: the tuning stage of its spec's tune: block (sweeps/demo.yaml has one), a small
     real sweep of both families on the chosen values, System-2 curves, and the report.
@@ -26,8 +30,8 @@ def demo(
     from orchestrator.sweep.spec import load_spec
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not spec.is_file():
-        spec = SOURCE_ROOT / "sweeps" / "demo.yaml"
+    if spec is None:  # the checkout's demo, also when run from another folder
+        spec = DEMO_SPEC if DEMO_SPEC.is_file() else SOURCE_ROOT / DEMO_SPEC
     try:
         sweep = load_spec(spec)
         if sweep.tune is not None:

@@ -17,7 +17,7 @@ import pandas as pd
 from orchestrator import tags
 from orchestrator.sweep.spec import SweepSpec, load_spec
 from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir, names_a_spec
-from orchestrator.tracking import gc_paused, mlflow_client, resolve_tracking_uri
+from orchestrator.tracking import existing_store, gc_paused, mlflow_client, resolve_tracking_uri
 from orchestrator.trial_dir import TrialStatus
 
 COLUMNS = [
@@ -127,9 +127,16 @@ class SweepRef:
 
 
 def resolve_sweep(sweep: str, tracking_uri: str | None) -> SweepRef:
-    """The one reading of a SWEEP argument (`names_a_spec` decides: a YAML name or an existing file)."""
+    """The one reading of a SWEEP argument (`names_a_spec` decides: a YAML name or an existing file), for the
+    commands that read a finished sweep: a store that does not exist is SweepNotFound, never created."""
     if names_a_spec(sweep):
         spec = load_spec(sweep)
-        return SweepRef(spec.name, tracking_uri or resolve_tracking_uri(spec.output_dir), spec.folder, spec)
-    uri = tracking_uri or resolve_tracking_uri(DEFAULT_OUTPUT_DIR)
-    return SweepRef(sweep, uri, SweepDir.of(DEFAULT_OUTPUT_DIR, sweep), None)
+        ref = SweepRef(spec.name, tracking_uri or resolve_tracking_uri(spec.output_dir), spec.folder, spec)
+    else:
+        uri = tracking_uri or resolve_tracking_uri(DEFAULT_OUTPUT_DIR)
+        ref = SweepRef(sweep, uri, SweepDir.of(DEFAULT_OUTPUT_DIR, sweep), None)
+    try:
+        existing_store(ref.tracking_uri)
+    except FileNotFoundError as err:
+        raise SweepNotFound(f"no sweep named {ref.name!r}: {err}") from None
+    return ref

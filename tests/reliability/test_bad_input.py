@@ -295,3 +295,37 @@ def test_numeric_columns_named_in_errors() -> None:
     with pytest.raises(AnalysisError, match="column 'val_loss' has non-numeric value"):
         tidy_trials(pd.DataFrame(rows))
     assert "val_loss" in NUMERIC_COLUMNS
+
+
+def test_reading_commands_create_nothing_and_a_missing_input_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In an empty folder: `report` and `export` of a sweep that never ran, and `demo --spec` of a missing
+    file, fail in one line (exit 2) instead of creating an empty MLflow store or running the default demo;
+    `sweep plan` and `sweep status` of a spec that never ran answer and leave the folder as it was."""
+    from orchestrator.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = tmp_path / "never.yaml"
+    spec.write_text(
+        "name: never\nfamilies: [transformer_pp]\n"
+        "base: {model: {d_model: 32, n_layers: 1, n_heads: 2, vocab_size: 320, context_length: 32},\n"
+        "  data: {source: stdlib, vocab_size: 320}, train: {tokens: 2048, global_batch_size: 8}}\n"
+        "axes: {data: {tokens: [2048]}}\n"
+    )
+    runner = CliRunner()
+    refused = {
+        "report nosuch": (["report", "nosuch"], "no sweep named 'nosuch': no MLflow store"),
+        "export nosuch": (["sweep", "export", "nosuch", "--out", "x.csv"], "no MLflow store"),
+        "report of a spec": (["report", str(spec)], "no sweep named 'never': no MLflow store"),
+        "demo --spec": (["demo", "--spec", "missing.yaml"], "missing.yaml"),
+    }
+    for what, (args, says) in refused.items():
+        done = runner.invoke(app, args)
+        assert done.exit_code == 2, (what, done.output)
+        assert says in done.output and "Traceback" not in done.output, (what, done.output)
+    for args in (["sweep", "plan", str(spec)], ["sweep", "status", str(spec)]):
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0, (args, done.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["never.yaml"]  # no store, no outputs/ folder
