@@ -195,6 +195,7 @@ def _row_tag(row: PlannedTrial) -> dict[str, Any]:
 
 
 LAUNCHERS = ("auto", "ray_train")
+ERROR_ARTIFACT = "error/traceback.txt"  # on a failed trial's run: what its last attempt raised
 
 
 @dataclass(frozen=True)
@@ -483,7 +484,20 @@ def start_stage(
                 if on_cluster:
                     check_plan_fits(planned, force, on_cluster)
             parent_id = runs.result()
-        yield Stage(spec, folder, uri, units, pending, parent_id)
+        stage = Stage(spec, folder, uri, units, pending, parent_id)
+        client = mlflow_client(uri)
+        client.update_run(parent_id, status="RUNNING")
+        ended = "FAILED"
+        try:
+            yield stage
+            ended = "FINISHED" if all(u.folder.status()["status"].final for u in units) else "FAILED"
+        except KeyboardInterrupt:
+            ended = "KILLED"
+            raise
+        finally:
+            # MLflow's run lifecycle: a driver that ends leaves its sweep's run FINISHED (every trial of
+            # the stage has an outcome), FAILED (some trial has none) or KILLED, never RUNNING
+            client.set_terminated(parent_id, status=ended)
 
 
 def run_sweep(
@@ -525,10 +539,7 @@ def run_sweep(
     ) as stage:
         if stage.pending:
             run_on_ray(stage, stage.units, stage.pending, max_failures, max_concurrent, progress, launcher)
-        statuses = {u.id: u.status() for u in stage.units}
-        if all(s["status"].final for s in statuses.values()):
-            mlflow_client(stage.tracking_uri).set_terminated(stage.parent_run_id, status="FINISHED")
-    return statuses
+    return {u.id: u.status() for u in stage.units}
 
 
 def run_on_ray(
@@ -591,10 +602,44 @@ def run_on_ray(
     )
     monitor = _ProgressMonitor(stage.spec.name, units) if progress else None
     try:
-        return tuner.fit()
+        results = tuner.fit()
     finally:
         if monitor is not None:
             monitor.stop()
+    record_errors(stage, pending, results)
+    return results
+
+
+def root_error(error: BaseException) -> BaseException:
+    """The exception a trial raised, out of Ray's wrappers (a RayTaskError holds it as `cause`)."""
+    seen = 0
+    while getattr(error, "cause", None) is not None and seen < 10:
+        error, seen = error.cause, seen + 1
+    return error
+
+
+def record_errors(stage: Stage, units: list[TrialUnit], results: Any) -> None:
+    """A trial whose last attempt raised without an outcome is an outcome of its own: failed. The trainer
+    records the errors of training itself; this records the others (the trainable's call into training, an
+    import that fails on a worker): failed.json with the error's type and message, and its MLflow run
+    FAILED with them as its status reason and the traceback as an artifact, so that no trial is left
+    pending or SCHEDULED by a driver that has finished."""
+    by_id = {u.id: u for u in units}
+    client = mlflow_client(stage.tracking_uri)
+    for result in results:
+        unit = by_id.get(((result.config or {}).get("job") or {}).get("id"))
+        if result.error is None or unit is None or unit.folder.status()["status"].final:
+            continue
+        cause = root_error(result.error)
+        reason = f"{type(cause).__name__}: {cause}".split("\n")[0][:500]
+        unit.folder.write_failed(reason)
+        record = unit.folder.read_run()
+        if record is None:
+            continue
+        client.set_tag(record.run_id, tags.STATUS, str(TrialStatus.FAILED))
+        client.set_tag(record.run_id, tags.STATUS_REASON, reason)
+        client.log_text(record.run_id, str(result.error), ERROR_ARTIFACT)
+        client.set_terminated(record.run_id, status="FAILED")
 
 
 class _ProgressMonitor:
