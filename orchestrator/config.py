@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenModel, ModelConfig
 from model.data import DataConfig
-from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, TrialDir
+from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE, TrialDir
 
 
 class SafeYaml12Loader(yaml.SafeLoader):
@@ -103,7 +103,7 @@ class TrialConfig(FrozenModel):
     `trial_dir` is the trial's own folder, set where the trial is planned (a sweep's spec expansion,
     `load_trial_config`); unset, it is `<output_dir>/trials/<name>`. Read it through `folder`."""
 
-    name: str = "trial"
+    name: str = Field("trial", pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)  # its folder's name
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -157,7 +157,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {loc}: {e['msg']}")
+        msg = f"must be a name of {NAME_RULE}" if e["type"] == "string_pattern_mismatch" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
     return f"invalid {source}:\n" + "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import ConfigError
-from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, TrialDir, atomic_write_json
+from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, TrialDir, atomic_write_json, folder_inside
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "SPEC_SUFFIXES", "SweepBusy", "SweepDir", "names_a_spec"]
 
@@ -45,7 +45,7 @@ class SweepDir:
 
     @classmethod
     def of(cls, output_dir: str | Path, sweep: str) -> SweepDir:
-        return cls(Path(output_dir).expanduser().resolve() / sweep)
+        return cls(folder_inside(Path(output_dir).expanduser().resolve(), sweep))
 
     @property
     def name(self) -> str:
@@ -82,11 +82,11 @@ class SweepDir:
 
     def trial(self, name: str, trial_id: str) -> TrialDir:
         """A sweep trial's folder, `trials/<name>-<id>` (planned once: sweep/expand.py)."""
-        return TrialDir(self.trials / f"{name}-{trial_id}")
+        return TrialDir(folder_inside(self.trials, f"{name}-{trial_id}"))
 
     def tuning_trial(self, name: str, trial_id: str) -> TrialDir:
         """A tuning-stage trial's folder: beside the sweep's trials, not among them."""
-        return TrialDir(self.tuning_trials / f"{name}-{trial_id}")
+        return TrialDir(folder_inside(self.tuning_trials, f"{name}-{trial_id}"))
 
     # -- sweep.json -------------------------------------------------------------------------------------
     def parent_run_id(self) -> str:

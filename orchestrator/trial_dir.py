@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,9 +29,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUTPUT_DIR = (
-    "outputs"  # a trial or spec without output_dir, and a bare sweep name, put their files here
-)
+# a trial or spec without output_dir, and a bare sweep name, keep their files here
+DEFAULT_OUTPUT_DIR = "outputs"
+# A name that becomes a folder (a sweep's, a trial's): one path component, never "..", "/" or a hidden name.
+# The one rule, validated at the edge (TrialConfig.name, SweepSpec.name) and again where a folder is placed.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or a digit"
+NAME_MAX_LENGTH = 128
 RUNNING_WITHIN_S = 120  # progress.json younger than this: the trial is running, else interrupted
 
 
@@ -120,7 +125,7 @@ class TrialDir:
 
     @classmethod
     def standalone(cls, output_dir: str | Path, name: str) -> TrialDir:
-        return cls(Path(output_dir).expanduser().resolve() / "trials" / name)
+        return cls(folder_inside(Path(output_dir).expanduser().resolve() / "trials", name))
 
     @property
     def config(self) -> Path:
@@ -198,3 +203,12 @@ class TrialDir:
                 "total": p["total_steps"],
             }
         return {"status": TrialStatus.PENDING}
+
+
+def folder_inside(root: Path, name: str) -> Path:
+    """`root / name`, for a name that must stay one folder inside `root` (NAME_PATTERN): checked where the
+    folder is placed as well as at the edge, so that no caller can write outside its root."""
+    path = (root / name).resolve()
+    if not re.fullmatch(NAME_PATTERN, name) or len(name) > NAME_MAX_LENGTH or path.parent != root.resolve():
+        raise ValueError(f"name {name!r} cannot be a folder in {root}: use {NAME_RULE}")
+    return path

@@ -29,6 +29,7 @@ from model.config import ModelFamily
 from orchestrator.config import ConfigError, TrialConfig, deep_merge, yaml_load
 from orchestrator.sweep.tune_space import TuneSpec, dimension_bounds, family_problems, knob_patch
 from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir
+from orchestrator.trial_dir import NAME_PATTERN, NAME_RULE
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
 FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
@@ -258,7 +259,7 @@ class SweepSpec(_SpecModel):
     """A whole sweep. `base` is a TrialConfig mapping without name/output_dir/model.family (the sweep sets
     those). Precedence when resolving a trial: base < family_overrides < axis point < rules."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)  # the sweep's folder and MLflow experiment
     description: str = ""
     families: Annotated[list[ModelFamily], Field(min_length=1), Distinct]
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), Distinct] = [0]
@@ -536,7 +537,7 @@ _MESSAGES = {  # pydantic error type -> what a spec author needs to read
     "string_type": "must be a string",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
-    "string_pattern_mismatch": "must match {pattern} (lowercase letters, digits, '.', '_', '-')",
+    "string_pattern_mismatch": f"must be a name of {NAME_RULE}",
 }
 
 

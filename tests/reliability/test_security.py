@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import REPO, cli, tiny_trial
 
@@ -302,3 +304,43 @@ def test_infra_servers_listen_on_loopback_or_inside_a_cluster_only() -> None:
     launcher = yaml.safe_load((infra / "ray" / "cluster-aws.yaml").read_text())
     head = " ".join(launcher["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+
+
+def test_a_trial_name_cannot_escape_its_output_folder(tmp_path: Path) -> None:
+    """`ebtscale train` of a config named `../../../evil` is refused naming the field, before anything is
+    written; the sweep's and a standalone trial's folders refuse such a name where they are placed, too."""
+    from orchestrator.sweep_dir import SweepDir
+    from orchestrator.trial_dir import TrialDir
+
+    out = tmp_path / "a" / "b" / "out"
+    config = tmp_path / "evil.yaml"
+    config.write_text(yaml.safe_dump({"name": "../../../evil", "train": {"tokens": 512}}))
+    done = cli("train", str(config), "-o", str(out), "--no-track", timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "name: must be a name of letters, digits" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.yaml"]
+
+    for bad in ("../../../evil", "..", "a/b", ".hidden", "", "x" * 200):
+        with pytest.raises(ValueError, match="cannot be a folder"):
+            TrialDir.standalone(out, bad)
+        with pytest.raises(ValueError, match="cannot be a folder"):
+            SweepDir.of(out, bad)
+    with pytest.raises(ValueError, match="cannot be a folder"):
+        SweepDir.of(out, "ok").trial("../../x", "abc")
+    assert TrialDir.standalone(out, "tiny-ebt.v2").path == out.resolve() / "trials" / "tiny-ebt.v2"
+
+
+@given(name=st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_any_accepted_trial_name_stays_inside_its_root(name: str) -> None:
+    """Whatever the name: the config refuses it naming the field, or its folder is one level inside
+    `<output_dir>/trials`."""
+    from orchestrator.config import ConfigError, parse_trial_config
+
+    root = Path("/tmp/ebtscale-names/out")
+    try:
+        cfg = parse_trial_config({"name": name, "train": {"tokens": 512}, "output_dir": str(root)})
+    except ConfigError as err:
+        assert "name:" in str(err)
+        return
+    assert cfg.folder.path.parent == root / "trials" and cfg.folder.path.name == name

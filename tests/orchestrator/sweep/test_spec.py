@@ -336,7 +336,7 @@ BAD = [
     (GOOD, "axes.params", {"d_model": [96], "head_dim": 3}, "axes.params.d_model.0", "must be even"),
     (GOOD, "seeds", [0, -1], "seeds.1", ">= 0"),
     (GOOD, "seeds", [1, 1], "seeds.1", "duplicate"),
-    (GOOD, "name", "Bad Name", "name", "must match"),
+    (GOOD, "name", "Bad Name", "name", "must be a name of letters, digits"),
     (GOOD, "rules", {"lr": {"rule": "powr"}}, "rules.lr", "powr"),
     (
         GOOD,
