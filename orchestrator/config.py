@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenModel, ModelConfig
 from model.data import DataConfig
+from orchestrator.tracking import flatten
 from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE, TrialDir
 
 
@@ -150,6 +151,38 @@ class TrialConfig(FrozenModel):
         results)."""
         payload = self.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def differences(self, other: TrialConfig) -> list[str]:
+        """`field: this -> other` for every field the two configs' identities differ in (placement aside)."""
+        mine, theirs = (flatten(c.model_dump(mode="json", exclude=PLACEMENT_FIELDS)) for c in (self, other))
+        return [
+            f"{k}: {mine.get(k)} -> {theirs.get(k)}"
+            for k in sorted(mine.keys() | theirs.keys())
+            if mine.get(k) != theirs.get(k)
+        ]
+
+
+class TrialMismatch(ConfigError):
+    """A trial's folder holds a trial of the same name trained with another config."""
+
+
+def check_same_trial(cfg: TrialConfig) -> None:
+    """A trial's identity includes its config: a folder whose stored config.yaml differs from `cfg` holds
+    another trial, whose result (or checkpoints) must not be taken for this one's. Raises TrialMismatch
+    naming the differing fields and the two ways to train it anyway."""
+    folder = cfg.folder
+    if not folder.config.is_file():
+        return
+    stored = TrialConfig.model_validate(yaml_load(folder.config.read_text()))
+    if stored.config_hash() == cfg.config_hash():
+        return
+    changed = stored.differences(cfg)
+    raise TrialMismatch(
+        f"trial {cfg.name} in {folder.path} was trained with another config ({'; '.join(changed[:8])}"
+        + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+        + "): give this one a new name (--set name=NEW), or pass --force to retrain it into a new run"
+        " (the old folder and its run are kept)"
+    )
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,7 +10,14 @@ import typer
 import yaml
 
 from orchestrator.cli.common import TrackingOption, console, fail
-from orchestrator.config import ConfigError, TrialConfig, load_trial_config, yaml_load
+from orchestrator.config import (
+    ConfigError,
+    TrialConfig,
+    TrialMismatch,
+    check_same_trial,
+    load_trial_config,
+    yaml_load,
+)
 from orchestrator.trial_dir import TrialStatus
 
 SetOption = Annotated[
@@ -54,11 +62,21 @@ def train(
     tracking_uri: TrackingOption = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "ebtscale-trials",
     no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="The trial's folder holds a trial of this name with another config: move that folder aside "
+            "(kept as <name>.replaced-<time>) and train this one into a new run.",
+        ),
+    ] = False,
 ) -> None:
     """Train one trial (Transformer++ or EBT) under DeepSpeed, resuming from its last checkpoint."""
     try:
         cfg = load_config(config, set_, output_dir)
-    except ConfigError as err:
+        if force:
+            set_aside_other_trial(cfg)
+    except (ConfigError, OSError) as err:
         raise fail(err) from None
     from model.data import DataError
     from orchestrator import tags
@@ -84,3 +102,14 @@ def train(
         console.print(f"  view: mlflow ui --backend-store-uri {tracking.uri} --host 127.0.0.1")
     if result.status != TrialStatus.FINISHED:
         raise typer.Exit(1)
+
+
+def set_aside_other_trial(cfg: TrialConfig) -> None:
+    """--force: a folder holding this name's trial with another config is renamed, never overwritten."""
+    try:
+        check_same_trial(cfg)
+    except TrialMismatch:
+        folder = cfg.folder.path
+        kept = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(kept)
+        console.print(f"kept the other trial's folder as {kept}")

@@ -29,7 +29,7 @@ from model.data import TokenDataset, prepare_dataset
 from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
 from model.loss import IGNORE_INDEX
 from orchestrator import tags
-from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig
+from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig, check_same_trial
 from orchestrator.tracking import RunTracker, record_outcome
 from orchestrator.train import checkpoint, distributed
 from orchestrator.train.second_order import SecondOrderSafe
@@ -452,6 +452,7 @@ def train_trial(
     cfg.resources.num_workers.
 
     A trial whose `result.json` exists is finished and is not trained again."""
+    check_same_trial(cfg)
     folder = cfg.folder
     done = folder.read_result()
     if done is not None:
@@ -513,6 +514,7 @@ def launch_trial(
 ) -> TrialResult:
     """Run a trial outside Ray: in this process if it has one worker, else in `num_workers` local gloo/NCCL
     processes (rank 0 writes result.json, which is returned)."""
+    check_same_trial(cfg)
     if cfg.resources.num_workers == 1:
         return train_trial(cfg, tracking, progress=progress)
     distributed.spawn(_spawned_trial, cfg.resources.num_workers, args=(cfg, tracking, progress))

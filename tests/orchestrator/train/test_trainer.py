@@ -12,6 +12,7 @@ import pytest
 from orchestrator.config import TrialConfig
 from orchestrator.tracking import resolve_tracking_uri
 from orchestrator.train.trainer import TrackingContext, TrialResult, launch_trial, train_trial
+from orchestrator.trial_dir import TrialStatus
 from tests.helpers import tiny_trial
 from tests.orchestrator.train.reference import reference_losses
 
@@ -148,3 +149,40 @@ def test_an_eval_hook_finds_its_step_in_the_store_and_can_stop_the_trial(tmp_pat
     assert result.status == "stopped" and result.steps == 6 and result.final_val_loss is not None
     assert seen == [(6, list(range(1, 7)), [6])]
     assert times == [result.train_time_s] and result.train_time_s > 0
+
+
+def test_a_finished_trial_of_another_config_is_refused_not_reported(tmp_path: Path) -> None:
+    """`ebtscale train --set model.d_model=48` on a folder holding the d_model-32 trial of the same name used
+    to print the old result and exit 0: it is refused, naming the field; with --force the old folder is
+    kept aside and the new config trains from scratch."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.config import PLACEMENT_FIELDS
+
+    cfg = tiny_trial(tmp_path / "out")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude=PLACEMENT_FIELDS - {"name"})))
+    runner = CliRunner()
+    out = ["-o", str(tmp_path / "out"), "--no-track"]
+    first = runner.invoke(app, ["train", str(config), *out])
+    assert first.exit_code == 0, first.output
+    folder = tmp_path / "out" / "trials" / cfg.name
+    old_result = (folder / "result.json").read_text()
+
+    same = runner.invoke(app, ["train", str(config), *out])  # the same config: done, reported as it was
+    assert same.exit_code == 0 and (folder / "result.json").read_text() == old_result
+
+    changed = runner.invoke(app, ["train", str(config), "--set", "model.d_model=48", *out])
+    assert changed.exit_code == 2, changed.output
+    assert "model.d_model: 32 -> 48" in changed.output and "--force" in changed.output
+    assert (folder / "result.json").read_text() == old_result
+
+    forced = runner.invoke(app, ["train", str(config), "--set", "model.d_model=48", "--force", *out])
+    assert forced.exit_code == 0, forced.output
+    (kept,) = (tmp_path / "out" / "trials").glob(f"{cfg.name}.replaced-*")
+    assert (kept / "result.json").read_text() == old_result
+    new = TrialResult.load(folder / "result.json")
+    assert new.status == TrialStatus.FINISHED and (folder / "result.json").read_text() != old_result
+    assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["d_model"] == 48
