@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "split_trials": "analysis.data",
     "AXIS_X": "analysis.data",
     "AnalysisError": "analysis.errors",
+    "AnalysisOptions": "analysis.options",
     "FitError": "analysis.errors",
     "SchemaError": "analysis.errors",
     "FitResult": "analysis.fit",

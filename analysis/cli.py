@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.errors import AnalysisError
-from analysis.laws import DEFAULT_BOOTSTRAP, DEFAULT_LEVEL, FORMS
+from analysis.laws import FORMS
+from analysis.options import DEFAULT_OPTIONS
 
 if TYPE_CHECKING:  # pandas and scipy load on first use: `ebtscale --help` should not pay for them
     import pandas as pd
@@ -106,15 +107,17 @@ def fit_command(
         list[str],
         typer.Option("--x", help="NAME=COLUMN of an input (repeatable); chinchilla needs N=... and D=..."),
     ],
-    y: Annotated[str, typer.Option("--y", help="Column to fit (e.g. val_loss).")] = "val_loss",
-    form: Annotated[str, typer.Option("--form", help="power | saturating | chinchilla")] = "power",
+    y: Annotated[str, typer.Option("--y", help="Column to fit (e.g. val_loss).")] = DEFAULT_OPTIONS.y,
+    form: Annotated[
+        str, typer.Option("--form", help="power | saturating | chinchilla")
+    ] = DEFAULT_OPTIONS.form,
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples (0: none).")
-    ] = DEFAULT_BOOTSTRAP,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    ] = DEFAULT_OPTIONS.bootstrap,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = DEFAULT_OPTIONS.seed,
     level: Annotated[
         float, typer.Option("--level", help="Confidence level of the intervals.")
-    ] = DEFAULT_LEVEL,
+    ] = DEFAULT_OPTIONS.level,
     where: Annotated[
         list[str] | None,
         typer.Option("--where", help="Keep rows with COLUMN=VALUE (repeatable), e.g. family=ebt."),

@@ -27,6 +27,7 @@ from analysis.errors import AnalysisError
 from analysis.fit import fit_law
 from analysis.isoflop import isoflop_allocation
 from analysis.laws import FORMS
+from analysis.options import AnalysisOptions
 from tests.helpers import cli
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,7 +185,7 @@ def test_trials_table_is_analysed_or_rejected_naming_the_column(data: st.DataObj
         return
     assert not dropped
     for form in ("power", "saturating"):
-        result = compare_axis(tidy, "data", form=form, bootstrap=8)
+        result = compare_axis(tidy, "data", AnalysisOptions(form=form, bootstrap=8))
         for fit in result.fits.values():
             check_fit(fit)
         for note in result.notes.values():
