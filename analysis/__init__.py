@@ -1,7 +1,8 @@
 """Scaling-law analysis of a tidy trials table: fits with bootstrap CIs, EBT vs Transformer++ comparison,
 and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepSpeed.
 
-Names are imported lazily (PEP 562), so `import analysis.cli` stays cheap for the command line."""
+Names are imported lazily (PEP 562), so the command line's `import analysis.options` (the defaults of
+`ebtscale fit` and `ebtscale report`) stays cheap."""
 
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ _EXPORTS: dict[str, str] = {
     "system2": "analysis.system2",
     "analyse": "analysis.report",
     "write_report": "analysis.report",
-    "fit_command": "analysis.cli",
 }
 __all__ = sorted(_EXPORTS)
 

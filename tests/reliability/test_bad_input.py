@@ -235,7 +235,7 @@ runner = CliRunner()
 def test_fit_command_answers_in_one_line_or_fits(
     tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
 ) -> None:
-    from analysis.cli import app
+    from orchestrator.cli import app
 
     n = data.draw(st.integers(0, 8))
     columns_data: dict[str, list[Any]] = {

@@ -1,8 +1,5 @@
-"""`ebtscale fit`: fit one scaling law to any table, from the command line.
-
-`fit_command` is mounted by the main app (`app.command("fit")(fit_command)`); the small `app` below runs it
-on its own (tests, `python -m analysis.cli`). User errors print one line and exit with code 2.
-"""
+"""`ebtscale fit`: fit one scaling law to any table (the logic: analysis/fit.py, `fit_law`). User errors
+print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -31,6 +28,8 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> typer.Exit:
+    """The one-line error of this command: rich's (bold red on a terminal), not `common.fail`'s, so its
+    output stays what it was before it joined the other commands."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
@@ -159,16 +158,3 @@ def fit_command(
     else:
         label = f"{y} vs " + ", ".join(f"{n}={c}" for n, c in pairs) + f" ({data.name})"
         _print_table(result, label)
-
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
-app.command("fit")(fit_command)
-
-
-@app.callback()
-def _main() -> None:
-    """Scaling-law analysis (standalone; the main `ebtscale` app mounts the same `fit` command)."""
-
-
-if __name__ == "__main__":
-    app()
