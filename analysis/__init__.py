@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "compare_rates": "analysis.compare",
     "extrapolate": "analysis.compare",
     "crossover": "analysis.compare",
-    "system2": "analysis.system2",
+    "system2": "analysis.thinking",
     "analyse": "analysis.report",
     "write_report": "analysis.report",
 }

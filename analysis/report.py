@@ -31,7 +31,7 @@ from analysis.errors import FitError
 from analysis.fit import FitResult, ParamEstimate, compute_optimal, fit_chinchilla, spawn_seeds
 from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
-from analysis.system2 import MODE_LABELS, SPLIT_LABELS, System2, system2
+from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
 
 CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for compute-optimal allocation

@@ -1,4 +1,4 @@
-"""System-2 as the paper measures it (analysis/system2.py): % perplexity reduction against forward passes,
+"""System-2 as the paper measures it (analysis/thinking.py): % perplexity reduction against forward passes,
 validation vs out-of-distribution text, on synthetic thinking tables with known gains."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from analysis.data import tidy_thinking
 from analysis.options import AnalysisOptions
 from analysis.report import write_report
-from analysis.system2 import system2
+from analysis.thinking import system2
 from tests.analysis.synthetic_scaling import make_split_thinking, make_thinking, make_trials
 
 
