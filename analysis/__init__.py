@@ -1,5 +1,14 @@
 """Scaling-law analysis of a tidy trials table: fits with bootstrap CIs, EBT vs Transformer++ comparison,
-and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepSpeed.
+and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepSpeed; its command,
+`ebtscale fit`, lives with the others in orchestrator/cli/.
+
+    data.py      the tidy trials and thinking tables       options.py   AnalysisOptions: what to fit, how
+    laws.py      the law forms, their objective            fit.py       fits with bootstrap intervals
+    optim.py     the batched L-BFGS under the fits         isoflop.py   compute-optimal allocation
+    compare.py   EBT vs Transformer++ per axis             backtest.py  held-out extrapolation checks
+    thinking.py  System-2 perplexity reduction             tuning.py    the tuning section
+    report.py    the report (HTML, Markdown, JSON)         plots.py     its figures
+    errors.py    the user-facing exceptions
 
 Names are imported lazily (PEP 562), so the command line's `import analysis.options` (the defaults of
 `ebtscale fit` and `ebtscale report`) stays cheap."""
