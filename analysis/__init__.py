@@ -1,7 +1,17 @@
 """Scaling-law analysis of a tidy trials table: fits with bootstrap CIs, EBT vs Transformer++ comparison,
-and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepSpeed.
+and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepSpeed; its command,
+`ebtscale fit`, lives with the others in orchestrator/cli/.
 
-Names are imported lazily (PEP 562), so `import analysis.cli` stays cheap for the command line."""
+    data.py      the tidy trials and thinking tables       options.py   AnalysisOptions: what to fit, how
+    laws.py      the law forms, their objective            fit.py       fits with bootstrap intervals
+    optim.py     the batched L-BFGS under the fits         isoflop.py   compute-optimal allocation
+    compare.py   EBT vs Transformer++ per axis             backtest.py  held-out extrapolation checks
+    thinking.py  System-2 perplexity reduction             tuning.py    the tuning section
+    report.py    the report (HTML, Markdown, JSON)         plots.py     its figures
+    errors.py    the user-facing exceptions
+
+Names are imported lazily (PEP 562), so the command line's `import analysis.options` (the defaults of
+`ebtscale fit` and `ebtscale report`) stays cheap."""
 
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "split_trials": "analysis.data",
     "AXIS_X": "analysis.data",
     "AnalysisError": "analysis.errors",
+    "AnalysisOptions": "analysis.options",
     "FitError": "analysis.errors",
     "SchemaError": "analysis.errors",
     "FitResult": "analysis.fit",
@@ -28,10 +39,9 @@ _EXPORTS: dict[str, str] = {
     "compare_rates": "analysis.compare",
     "extrapolate": "analysis.compare",
     "crossover": "analysis.compare",
-    "system2": "analysis.system2",
+    "system2": "analysis.thinking",
     "analyse": "analysis.report",
     "write_report": "analysis.report",
-    "fit_command": "analysis.cli",
 }
 __all__ = sorted(_EXPORTS)
 

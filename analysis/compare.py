@@ -19,16 +19,8 @@ from scipy.optimize import brentq
 from analysis.backtest import Backtest, backtest
 from analysis.data import AXIS_X, VIEW_LABELS, VIEW_X, VIEWS, family_label, split_trials
 from analysis.errors import FitError
-from analysis.fit import (
-    DEFAULT_BOOTSTRAP,
-    DEFAULT_LEVEL,
-    FitResult,
-    ParamEstimate,
-    Seed,
-    fit_law,
-    percentile_interval,
-    spawn_seeds,
-)
+from analysis.fit import FitResult, ParamEstimate, fit_law, percentile_interval, spawn_seeds
+from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
 
 EBT, TPP = "ebt", "transformer_pp"
 
@@ -267,22 +259,14 @@ def describe_gap(gap: Extrapolation, label: str, y: str, level: float) -> str:
 
 
 def compare_axis(
-    trials: pd.DataFrame,
-    axis: str,
-    *,
-    view: str = "x",
-    y: str = "val_loss",
-    form: str = "power",
-    bootstrap: int = DEFAULT_BOOTSTRAP,
-    seed: Seed = 0,
-    level: float = DEFAULT_LEVEL,
-    extrapolate_factor: float = 10.0,
+    trials: pd.DataFrame, axis: str, options: AnalysisOptions = DEFAULT_OPTIONS, *, view: str = "x"
 ) -> AxisComparison:
     """Fit both families on one axis of a tidy trials table and compare them: against the axis' own x
     (view 'x') or the training cost of the same trials (views 'flops', 'time'). A family whose points cannot
     be fitted gets a note (the FitError message) instead of a fit; the comparison needs both fits. The
     bootstrap resamples configurations (all seeds of one together), the two families with independent seeds
-    (spawned from `seed`); each family's law is also backtested on its largest x."""
+    (spawned from `options.seed`); each family's law is also backtested on its largest x."""
+    y, form, level = options.y, options.form, options.level
     if axis not in AXIS_X:
         raise FitError(f"unknown axis {axis!r}; expected one of {', '.join(AXIS_X)}")
     if view not in VIEWS:
@@ -293,7 +277,7 @@ def compare_axis(
     usable = np.isfinite(points["x"]) & (points["x"] > 0)
     out = AxisComparison(axis, x_col, y, form, points[usable].reset_index(drop=True), view=view)
     out.missing_x = points[~usable].groupby("family").size().astype(int).to_dict()
-    seeds = dict(zip((EBT, TPP), spawn_seeds(seed, 2), strict=True))
+    seeds = dict(zip((EBT, TPP), spawn_seeds(options.seed, 2), strict=True))
     for fam in (EBT, TPP):
         pts = out.points[out.points["family"] == fam]
         if pts.empty:
@@ -301,7 +285,7 @@ def compare_axis(
             why = f"its {lost} finished trial(s) have no positive {x_col}" if lost else "no finished trials"
             out.notes[fam] = f"{family_label(fam)} on the {axis} axis: {why}"
             continue
-        common = {"groups": pts["config"].to_numpy(), "bootstrap": bootstrap, "level": level}
+        common = {"groups": pts["config"].to_numpy(), "bootstrap": options.bootstrap, "level": level}
         try:
             out.fits[fam] = fit_law(
                 pts["x"].to_numpy(),
@@ -325,7 +309,7 @@ def compare_axis(
         ebt, tpp = out.fits[EBT], out.fits[TPP]
         per = "" if view == "x" else VIEW_LABELS[view]
         out.rate = compare_rates(ebt, tpp, axis=axis, level=level, per=per)
-        x_far = extrapolate_factor * max(ebt.x_max[0], tpp.x_max[0])
+        x_far = options.extrapolate_factor * max(ebt.x_max[0], tpp.x_max[0])
         out.extrapolation = extrapolate(out.fits, x_far, level)
         out.crossover = crossover(ebt, tpp, level=level)
         out.gap = extrapolate(out.fits, min(ebt.x_max[0], tpp.x_max[0]), level)

@@ -162,7 +162,7 @@ def plot_isoflop(trials_by_family: dict[str, pd.DataFrame], results: dict[str, I
 
 
 def plot_thinking(curves: pd.DataFrame) -> Figure:
-    """System-2 (analysis.system2 curves): % perplexity reduction against forward passes per token, one
+    """System-2 (analysis.thinking curves): % perplexity reduction against forward passes per token, one
     panel per split (validation, out of distribution), EBT thinking longer (solid) and self-verification
     (dashed) with their intervals, Transformer++ flat at 0%."""
     splits = [s for s in ("val", "ood") if s in set(curves["split"])] or sorted(set(curves["split"]))

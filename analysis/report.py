@@ -9,7 +9,7 @@ import html
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,10 @@ from analysis.data import (
     tidy_trials,
 )
 from analysis.errors import FitError
-from analysis.fit import (
-    DEFAULT_BOOTSTRAP,
-    DEFAULT_LEVEL,
-    FitResult,
-    ParamEstimate,
-    Seed,
-    compute_optimal,
-    fit_chinchilla,
-    spawn_seeds,
-)
+from analysis.fit import FitResult, ParamEstimate, compute_optimal, fit_chinchilla, spawn_seeds
 from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
-from analysis.system2 import MODE_LABELS, SPLIT_LABELS, System2, system2
+from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
+from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
 
 CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for compute-optimal allocation
@@ -176,9 +168,8 @@ class ComputeOptimal:
     notes: list[str] = field(default_factory=list)
 
 
-def _compute_optimal(
-    fit_rows: pd.DataFrame, family: str, y: str, bootstrap: int, seed: Seed, level: float
-) -> ComputeOptimal:
+def _compute_optimal(fit_rows: pd.DataFrame, family: str, options: AnalysisOptions) -> ComputeOptimal:
+    y, bootstrap, level = options.y, options.bootstrap, options.level
     rows = fit_rows[(fit_rows["axis"] == "flops") & (fit_rows["family"] == family)]
     C = rows["flops_budget"].where(rows["flops_budget"].notna(), rows["flops"])
     pts = pd.DataFrame({"N": rows[CHINCHILLA_N], "D": rows["tokens"], "C": C, "y": rows[y]})
@@ -193,7 +184,7 @@ def _compute_optimal(
         return out
     pts = out.points
     fpt = flops_per_token_from_trials(rows[CHINCHILLA_N], rows["flops"], rows["tokens"])
-    seeds = spawn_seeds(seed, 2)
+    seeds = spawn_seeds(options.seed, 2)
     try:
         fit = fit_chinchilla(
             pts["N"],
@@ -221,10 +212,7 @@ def _compute_optimal(
 
 @dataclass
 class Analysis:
-    y: str
-    form: str
-    level: float
-    bootstrap: int
+    options: AnalysisOptions  # what was fitted and how (its seed: the root of every fit's seed)
     axes: list[AxisComparison]
     excluded: pd.DataFrame
     compute: dict[str, ComputeOptimal]
@@ -235,46 +223,38 @@ class Analysis:
 
 
 def analyse(
-    trials: pd.DataFrame,
-    *,
-    thinking: pd.DataFrame | None = None,
-    y: str = "val_loss",
-    form: str = "power",
-    bootstrap: int = DEFAULT_BOOTSTRAP,
-    seed: int = 0,
-    level: float = DEFAULT_LEVEL,
-    extrapolate_factor: float = 10.0,
+    trials: pd.DataFrame, options: AnalysisOptions = DEFAULT_OPTIONS, *, thinking: pd.DataFrame | None = None
 ) -> Analysis:
     """Every number of the report, no plotting: per-axis comparisons, flops-axis allocation, exclusions."""
     trials = tidy_trials(trials)
-    fit_rows, excluded = split_trials(trials, y)
+    fit_rows, excluded = split_trials(trials, options.y)
     axes = axes_present(trials)
-    root = np.random.SeedSequence(seed)
+    root = np.random.SeedSequence(options.seed)
     axis_seeds = spawn_seeds(root, len(axes) + 1)
     cost_views = [v for v in VIEWS if v != "x"]
     view_seeds = spawn_seeds(root, len(axes) * len(cost_views))  # spawned after: the x view's seeds stay
-    options = {"y": y, "form": form, "bootstrap": bootstrap, "level": level}
-    options["extrapolate_factor"] = extrapolate_factor
     comparisons = [
-        compare_axis(trials, axis, seed=s, **options) for axis, s in zip(axes, axis_seeds[:-1], strict=True)
+        compare_axis(trials, axis, replace(options, seed=s))
+        for axis, s in zip(axes, axis_seeds[:-1], strict=True)
     ]
     views = {
-        v: [compare_axis(trials, axis, view=v, seed=view_seeds.pop(), **options) for axis in axes]
+        v: [compare_axis(trials, axis, replace(options, seed=view_seeds.pop()), view=v) for axis in axes]
         for v in cost_views
     }
     compute = {}
     if "flops" in axes:
         fam_seeds = spawn_seeds(axis_seeds[-1], 2)
         compute = {
-            fam: _compute_optimal(fit_rows, fam, y, bootstrap, s, level)
+            fam: _compute_optimal(fit_rows, fam, replace(options, seed=s))
             for fam, s in zip((EBT, TPP), fam_seeds, strict=True)
         }
     think = tidy_thinking(thinking) if thinking is not None else None
     s2 = None
     if think is not None and not think.empty:  # its seed spawned last: the fits' seeds stay as they were
-        s2 = system2(think, bootstrap=bootstrap, level=level, seed=spawn_seeds(root, 1)[0])
-    noise = seed_noise(fit_rows, axes, y)
-    return Analysis(y, form, level, bootstrap, comparisons, excluded, compute, think, views, noise, s2)
+        seed = spawn_seeds(root, 1)[0]
+        s2 = system2(think, bootstrap=options.bootstrap, level=options.level, seed=seed)
+    noise = seed_noise(fit_rows, axes, options.y)
+    return Analysis(options, comparisons, excluded, compute, think, views, noise, s2)
 
 
 def seed_noise(fit_rows: pd.DataFrame, axes: Sequence[str], y: str = "val_loss") -> pd.DataFrame:
@@ -344,7 +324,8 @@ def _headline(an: Analysis) -> str:
         text = " ".join(parts)
     if missing and compared:
         text += f" Not compared (too few usable trials): {', '.join(missing)} axis."
-    scope = f"{an.form} law fits of {an.y}, {an.bootstrap} bootstrap resamples, {an.level:.0%} intervals."
+    o = an.options
+    scope = f"{o.form} law fits of {o.y}, {o.bootstrap} bootstrap resamples, {o.level:.0%} intervals."
     text = f"{text} ({scope})"
     if an.system2 is not None:
         text += f" {an.system2.verdict}"
@@ -465,10 +446,13 @@ def _compute_section(doc: Doc, an: Analysis, plot_dir: Path) -> None:
         doc.h(3, "Chinchilla law L(N, D) = E + A/N^α + B/D^β")
         doc.table(PARAM_COLUMNS, law_rows)
         doc.p("a = β/(α+β) and b = α/(α+β) are the exponents of N* ∝ C^a and D* ∝ C^b implied by the law.")
-        doc.table(["family", "C", "N*", "CI", "D*", "CI", f"{an.y} at optimum"], alloc_rows)
+        doc.table(["family", "C", "N*", "CI", "D*", "CI", f"{an.options.y} at optimum"], alloc_rows)
     if iso_rows:
         doc.h(3, "isoFLOP minima (parabola in log N per budget)")
-        doc.table(["family", "C", "N*", "CI", "D*", f"{an.y} at N*", "minimum inside sampled N"], minima_rows)
+        doc.table(
+            ["family", "C", "N*", "CI", "D*", f"{an.options.y} at N*", "minimum inside sampled N"],
+            minima_rows,
+        )
         doc.table(["family", "quantity (N* = k_N C^a, D* = k_D C^b)", "value", "CI"], iso_rows)
         iso = {f: co.isoflop for f, co in an.compute.items() if co.isoflop is not None}
         pts = {f: an.compute[f].points for f in iso}
@@ -787,10 +771,10 @@ def _summary(an: Analysis) -> dict[str, Any]:
     }
     return {
         "headline": _headline(an),
-        "y": an.y,
-        "form": an.form,
-        "level": an.level,
-        "bootstrap": an.bootstrap,
+        "y": an.options.y,
+        "form": an.options.form,
+        "level": an.options.level,
+        "bootstrap": an.options.bootstrap,
         "axes": axes,
         "compute_optimal": compute,
         "excluded": an.excluded.to_dict(orient="records"),
@@ -809,34 +793,20 @@ def write_report(
     out_dir: Path,
     provenance: dict,
     thinking: pd.DataFrame | None = None,
-    y: str = "val_loss",
-    bootstrap: int = DEFAULT_BOOTSTRAP,
-    seed: int = 0,
+    options: AnalysisOptions = DEFAULT_OPTIONS,
     *,
-    form: str = "power",
-    level: float = DEFAULT_LEVEL,
-    extrapolate_factor: float = 10.0,
     tuning: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Analyse a trials table and write report.html (self-contained), report.md, summary.json and
     plots/*.png under out_dir. Returns {"html", "markdown", "summary", "plots_dir"}.
 
-    `form` is the per-axis law whose exponent is compared ('power', as the EBT paper's scaling rates, or
-    'saturating'); axes with too few usable points are reported as such, never raised. `tuning`: the
-    tuning stage's table (analysis/tuning.py), reported in a section of its own."""
+    `options.form` is the per-axis law whose exponent is compared ('power', as the EBT paper's scaling
+    rates, or 'saturating'); axes with too few usable points are reported as such, never raised. `tuning`:
+    the tuning stage's table (analysis/tuning.py), reported in a section of its own."""
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    an = analyse(
-        trials,
-        thinking=thinking,
-        y=y,
-        form=form,
-        bootstrap=bootstrap,
-        seed=seed,
-        level=level,
-        extrapolate_factor=extrapolate_factor,
-    )
+    an = analyse(trials, options, thinking=thinking)
     tidy = tidy_trials(trials)
 
     title = "EBT vs Transformer++ scaling report"

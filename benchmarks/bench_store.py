@@ -351,6 +351,7 @@ def bench_report(uri: str, out_dir: Path, bootstrap: int, repeat: int, run_cli: 
     """The stages of `ebtscale report SWEEP` (sweep/report.py, build_report), timed one by one, then the
     CLI."""
     from analysis import write_report
+    from analysis.options import AnalysisOptions
     from orchestrator.sweep.report import provenance_of, publish_report
     from orchestrator.sweep.results import load_sweep_trials, load_thinking_curves, sweep_parent_run
 
@@ -363,7 +364,8 @@ def bench_report(uri: str, out_dir: Path, bootstrap: int, repeat: int, run_cli: 
     provenance = provenance_of(uri, SWEEP, SWEEP)
     times["provenance_and_thinking"] = time.perf_counter() - start
     times["write_report"], paths = best_of(
-        repeat, lambda: write_report(trials, out_dir, provenance, thinking, bootstrap=bootstrap)
+        repeat,
+        lambda: write_report(trials, out_dir, provenance, thinking, AnalysisOptions(bootstrap=bootstrap)),
     )
     times["publish"], _ = best_of(1, lambda: publish_report(uri, SWEEP, paths))
     times["total"] = sum(times.values())

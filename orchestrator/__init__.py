@@ -1,10 +1,10 @@
-"""The orchestrator: from a trial config or a sweep spec to trained, tracked trials. Four parts, whose
-imports run one way (cli -> cluster -> sweep -> train -> the shared modules here -> model/):
+"""The orchestrator: from a trial config or a sweep spec to trained, tracked trials. Five parts, whose
+imports run one way (cli -> cluster, thinking -> sweep -> train -> the shared modules here -> model/):
 
 - `train/`: one trial under DeepSpeed ZeRO (trainer, checkpoints, the second-order wrapper, the process
   group). Knows nothing of Ray.
-- `sweep/`: a study: specs, the dry-run plan, the Ray Tune runner, results, the report's MLflow side, and
-  System-2 evaluation of trained trials.
+- `sweep/`: a study: specs, the dry-run plan, the Ray Tune runner, results, the report's MLflow side.
+- `thinking/`: System-2 thinking of trained EBTs (`ebtscale think`), which reads a sweep but is not one.
 - `cluster/`: submitting a sweep's driver to a Ray cluster as a Ray Job.
 - `cli/`: every `ebtscale` command, thin: parse, call one library function, print.
 

@@ -3,8 +3,8 @@ function and prints; errors a user can cause become one line on stderr with exit
 
     train.py   ebtscale train            sweep.py   ebtscale sweep plan|run|status|export
     think.py   ebtscale think            report.py  ebtscale report
-    demo.py    ebtscale demo             jobs.py    ebtscale submit, ebtscale jobs ...
-    (ebtscale fit: analysis/cli.py)
+    fit.py     ebtscale fit              demo.py    ebtscale demo
+    jobs.py    ebtscale submit, ebtscale jobs ...
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import NoReturn
 
 import typer
 
-from analysis.cli import fit_command
 from orchestrator.cli.demo import demo
+from orchestrator.cli.fit import fit_command
 from orchestrator.cli.jobs import jobs_app, submit_command
 from orchestrator.cli.report import report
 from orchestrator.cli.sweep import sweep_app

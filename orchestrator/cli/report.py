@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
 from orchestrator.cli.common import TrackingOption, console, fail
 from orchestrator.config import ConfigError
 
@@ -15,29 +16,30 @@ def report(
     sweep: Annotated[str, typer.Argument(help="a sweep spec YAML, or a sweep name in the MLflow store")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="report folder")] = None,
     tracking_uri: TrackingOption = None,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 1000,
-    y: Annotated[str, typer.Option(help="the measured quantity to fit")] = "val_loss",
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples for the confidence intervals")
+    ] = DEFAULT_OPTIONS.bootstrap,
+    y: Annotated[str, typer.Option(help="the measured quantity to fit")] = DEFAULT_OPTIONS.y,
 ) -> None:
     """Write the scaling-law report of a sweep (HTML + Markdown + PNGs), also logged to MLflow.
 
     Per axis: power-law fits with bootstrap CIs, EBT vs Transformer++ scaling-rate verdicts, plots; plus the
     System-2 thinking curves and the excluded trials."""
-    run_report(sweep, out, tracking_uri, bootstrap, y)
+    run_report(sweep, out, tracking_uri, AnalysisOptions(y=y, bootstrap=bootstrap))
 
 
 def run_report(
     sweep: str,
     out: Path | None = None,
     tracking_uri: str | None = None,
-    bootstrap: int = 1000,
-    y: str = "val_loss",
+    options: AnalysisOptions = DEFAULT_OPTIONS,
 ) -> None:
     """Build, publish and print the report's paths (what `report` and `demo` share)."""
     from orchestrator.sweep.report import build_report
     from orchestrator.sweep.results import SweepNotFound
 
     try:
-        paths = build_report(sweep, out, tracking_uri, bootstrap=bootstrap, y=y)
+        paths = build_report(sweep, out, tracking_uri, options)
     except (ConfigError, OSError, SweepNotFound, ValueError) as err:
         raise fail(err) from None
     console.print(f"report: {paths['html']}")

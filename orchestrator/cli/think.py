@@ -1,4 +1,4 @@
-"""`ebtscale think`: System-2 curves of a trained EBT (the logic: sweep/think.py, `think`)."""
+"""`ebtscale think`: System-2 curves of a trained EBT (the logic: thinking/evaluate.py, `think`)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def run_thinking(
     ood: EvalTextConfig | None = SHIPPED_OOD,
 ) -> None:
     """Evaluate, log and print (what `think` and `demo` share)."""
-    from orchestrator.sweep.think import think as think_curves
+    from orchestrator.thinking.evaluate import think as think_curves
 
     try:
         targets, rows = think_curves(target, baseline, steps, candidates, batches, track=track, ood=ood)

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
 from orchestrator import SOURCE_ROOT
 from orchestrator.sweep.results import (
     load_sweep_trials,
@@ -70,12 +71,11 @@ def build_report(
     sweep: str,
     out: Path | None = None,
     tracking_uri: str | None = None,
-    bootstrap: int = 1000,
-    y: str = "val_loss",
+    options: AnalysisOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Path]:
     """`ebtscale report`: the sweep's trials and thinking curves out of MLflow, the analysis report written
     (default folder: `<output_dir>/<sweep>/report` for a spec, `outputs/<sweep>/report` for a name) and
-    published to the sweep's parent run. Returns the report's paths."""
+    published to the sweep's parent run, analysed with `options`. Returns the report's paths."""
     from analysis import write_report
 
     ref = resolve_sweep(sweep, tracking_uri)
@@ -83,9 +83,7 @@ def build_report(
     thinking = load_thinking_curves(ref.tracking_uri, ref.name)
     provenance = provenance_of(ref.tracking_uri, ref.name, sweep)
     tuning = _tuning_table(ref.spec) if ref.spec is not None else None
-    paths = write_report(
-        trials, out or ref.folder.report, provenance, thinking, y=y, bootstrap=bootstrap, tuning=tuning
-    )
+    paths = write_report(trials, out or ref.folder.report, provenance, thinking, options, tuning=tuning)
     publish_report(ref.tracking_uri, ref.name, paths)
     return paths
 

@@ -8,6 +8,7 @@ import pytest
 from analysis.backtest import backtest
 from analysis.compare import compare_axis
 from analysis.errors import FitError
+from analysis.options import AnalysisOptions
 from tests.analysis.synthetic_scaling import make_trials
 
 X = np.geomspace(1e6, 1e9, 8)
@@ -46,7 +47,7 @@ def test_compare_axis_flags_the_bent_family_only():
     trials = make_trials(axes=("data",), n=8, noise=0.005, seed=5)
     last = trials[trials["family"] == "ebt"]["tokens"].idxmax()
     trials.loc[last, "val_loss"] *= 1.15
-    cmp = compare_axis(trials, "data", bootstrap=300, seed=0)
+    cmp = compare_axis(trials, "data", AnalysisOptions(bootstrap=300, seed=0))
     assert cmp.flagged == ["ebt"]
     assert set(cmp.backtests) == {"ebt", "transformer_pp"}
 

@@ -10,6 +10,7 @@ import pytest
 
 from analysis.compare import compare_axis, compare_rates, crossover, extrapolate
 from analysis.fit import fit_power
+from analysis.options import AnalysisOptions
 from tests.analysis.synthetic_scaling import TRUE, make_trials
 
 X = np.geomspace(1e6, 1e9, 10)
@@ -79,7 +80,7 @@ def test_compare_axis_on_a_trials_table():
     trials = make_trials(axes=("data",), n=8, noise=0.01)
     trials.loc[2, ["status", "status_reason"]] = ["diverged", "nan loss"]
     trials.loc[2, "val_loss"] = 100.0  # would wreck the fit if it were used
-    cmp = compare_axis(trials, "data", bootstrap=200, seed=0)
+    cmp = compare_axis(trials, "data", AnalysisOptions(bootstrap=200, seed=0))
     assert set(cmp.fits) == {"ebt", "transformer_pp"}
     assert cmp.fits["ebt"].n_points == 7 and cmp.fits["transformer_pp"].n_points == 8
     for fam in ("ebt", "transformer_pp"):
@@ -91,7 +92,7 @@ def test_compare_axis_on_a_trials_table():
 def test_compare_axis_notes_a_family_without_enough_points():
     trials = make_trials(axes=("data",), n=6)
     keep = (trials["family"] == "transformer_pp") | (trials.index == 0)
-    cmp = compare_axis(trials[keep], "data", bootstrap=50)
+    cmp = compare_axis(trials[keep], "data", AnalysisOptions(bootstrap=50))
     assert "ebt" not in cmp.fits and "1 point(s)" in cmp.notes["ebt"]
     assert cmp.rate is None and cmp.crossover is None
 
@@ -102,7 +103,9 @@ def test_the_two_families_bootstrap_independently():
     trials = make_trials(axes=("data",), n=8)
     ebt = trials[trials["family"] == "ebt"]
     twin = ebt.assign(family="transformer_pp", name=ebt["name"] + "-twin")
-    cmp = compare_axis(pd.concat([ebt, twin], ignore_index=True), "data", bootstrap=200, seed=3)
+    cmp = compare_axis(
+        pd.concat([ebt, twin], ignore_index=True), "data", AnalysisOptions(bootstrap=200, seed=3)
+    )
     assert cmp.rate.relative.value == pytest.approx(0.0, abs=1e-9)
     assert cmp.rate.relative.lo < -1e-3 and cmp.rate.relative.hi > 1e-3
     assert not cmp.rate.significant

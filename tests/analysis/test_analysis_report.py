@@ -13,6 +13,7 @@ import pytest
 from analysis.compare import axis_points
 from analysis.data import split_trials, tidy_trials
 from analysis.fit import fit_power
+from analysis.options import AnalysisOptions
 from analysis.report import write_report
 from tests.analysis.synthetic_scaling import make_thinking, make_trials
 
@@ -27,7 +28,7 @@ def report(tmp_path_factory):
     trials = pd.concat([trials, lonely], ignore_index=True).astype(str)  # MLflow-style strings
     out = tmp_path_factory.mktemp("report")
     provenance = {"spec": {"name": "unit-sweep", "seeds": [0]}, "code_version": "deadbeef1234"}
-    paths = write_report(trials, out, provenance, thinking=make_thinking(), bootstrap=200, seed=0)
+    paths = write_report(trials, out, provenance, make_thinking(), AnalysisOptions(bootstrap=200, seed=0))
     return trials, paths
 
 
@@ -110,7 +111,7 @@ def test_thinking_table_reports_the_perplexity_reduction(report):
 def test_a_table_with_nothing_fittable_still_reports(tmp_path):
     trials = make_trials(axes=("data",), n=3)
     trials["status"] = "failed"
-    paths = write_report(trials, tmp_path, {}, bootstrap=20)
+    paths = write_report(trials, tmp_path, {}, options=AnalysisOptions(bootstrap=20))
     md = paths["markdown"].read_text()
     assert "No axis has fits for both" in md
     assert np.all([n in md for n in trials["name"]])

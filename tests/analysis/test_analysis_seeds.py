@@ -9,6 +9,7 @@ import pytest
 from analysis.compare import compare_axis
 from analysis.data import tidy_trials
 from analysis.fit import bootstrap_weights, fit_power
+from analysis.options import AnalysisOptions
 from analysis.report import seed_noise
 from tests.analysis.synthetic_scaling import make_trials, with_seeds
 
@@ -59,7 +60,7 @@ def test_seeds_that_disagree_widen_the_cluster_interval(seed):
 
 def test_the_report_measures_seed_noise_and_clusters_by_config():
     trials = tidy_trials(with_seeds(make_trials(axes=("data",), n=6, noise=0.005), 3, 0.02))
-    cmp = compare_axis(trials, "data", bootstrap=50)
+    cmp = compare_axis(trials, "data", AnalysisOptions(bootstrap=50))
     assert cmp.points.groupby(["family", "config"]).size().eq(3).all()
     noise = seed_noise(trials, ["data"])
     assert (noise["configs"] == 6).all() and (noise["max_seeds"] == 3).all()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import write_report
+from analysis.options import AnalysisOptions
 from analysis.tuning import TUNING_COLUMNS, check_tuning_frame, plot_tuning, tuning_rows
 from tests.analysis.synthetic_scaling import make_trials
 
@@ -46,11 +47,11 @@ def test_one_panel_per_family_size_and_knob() -> None:
 
 def test_the_report_has_a_tuning_section_and_summary_key(tmp_path: Path) -> None:
     trials = make_trials(axes=("data",), n=5, noise=0.01)
-    paths = write_report(trials, tmp_path, {}, bootstrap=20, tuning=tuning_table())
+    paths = write_report(trials, tmp_path, {}, options=AnalysisOptions(bootstrap=20), tuning=tuning_table())
     md = paths["markdown"].read_text()
     assert "## Tuning" in md and "alpha at the high edge of its range" in md
     assert (tmp_path / "plots" / "tuning.png").is_file()
     summary = json.loads(paths["summary"].read_text())
     assert {r["family"] for r in summary["tuning"]} == {"ebt", "transformer_pp"}
-    untuned = write_report(trials, tmp_path / "plain", {}, bootstrap=20)
+    untuned = write_report(trials, tmp_path / "plain", {}, options=AnalysisOptions(bootstrap=20))
     assert "## Tuning" not in untuned["markdown"].read_text()

@@ -11,6 +11,7 @@ import pytest
 
 from analysis.compare import compare_axis
 from analysis.data import tidy_trials
+from analysis.options import AnalysisOptions
 from analysis.report import write_report
 from tests.analysis.synthetic_scaling import make_trials, with_costs
 
@@ -39,9 +40,9 @@ def truth_at_equal_cost(cost_ratio: float) -> float:
 
 def test_ahead_per_token_behind_per_flop_and_per_second(trials):
     tidy = tidy_trials(trials)
-    per_token = compare_axis(tidy, "data", bootstrap=300, seed=0)
-    per_flop = compare_axis(tidy, "data", view="flops", bootstrap=300, seed=1)
-    per_second = compare_axis(tidy, "data", view="time", bootstrap=300, seed=2)
+    per_token = compare_axis(tidy, "data", AnalysisOptions(bootstrap=300, seed=0))
+    per_flop = compare_axis(tidy, "data", AnalysisOptions(bootstrap=300, seed=1), view="flops")
+    per_second = compare_axis(tidy, "data", AnalysisOptions(bootstrap=300, seed=2), view="time")
 
     assert per_token.gap_verdict.startswith("EBT is ahead")
     assert per_token.gap.relative.lo < -0.1 < per_token.gap.relative.hi
@@ -67,7 +68,7 @@ def test_the_executed_count_wins_over_the_study_convention(trials):
     older = tidy_trials(trials.drop(columns=["flops_executed", "train_time_s", "num_workers"]))
     assert (older["train_flops"] == older["flops"]).all()
     assert set(older["train_flops_source"]) == {"study convention"}
-    cmp = compare_axis(older, "data", view="time", bootstrap=0)
+    cmp = compare_axis(older, "data", AnalysisOptions(bootstrap=0), view="time")
     assert not cmp.fits and "no positive device_seconds" in cmp.notes["ebt"]
 
 
@@ -77,7 +78,7 @@ def test_device_seconds_count_every_worker(trials):
 
 
 def test_report_headline_and_summary_carry_the_three_views(trials, tmp_path):
-    paths = write_report(trials, tmp_path, {}, bootstrap=200, seed=0)
+    paths = write_report(trials, tmp_path, {}, options=AnalysisOptions(bootstrap=200, seed=0))
     md = paths["markdown"].read_text()
     headline = md.split("\n\n")[1]
     for words in ("Per tokens: EBT is ahead", "Per training FLOP: Transformer++ is ahead",

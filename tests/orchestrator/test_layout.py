@@ -1,5 +1,6 @@
-"""The orchestrator's parts import one way (cli -> cluster -> sweep -> train -> the shared modules ->
-model/), and model/ knows nothing of the orchestrator, Ray or MLflow: checked on the source's imports."""
+"""The orchestrator's parts import one way (cli -> cluster, thinking -> sweep -> train -> the shared
+modules -> model/), and model/ knows nothing of the orchestrator, Ray or MLflow: checked on the source's
+imports."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from tests.helpers import REPO
 
-RANK = {"cli": 4, "cluster": 3, "sweep": 2, "train": 1}  # anything else in orchestrator/: shared, rank 0
+# anything else in orchestrator/: shared, rank 0. thinking/ resolves a spec's trials through sweep/
+RANK = {"cli": 4, "cluster": 3, "thinking": 3, "sweep": 2, "train": 1}
 
 
 def imports(path: Path) -> set[str]:

@@ -27,6 +27,7 @@ from analysis.errors import AnalysisError
 from analysis.fit import fit_law
 from analysis.isoflop import isoflop_allocation
 from analysis.laws import FORMS
+from analysis.options import AnalysisOptions
 from tests.helpers import cli
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,7 +185,7 @@ def test_trials_table_is_analysed_or_rejected_naming_the_column(data: st.DataObj
         return
     assert not dropped
     for form in ("power", "saturating"):
-        result = compare_axis(tidy, "data", form=form, bootstrap=8)
+        result = compare_axis(tidy, "data", AnalysisOptions(form=form, bootstrap=8))
         for fit in result.fits.values():
             check_fit(fit)
         for note in result.notes.values():
@@ -234,7 +235,7 @@ runner = CliRunner()
 def test_fit_command_answers_in_one_line_or_fits(
     tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
 ) -> None:
-    from analysis.cli import app
+    from orchestrator.cli import app
 
     n = data.draw(st.integers(0, 8))
     columns_data: dict[str, list[Any]] = {

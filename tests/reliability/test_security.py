@@ -178,7 +178,7 @@ def test_the_static_checks_accept_safe_code() -> None:
 
 def test_repository_python_has_no_unsafe_calls() -> None:
     files = python_files()
-    assert len(files) > 30 and REPO / "orchestrator" / "sweep" / "think.py" in files
+    assert len(files) > 30 and REPO / "orchestrator" / "thinking" / "evaluate.py" in files
     problems = problems_in({str(p.relative_to(REPO)): p.read_text() for p in files})
     this = str(Path(__file__).relative_to(REPO))
     # the only exception: this checker's own list of all-interface addresses (in visit_Constant)
@@ -242,7 +242,7 @@ def test_malicious_model_weights_are_refused(tmp_path: Path) -> None:
 
     from model import build_model
     from orchestrator.config import ConfigError
-    from orchestrator.sweep.think import load_trained
+    from orchestrator.thinking.evaluate import load_trained
 
     cfg = tiny_trial(tmp_path)
     trial = tmp_path / "trial"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from analysis.cli import app
+from orchestrator.cli import app
 from tests.analysis.synthetic_scaling import CHINCHILLA, chinchilla_loss
 
 runner = CliRunner()

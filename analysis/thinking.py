@@ -1,6 +1,7 @@
-"""System-2 as the EBT paper measures it: the percentage reduction of perplexity that extra forward passes
-per token buy, relative to the same model's perplexity at one forward pass (System-1), on the validation
-split and on out-of-distribution text, and whether the gain grows out of distribution.
+"""System-2 thinking as the EBT paper measures it: the percentage reduction of perplexity that extra forward
+passes per token buy, relative to the same model's perplexity at one forward pass (System-1), on the
+validation split and on out-of-distribution text, and whether the gain grows out of distribution. (The
+curves themselves are run by model/thinking.py, through `ebtscale think`.)
 
 Input: a tidy thinking table (`analysis.data.tidy_thinking`). Forward passes per token are the table's
 `forward_passes` (EBT: steps, or steps × candidates with self-verification). Transformer++ predicts in one

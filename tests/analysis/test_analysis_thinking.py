@@ -1,4 +1,4 @@
-"""System-2 as the paper measures it (analysis/system2.py): % perplexity reduction against forward passes,
+"""System-2 as the paper measures it (analysis/thinking.py): % perplexity reduction against forward passes,
 validation vs out-of-distribution text, on synthetic thinking tables with known gains."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import json
 import pytest
 
 from analysis.data import tidy_thinking
+from analysis.options import AnalysisOptions
 from analysis.report import write_report
-from analysis.system2 import system2
+from analysis.thinking import system2
 from tests.analysis.synthetic_scaling import make_split_thinking, make_thinking, make_trials
 
 
@@ -69,7 +70,7 @@ def test_a_table_from_before_ood_evaluation_still_reports_without_a_shift() -> N
 def test_report_and_summary_carry_the_system2_ood_line(tmp_path) -> None:
     trials = make_trials(axes=("data",), n=5, noise=0.01)
     thinking = make_split_thinking({"val": 0.05, "ood": 0.20})
-    paths = write_report(trials, tmp_path, {}, thinking=thinking, bootstrap=200, seed=0)
+    paths = write_report(trials, tmp_path, {}, thinking, AnalysisOptions(bootstrap=200, seed=0))
     summary = json.loads(paths["summary"].read_text())
     s2 = summary["system2"]
     assert s2["sources"] == {"ood": "prose", "val": "stdlib"}

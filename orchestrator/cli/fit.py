@@ -1,8 +1,5 @@
-"""`ebtscale fit`: fit one scaling law to any table, from the command line.
-
-`fit_command` is mounted by the main app (`app.command("fit")(fit_command)`); the small `app` below runs it
-on its own (tests, `python -m analysis.cli`). User errors print one line and exit with code 2.
-"""
+"""`ebtscale fit`: fit one scaling law to any table (the logic: analysis/fit.py, `fit_law`). User errors
+print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -15,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.errors import AnalysisError
-from analysis.laws import DEFAULT_BOOTSTRAP, DEFAULT_LEVEL, FORMS
+from analysis.laws import FORMS
+from analysis.options import DEFAULT_OPTIONS
 
 if TYPE_CHECKING:  # pandas and scipy load on first use: `ebtscale --help` should not pay for them
     import pandas as pd
@@ -30,6 +28,8 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> typer.Exit:
+    """The one-line error of this command: rich's (bold red on a terminal), not `common.fail`'s, so its
+    output stays what it was before it joined the other commands."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
@@ -106,15 +106,17 @@ def fit_command(
         list[str],
         typer.Option("--x", help="NAME=COLUMN of an input (repeatable); chinchilla needs N=... and D=..."),
     ],
-    y: Annotated[str, typer.Option("--y", help="Column to fit (e.g. val_loss).")] = "val_loss",
-    form: Annotated[str, typer.Option("--form", help="power | saturating | chinchilla")] = "power",
+    y: Annotated[str, typer.Option("--y", help="Column to fit (e.g. val_loss).")] = DEFAULT_OPTIONS.y,
+    form: Annotated[
+        str, typer.Option("--form", help="power | saturating | chinchilla")
+    ] = DEFAULT_OPTIONS.form,
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples (0: none).")
-    ] = DEFAULT_BOOTSTRAP,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    ] = DEFAULT_OPTIONS.bootstrap,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = DEFAULT_OPTIONS.seed,
     level: Annotated[
         float, typer.Option("--level", help="Confidence level of the intervals.")
-    ] = DEFAULT_LEVEL,
+    ] = DEFAULT_OPTIONS.level,
     where: Annotated[
         list[str] | None,
         typer.Option("--where", help="Keep rows with COLUMN=VALUE (repeatable), e.g. family=ebt."),
@@ -156,16 +158,3 @@ def fit_command(
     else:
         label = f"{y} vs " + ", ".join(f"{n}={c}" for n, c in pairs) + f" ({data.name})"
         _print_table(result, label)
-
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
-app.command("fit")(fit_command)
-
-
-@app.callback()
-def _main() -> None:
-    """Scaling-law analysis (standalone; the main `ebtscale` app mounts the same `fit` command)."""
-
-
-if __name__ == "__main__":
-    app()
