@@ -23,9 +23,11 @@ TrackingOption = Annotated[
 
 
 def fail(err: BaseException | str, code: int = 2) -> typer.Exit:
-    """Print `error: <message>` on one line of stderr and return the Exit to raise: a user error gets no
-    traceback, whatever raised it."""
-    message = " ".join(str(err).split()) or type(err).__name__
+    """Print `error: <message>` on stderr and return the Exit to raise: a user error gets no traceback,
+    whatever raised it. A message of several problems keeps one line each; white space within a line is
+    folded."""
+    lines = [" ".join(line.split()) for line in str(err).splitlines()]
+    message = "\n  ".join(line for line in lines if line) or type(err).__name__
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
 

@@ -432,12 +432,12 @@ def check_memory(p: Plan, cpu_limit: int | None, gpu_limit: int | None) -> None:
             problems.append(
                 (
                     r.trial.name,
-                    f"plans {fmt_bytes(r.memory_bytes)} per worker, over the {fmt_bytes(limit)} of {where} "
-                    "(shrink the trial or add workers; --force starts it anyway)",
+                    f"plans {fmt_bytes(r.memory_bytes)} per worker, over the {fmt_bytes(limit)} of {where}",
                 )
             )
     if problems:
-        raise SpecError(problems, source=f"plan of {p.sweep}")
+        advice = "shrink each such trial or add workers; --force starts them anyway"
+        raise SpecError(problems, source=f"plan of {p.sweep}", advice=advice)
 
 
 def fmt_bytes(n: float) -> str:

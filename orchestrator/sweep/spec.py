@@ -41,13 +41,26 @@ Loc = tuple[str | int, ...]
 
 
 class SpecError(ConfigError):
-    """A sweep spec that cannot be used. `problems` holds (field path, reason) pairs; the message joins them
-    on one line so a CLI can print it as is."""
+    """A sweep spec that cannot be used. `problems` holds (field path, reason) pairs: one problem reads as
+    one line, several as one line each under the first (a CLI prints the lines as they are); `advice`, what
+    to do about all of them, is said once at the end. A problem of the file itself ("(file)") names the file
+    rather than a field."""
 
-    def __init__(self, problems: list[tuple[str, str]], source: str = "sweep spec") -> None:
+    def __init__(self, problems: list[tuple[str, str]], source: str = "sweep spec", advice: str = "") -> None:
         self.problems = problems
         self.source = source
-        super().__init__(f"invalid {source}: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems))
+        if [loc for loc, _ in problems] == [FILE]:
+            lines = [f"{source}: {problems[0][1]}"]
+        elif len(problems) == 1:
+            lines = [f"invalid {source}: {problems[0][0]}: {problems[0][1]}"]
+        else:
+            lines = [f"invalid {source}:", *(f"  {loc}: {msg}" for loc, msg in problems)]
+        if advice:
+            lines.append(f"  ({advice})")
+        super().__init__("\n".join(lines))
+
+
+FILE = "(file)"  # the location of a problem with a spec file as a whole (missing, not YAML)
 
 
 class _Problems(ValueError):
@@ -586,13 +599,13 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Safe-load and validate a spec file; a relative output_dir is resolved against the current directory."""
     p = Path(path)
     if not p.is_file():
-        raise SpecError([("(file)", "not found")], str(p))
+        raise SpecError([(FILE, "not found")], str(p))
     try:
         data = yaml_load(p.read_text())
     except yaml.YAMLError as err:
-        raise SpecError([("(file)", f"not valid YAML: {' '.join(str(err).split())}")], str(p)) from None
+        raise SpecError([(FILE, f"not valid YAML: {' '.join(str(err).split())}")], str(p)) from None
     if not isinstance(data, dict):
-        raise SpecError([("(file)", "expected a mapping at the top level")], str(p))
+        raise SpecError([(FILE, "expected a mapping at the top level")], str(p))
     spec = parse_spec(data, source=str(p))
     return spec.model_copy(update={"output_dir": str(Path(spec.output_dir).expanduser().resolve())})
 

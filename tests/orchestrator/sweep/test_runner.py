@@ -103,7 +103,7 @@ def test_a_trial_too_big_for_a_worker_is_refused_in_seconds_before_ray_starts(tm
 
     model = {"d_model": 16384, "n_layers": 64, "n_heads": 128, "vocab_size": 50304, "context_length": 4096}
     spec = write_spec(
-        tmp_path, "huge", tokens=4096 * 8, families=["transformer_pp"], widths=(16384,), model=model
+        tmp_path, "huge", tokens=4096 * 8, families=["transformer_pp"], widths=(16384, 12288), model=model
     )
     start = time.monotonic()
     result = cli("sweep", "run", str(spec), timeout=120)
@@ -111,6 +111,9 @@ def test_a_trial_too_big_for_a_worker_is_refused_in_seconds_before_ray_starts(tm
     assert result.returncode == 2, result.stderr
     assert "tpp-d16384-L64" in result.stderr and "per worker, over the" in result.stderr
     assert "TiB" in result.stderr and "node's memory" in result.stderr and "--force" in result.stderr
+    # each trial on a line of its own, what to do about them said once
+    over = [line for line in result.stderr.splitlines() if "per worker, over the" in line]
+    assert len(over) == 2 and result.stderr.count("--force") == 1, result.stderr
     assert elapsed < 60, f"the refusal took {elapsed:.0f} s"
     sweep_dir = tmp_path / "out" / "huge"
     assert not (sweep_dir / "ray").exists() and not (sweep_dir / "sweep.json").exists()

@@ -371,7 +371,8 @@ def test_bad_specs_name_the_field(spec: dict, path: str, value: Any, field: str,
         parse_and_expand(with_value(spec, path, value))
     message = str(err.value)
     assert f"{field}: " in message and reason in message, message
-    assert "\n" not in message
+    problems = err.value.problems  # one line for one problem; else a heading and a line for each
+    assert len(message.splitlines()) == (1 if len(problems) == 1 else 1 + len(problems)), message
     assert isinstance(err.value, ConfigError)
     assert any(loc == field for loc, _ in err.value.problems)
 
@@ -770,7 +771,7 @@ def test_cli_plan_bad_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
 
 def test_cli_plan_missing_file_and_caps(tmp_path: Path) -> None:
     result = CliRunner().invoke(sweep_app, ["plan", str(tmp_path / "nope.yaml")])
-    assert result.exit_code == 2 and "not found" in result.stderr
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.yaml'}: not found"
     args = ["plan", str(tpp_spec(tmp_path)), "--throughput", "1e10"]
     result = CliRunner().invoke(sweep_app, [*args, "--max-trials", "15"])
     assert result.exit_code == 2 and "max_trials" in result.stderr
@@ -826,3 +827,13 @@ def test_the_sweep_driver_plans_without_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", DRIVER_IMPORTS, str(spec)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_cli_prints_several_problems_one_per_line(tmp_path: Path) -> None:
+    """Two problems of one spec: the first line says which file, then one line each, nothing run together."""
+    bad = write_yaml(tmp_path / "bad.yaml", {**GOOD, "name": "Bad Name", "families": ["ebt", "foo"]})
+    result = CliRunner().invoke(sweep_app, ["plan", str(bad)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"error: invalid {bad}:", lines
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["name", "families.1"], lines
