@@ -79,8 +79,10 @@ def lr_lambda(cfg: TrialConfig) -> Callable[[int], float]:
 
 
 def param_groups(model: ModelInterface, cfg: TrialConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices (or every parameter, weight_decay_on='all'), never on a
-    parameter with an lr multiplier (the EBT step size, as its authors do); per-parameter lr multipliers."""
+    """AdamW groups, the one place that sets each parameter's lr and weight decay: weight decay on matrices
+    (or every parameter, weight_decay_on='all'), never on a parameter with an lr multiplier (the EBT step
+    size, as its authors do); lr = optim.lr x the parameter's multiplier. DeepSpeed's optimizer block
+    (`deepspeed_config`) carries only what every group shares."""
     multipliers = model.lr_multipliers()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -104,11 +106,12 @@ def deepspeed_config(cfg: TrialConfig, accelerator: str) -> dict[str, Any]:
         "gradient_accumulation_steps": cfg.grad_accum_steps,
         "optimizer": {
             "type": "AdamW",
+            # No lr or weight_decay: they differ per group and `param_groups` sets them. DeepSpeed 0.19 reads
+            # these params only to build torch's AdamW, as defaults that a group's own values override (its
+            # LR schedulers, unused here, read the groups' lr too, not this block's).
             "params": {
-                "lr": o.lr,
                 "betas": [o.beta1, o.beta2],
                 "eps": o.eps,
-                "weight_decay": o.weight_decay,
                 "torch_adam": True,  # torch's AdamW: nothing JIT-compiled
                 # its fused kernel (CPU and CUDA): 2.2x faster engine.step than for-each, same losses
                 # (benchmarks/NOTES.md, T2)
