@@ -271,8 +271,8 @@ def fused_adamw(enabled: bool) -> Iterator[None]:
 
     original = trainer.deepspeed_config
 
-    def patched(cfg: Any) -> dict[str, Any]:
-        config = original(cfg)
+    def patched(cfg: Any, accelerator: str) -> dict[str, Any]:
+        config = original(cfg, accelerator)
         config["optimizer"]["params"]["fused"] = enabled
         return config
 

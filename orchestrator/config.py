@@ -96,6 +96,8 @@ class ResourcesConfig(FrozenModel):
     gpus_per_worker: float = Field(0, ge=0)
 
 
+Precision = Literal["fp32", "bf16"]
+
 PLACEMENT_FIELDS = {"name", "output_dir", "trial_dir"}  # where and under which name: not what is trained
 
 
@@ -132,6 +134,26 @@ class TrialConfig(FrozenModel):
         if self.trial_dir is not None:
             return TrialDir(Path(self.trial_dir))
         return TrialDir.standalone(self.output_dir, self.name)
+
+    def precision(self, accelerator: str | None = None) -> Precision:
+        """The precision the trial trains in, the one resolution of `deepspeed.precision` (the planner counts
+        bytes in it, the trainer enables DeepSpeed's bf16 by it): 'auto' is bf16 on DeepSpeed's 'cuda'
+        accelerator and fp32 on any other.
+
+        `accelerator` is where the trial trains. The trainer passes its own, DS_ACCELERATOR (set before
+        DeepSpeed is imported by train/distributed.configure_accelerator: 'cuda' where torch sees a GPU,
+        unless the user set it). Left out, it is what the planner knows before anything runs: 'cuda' when
+        the trial asks for GPUs (`resources.gpus_per_worker > 0`), else 'cpu'. The two agree wherever a
+        trial that trains on a GPU asks for one: CPU trials, a cluster's GPU workers, benchmarks/gpu.sh
+        (gpus_per_worker 0.5, DS_ACCELERATOR=cuda). They differ for a trial that asks for no GPU yet sees
+        one: `ebtscale train` on a GPU machine with the default resources, a DS_ACCELERATOR=cuda
+        environment, or a Ray worker with no GPU on a GPU node (Ray 2.60 no longer hides a node's GPUs from
+        it). That trial trains in bf16 on the GPU, as its accelerator says; its plan counts fp32 on CPU."""
+        if self.deepspeed.precision != "auto":
+            return self.deepspeed.precision
+        if accelerator is None:
+            accelerator = "cuda" if self.resources.gpus_per_worker > 0 else "cpu"
+        return "bf16" if accelerator == "cuda" else "fp32"
 
     @property
     def tokens_per_step(self) -> int:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from model.flops import count_params, train_flops_per_token
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig, deep_merge
+from orchestrator.sweep.lr_law import power
 from orchestrator.sweep.spec import (
     FAMILY_TAGS,
     ISOFLOP_TOLERANCE,
@@ -168,13 +169,6 @@ def _resolve(
         ) from None
 
 
-def _power(x: float, exponent: float) -> float:
-    try:
-        return x**exponent
-    except OverflowError:
-        return math.inf
-
-
 def _rule_patch(spec: SweepSpec, cfg: TrialConfig, point: AxisPoint) -> dict[str, Any]:
     lr_rule, batch_rule = spec.rules.lr, spec.rules.batch
     if isinstance(lr_rule, FixedRule) and (isinstance(batch_rule, FixedRule) or point.axis == "batch"):
@@ -182,13 +176,13 @@ def _rule_patch(spec: SweepSpec, cfg: TrialConfig, point: AxisPoint) -> dict[str
     n = count_params(cfg.model)["non_embedding"]
     patch: dict[str, Any] = {}
     if isinstance(lr_rule, PowerLrRule):
-        lr = lr_rule.ref_lr * _power(n / lr_rule.ref_params, lr_rule.exponent)
+        lr = lr_rule.law.at(n)
         if not (math.isfinite(lr) and lr > 0):
             raise SpecError([("rules.lr", f"gives lr={lr} for N={n} at {field_path(point.loc)}")])
         patch["optim"] = {"lr": lr}
     if isinstance(batch_rule, PowerBatchRule) and point.axis != "batch":
         multiple = cfg.train.micro_batch_size * cfg.resources.num_workers
-        raw = batch_rule.ref_batch * _power(n / batch_rule.ref_params, batch_rule.exponent)
+        raw = batch_rule.ref_batch * power(n / batch_rule.ref_params, batch_rule.exponent)
         if not (math.isfinite(raw) and raw <= MAX_BATCH):
             raise SpecError(
                 [("rules.batch", f"gives global_batch_size={raw:g} for N={n} at {field_path(point.loc)}")]

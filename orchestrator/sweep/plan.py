@@ -174,13 +174,6 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def precision(cfg: TrialConfig) -> str:
-    """The precision a trial trains in: 'auto' means bf16 on GPU workers, fp32 on CPU ones."""
-    if cfg.deepspeed.precision != "auto":
-        return cfg.deepspeed.precision
-    return "bf16" if cfg.resources.gpus_per_worker > 0 else "fp32"
-
-
 def model_state_bytes(n_params: int, zero_stage: int, num_workers: int, prec: str = "fp32") -> float:
     """Params + grads + AdamW states per worker under ZeRO stage 0-3 (16 bytes/param unsharded: fp32 keeps
     params 4 + grads 4 + moments 8, bf16 params 2 + grads 2 + fp32 master params and moments 12)."""
@@ -205,8 +198,8 @@ def implementation_bytes(n_params: int, zero_stage: int, num_workers: int) -> fl
 def activation_terms(cfg: TrialConfig) -> dict[str, float]:
     """Activation memory of one micro-batch, in bytes, by kind and its peak: the family's own count
     (model.family.activation_terms, where the coefficients and formulas are) at the trial's micro-batch and
-    precision."""
-    e = 4 if precision(cfg) == "fp32" else 2
+    precision (`TrialConfig.precision`, as its resources plan it)."""
+    e = 4 if cfg.precision() == "fp32" else 2
     return family_activation_terms(cfg.model, cfg.train.micro_batch_size, e)
 
 
@@ -226,7 +219,7 @@ def memory_terms(cfg: TrialConfig, n_params: int | None = None) -> dict[str, flo
     stage, workers = cfg.deepspeed.zero_stage, cfg.resources.num_workers
     terms = {
         "runtime": float(runtime_bytes(cfg)),
-        "states": model_state_bytes(n, stage, workers, precision(cfg)),
+        "states": model_state_bytes(n, stage, workers, cfg.precision()),
         "implementation": implementation_bytes(n, stage, workers),
         "activations": activation_bytes(cfg),
     }

@@ -27,6 +27,7 @@ from pydantic import (
 
 from model.config import ModelFamily
 from orchestrator.config import ConfigError, TrialConfig, deep_merge, yaml_load
+from orchestrator.sweep.lr_law import LrPowerLaw
 from orchestrator.sweep.tune_space import TuneSpec, dimension_bounds, family_problems, knob_patch
 from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir
 from orchestrator.trial_dir import NAME_PATTERN, NAME_RULE
@@ -241,12 +242,17 @@ class FixedRule(_SpecModel):
 
 
 class PowerLrRule(_SpecModel):
-    """lr = ref_lr * (N / ref_params) ** exponent, N = non-embedding parameters (exponent < 0 typically)."""
+    """lr = ref_lr * (N / ref_params) ** exponent, N = non-embedding parameters (exponent < 0 typically): the
+    spec's declaration of the lr law (`law`), which the tuning stage fits when it carries lrs instead."""
 
     rule: Literal["power"]
     ref_params: PosFloat
     ref_lr: PosFloat
     exponent: Annotated[float, Field(allow_inf_nan=False)]
+
+    @property
+    def law(self) -> LrPowerLaw:
+        return LrPowerLaw(self.ref_params, self.ref_lr, self.exponent)
 
 
 class PowerBatchRule(_SpecModel):

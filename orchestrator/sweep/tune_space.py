@@ -21,8 +21,9 @@ A spec's `tune:` block asks for a search per family and model size before the sc
 The search itself (Ray Tune + ASHA on the same trainer) is `tuning.py`; what it chose is `tuning.json` in the
 sweep's folder, which `expand` reads back (`TunedValues`) so that `sweep plan` and `sweep run` train the tuned
 values. Sizes left out of `sizes` get their lr from a power law in N fitted across the tuned sizes (the
-usual lr-vs-size rule: one exponent, measured rather than assumed), and their other knobs from the tuned size
-nearest in N (the EBT's step size tracks the energy landscape's scale, set by the vocabulary, not the width).
+usual lr-vs-size rule: one exponent, measured rather than assumed; lr_law.LrPowerLaw, the law a spec's
+rules.lr declares), and their other knobs from the tuned size nearest in N (the EBT's step size tracks the
+energy landscape's scale, set by the vocabulary, not the width).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.sweep.lr_law import LrPowerLaw
 
 TUNING_AXIS = "tune"  # PlannedTrial.axis of a tuning trial
 
@@ -232,10 +235,5 @@ class TunedValues:
 
 
 def power_law_lr(points: list[tuple[int, float]], n_params: int) -> float:
-    """lr at N from a least-squares line in (log N, log lr) through the tuned sizes."""
-    xs = [math.log(n) for n, _ in points]
-    ys = [math.log(lr) for _, lr in points]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = 0.0 if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    return math.exp(my + slope * (math.log(n_params) - mx))
+    """lr at N of the lr law fitted through the tuned sizes' (N, lr): the law a spec's rules.lr declares."""
+    return LrPowerLaw.fit(points).at(n_params)

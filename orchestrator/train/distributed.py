@@ -43,14 +43,14 @@ def ensure_single_process_env() -> None:
     )
 
 
-def init_process_group() -> None:
+def init_process_group() -> str:
     """Join (or create) the default process group: gloo on CPU, NCCL on CUDA. Under Ray Train the group
-    already exists and is reused."""
-    configure_accelerator()
-    if os.environ["DS_ACCELERATOR"] == "cpu":
+    already exists and is reused. Returns DeepSpeed's accelerator (`configure_accelerator`)."""
+    accelerator = configure_accelerator()
+    if accelerator == "cpu":
         _disable_cpu_jit_ops()  # also when Ray Train made the group: deepspeed.initialize would build it
     if dist.is_available() and dist.is_initialized():
-        return
+        return accelerator
     ensure_single_process_env()
     import deepspeed
 
@@ -58,8 +58,9 @@ def init_process_group() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
     )
-    backend = "nccl" if os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
+    backend = "nccl" if accelerator == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    return accelerator
 
 
 def _disable_cpu_jit_ops() -> None:

@@ -79,8 +79,10 @@ def lr_lambda(cfg: TrialConfig) -> Callable[[int], float]:
 
 
 def param_groups(model: ModelInterface, cfg: TrialConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices (or every parameter, weight_decay_on='all'), never on a
-    parameter with an lr multiplier (the EBT step size, as its authors do); per-parameter lr multipliers."""
+    """AdamW groups, the one place that sets each parameter's lr and weight decay: weight decay on matrices
+    (or every parameter, weight_decay_on='all'), never on a parameter with an lr multiplier (the EBT step
+    size, as its authors do); lr = optim.lr x the parameter's multiplier. DeepSpeed's optimizer block
+    (`deepspeed_config`) carries only what every group shares."""
     multipliers = model.lr_multipliers()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -94,13 +96,9 @@ def param_groups(model: ModelInterface, cfg: TrialConfig) -> list[dict[str, Any]
     return [{"params": ps, "lr": cfg.optim.lr * mult, "weight_decay": wd} for (mult, wd), ps in ordered]
 
 
-def use_bf16(cfg: TrialConfig) -> bool:
-    if cfg.deepspeed.precision == "auto":
-        return os.environ.get("DS_ACCELERATOR") == "cuda"
-    return cfg.deepspeed.precision == "bf16"
-
-
-def deepspeed_config(cfg: TrialConfig) -> dict[str, Any]:
+def deepspeed_config(cfg: TrialConfig, accelerator: str) -> dict[str, Any]:
+    """DeepSpeed's config of the trial on `accelerator` (DeepSpeed's, e.g. 'cpu' or 'cuda'), which resolves
+    precision 'auto' (TrialConfig.precision)."""
     o = cfg.optim
     return {
         "train_batch_size": cfg.train.global_batch_size,
@@ -108,11 +106,12 @@ def deepspeed_config(cfg: TrialConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": cfg.grad_accum_steps,
         "optimizer": {
             "type": "AdamW",
+            # No lr or weight_decay: they differ per group and `param_groups` sets them. DeepSpeed 0.19 reads
+            # these params only to build torch's AdamW, as defaults that a group's own values override (its
+            # LR schedulers, unused here, read the groups' lr too, not this block's).
             "params": {
-                "lr": o.lr,
                 "betas": [o.beta1, o.beta2],
                 "eps": o.eps,
-                "weight_decay": o.weight_decay,
                 "torch_adam": True,  # torch's AdamW: nothing JIT-compiled
                 # its fused kernel (CPU and CUDA): 2.2x faster engine.step than for-each, same losses
                 # (benchmarks/NOTES.md, T2)
@@ -126,7 +125,7 @@ def deepspeed_config(cfg: TrialConfig) -> dict[str, Any]:
         # only): +16% executed FLOPs on a tiny EBT step. Its memory saving is moot here: SecondOrderSafe's
         # weights are clones, and ZeRO-3's module hooks gather parameters for native linears as well.
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage, "memory_efficient_linear": False},
-        "bf16": {"enabled": use_bf16(cfg)},
+        "bf16": {"enabled": cfg.precision(accelerator) == "bf16"},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
@@ -176,7 +175,7 @@ class Trial:
         self.dir: TrialDir = cfg.folder
         self.tracking = tracking
         self.progress = progress
-        distributed.init_process_group()
+        self.accelerator = distributed.init_process_group()  # DeepSpeed's: where this trial trains
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if self.world != cfg.resources.num_workers:
             raise ConfigError(
@@ -203,7 +202,7 @@ class Trial:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=wrap_for_deepspeed(self.model),
             model_parameters=param_groups(self.model, cfg),
-            config=deepspeed_config(cfg),
+            config=deepspeed_config(cfg, self.accelerator),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)),
         )
         self.tracker = None

@@ -67,6 +67,40 @@ def test_bad_configs_name_the_field(patch: dict, field: str) -> None:
         parse_trial_config(deep_merge(GOOD, patch))
 
 
+@pytest.mark.parametrize(
+    ("setting", "gpus", "accelerator", "planned", "trained"),
+    [
+        ("auto", 0, "cpu", "fp32", "fp32"),  # CPU trials (here, the smoke sweeps)
+        ("auto", 1, "cuda", "bf16", "bf16"),  # a cluster's GPU workers; benchmarks/gpu.sh (0.5 GPU)
+        ("auto", 0, "cuda", "fp32", "bf16"),  # `ebtscale train` on a GPU machine, default resources
+        ("auto", 1, "cpu", "bf16", "fp32"),  # DS_ACCELERATOR=cpu set by hand
+        ("fp32", 1, "cuda", "fp32", "fp32"),  # a set precision wins everywhere
+        ("bf16", 0, "cpu", "bf16", "bf16"),
+    ],
+)
+def test_the_plan_and_the_trainer_resolve_precision_in_one_place(
+    setting: str, gpus: int, accelerator: str, planned: str, trained: str
+) -> None:
+    """TrialConfig.precision: the plan counts bytes in the precision the trial's resources imply, the
+    trainer enables bf16 by the accelerator it runs on. A planner or trainer with a rule of its own (the
+    GPUs asked for, DS_ACCELERATOR) gets some row wrong."""
+    from model.family import activation_terms
+    from model.flops import count_params
+    from orchestrator.config import deep_merge
+    from orchestrator.sweep.plan import memory_terms, model_state_bytes
+    from orchestrator.train.trainer import deepspeed_config
+
+    resources = {"gpus_per_worker": gpus, "num_workers": 2}  # ZeRO-1 over 2: fp32 and bf16 states differ
+    patch = {"deepspeed": {"precision": setting, "zero_stage": 1}, "resources": resources}
+    cfg = parse_trial_config(deep_merge(GOOD, patch))
+    assert (cfg.precision(), cfg.precision(accelerator)) == (planned, trained)
+    terms = memory_terms(cfg)
+    assert terms["states"] == model_state_bytes(count_params(cfg.model)["total"], 1, 2, planned)
+    value_bytes = 4 if planned == "fp32" else 2
+    assert terms["activations"] == activation_terms(cfg.model, 8, value_bytes)["peak"]
+    assert deepspeed_config(cfg, accelerator)["bf16"]["enabled"] is (trained == "bf16")
+
+
 def test_cli_overrides_parse_yaml_scalars() -> None:
     assert parse_overrides(["model.d_model=128", "optim.lr=3e-4", "model.family=ebt"]) == {
         "model": {"d_model": 128, "family": "ebt"},

@@ -17,7 +17,7 @@ def reference_losses(cfg: TrialConfig, steps: int) -> list[float]:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     o = cfg.optim
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    opt = torch.optim.AdamW(param_groups(model, cfg), betas=(o.beta1, o.beta2), eps=o.eps)  # groups: lr, wd
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     G, m = cfg.train.global_batch_size, cfg.train.micro_batch_size
     losses = []

@@ -11,7 +11,7 @@ import torch
 
 from model import build_model
 from orchestrator.train.second_order import SecondOrderSafe
-from orchestrator.train.trainer import TrialResult, launch_trial, train_trial
+from orchestrator.train.trainer import Trial, TrialResult, launch_trial, lr_lambda, train_trial
 from tests.helpers import in_folder, tiny_trial
 from tests.orchestrator.train.reference import reference_losses
 
@@ -74,6 +74,34 @@ def test_ebt_resume_equals_uninterrupted(tmp_path: Path, stage_one: TrialResult)
     assert first.steps == 10 and second.status == "finished"
     assert first.losses + second.losses == pytest.approx(full.losses, abs=1e-6)
     assert second.final_val_loss == pytest.approx(full.final_val_loss, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_the_engines_adamw_trains_each_group_at_the_configs_lr_and_weight_decay(
+    tmp_path: Path, stage: int
+) -> None:
+    """What the engine's AdamW holds, not what the DeepSpeed config says: base lr with weight decay on the
+    matrices, base lr without on the rest, lr x the step size's multiplier without on alpha (weight decay
+    0.05, not torch's default 0.01, and lr 2e-3, not its 1e-3, so a group left to the defaults shows).
+    Stage 0: the engine's optimizer is torch's over the model's own parameters, so alpha is seen in its
+    group. On CPU, precision auto trains in fp32 (TrialConfig.precision)."""
+    optim = {"lr": 2e-3, "weight_decay": 0.05}
+    cfg = ebt_trial(tmp_path, optim=optim, deepspeed={"zero_stage": stage, "precision": "auto"})
+    trial = Trial(in_folder(cfg, tmp_path / "t"), None, progress=False)
+    groups = trial.engine.optimizer.param_groups
+    alpha_lr = 2e-3 * cfg.model.ebt.step_size_lr_multiplier
+    assert [(g["initial_lr"], g["weight_decay"]) for g in groups] == [
+        (2e-3, 0.05),
+        (2e-3, 0.0),
+        (alpha_lr, 0.0),
+    ]
+    assert [g["lr"] for g in groups] == [g["initial_lr"] * lr_lambda(cfg)(0) for g in groups]  # the schedule
+    o = cfg.optim  # what every group shares comes from DeepSpeed's optimizer block
+    assert {(tuple(g["betas"]), g["eps"], g["fused"]) for g in groups} == {((o.beta1, o.beta2), o.eps, True)}
+    if stage == 0:
+        (alpha,) = groups[2]["params"]
+        assert alpha is dict(trial.model.named_parameters())["alpha"]
+    assert trial.accelerator == "cpu" and not trial.engine.bfloat16_enabled()
 
 
 @pytest.mark.parametrize(("family", "tied"), [("ebt", False), ("transformer_pp", True)])
