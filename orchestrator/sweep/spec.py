@@ -35,7 +35,8 @@ from orchestrator.trial_dir import NAME_PATTERN, NAME_RULE
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
 FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
 ISOFLOP_TOLERANCE = 0.01  # a flops-axis trial's compute must sit within 1% of its budget
-MAX_RANGE_POINTS = 1000  # a `{start, stop, num}` range longer than this is surely a typo
+MAX_AXIS_POINTS = 1000  # an axis' values, a list or a `{start, stop, num}` range: more is surely a typo
+MAX_PLANNED_ROWS = 20_000  # families x points x seeds (x budgets on the flops axis): the plan's rows
 MAX_BATCH = 10**7  # a batch rule producing more sequences than this has run away
 
 Loc = tuple[str | int, ...]
@@ -88,7 +89,7 @@ class LogRange(BaseModel):
 
     start: float = Field(gt=0)
     stop: float = Field(gt=0)
-    num: int = Field(ge=1, le=MAX_RANGE_POINTS)
+    num: int = Field(ge=1, le=MAX_AXIS_POINTS)
 
     def values(self) -> list[float]:
         if self.num == 1:
@@ -138,9 +139,11 @@ def _distinct(values: list[Any]) -> list[Any]:
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Distinct = AfterValidator(_distinct)
-IntPoints = Annotated[list[PosInt], _points(integer=True), Field(min_length=1), Distinct]
-FloatPoints = Annotated[list[PosFloat], _points(integer=False), Field(min_length=1), Distinct]
-IntList = Annotated[list[PosInt], _points(integer=True), Field(min_length=1)]  # ladder widths may repeat
+# The same limit on an axis' points whatever form they take (a list, or a range's `num`)
+Points = Field(min_length=1, max_length=MAX_AXIS_POINTS)
+IntPoints = Annotated[list[PosInt], _points(integer=True), Points, Distinct]
+FloatPoints = Annotated[list[PosFloat], _points(integer=False), Points, Distinct]
+IntList = Annotated[list[PosInt], _points(integer=True), Points]  # ladder widths may repeat
 
 
 class _SpecModel(BaseModel):
@@ -156,17 +159,32 @@ class DataAxis(_SpecModel):
 
     tokens: IntPoints
 
+    @property
+    def size(self) -> int:
+        """Its points (one trial each, per family and seed)."""
+        return len(self.tokens)
+
 
 class BatchAxis(_SpecModel):
     """Sweep the global batch size (sequences per optimizer step); D stays at the base value."""
 
     global_batch_size: IntPoints
 
+    @property
+    def size(self) -> int:
+        """Its points (one trial each, per family and seed)."""
+        return len(self.global_batch_size)
+
 
 class DepthAxis(_SpecModel):
     """Sweep the number of layers at the base width."""
 
     n_layers: IntPoints
+
+    @property
+    def size(self) -> int:
+        """Its points (one trial each, per family and seed)."""
+        return len(self.n_layers)
 
 
 class _Ladder(_SpecModel):
@@ -195,6 +213,11 @@ class _Ladder(_SpecModel):
             raise _Problems(problems)
         return self
 
+    @property
+    def size(self) -> int:
+        """Its rungs (one trial each, per family and seed)."""
+        return len(self.d_model)
+
 
 class ParamsAxis(_Ladder):
     """Sweep model size N along a width (or size-table) ladder; everything else at base."""
@@ -212,6 +235,11 @@ class FlopsAxis(_Ladder):
         if self.points > len(self.d_model):
             raise _Problems([(("points",), f"{self.points} exceeds the ladder's {len(self.d_model)} models")])
         return self
+
+    @property
+    def size(self) -> int:
+        """Its trials per family and seed: `points` rungs at each budget."""
+        return len(self.budgets) * self.points
 
 
 class Axes(_SpecModel):
@@ -281,7 +309,7 @@ class SweepSpec(_SpecModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)  # the sweep's folder and MLflow experiment
     description: str = ""
     families: Annotated[list[ModelFamily], Field(min_length=1), Distinct]
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), Distinct] = [0]
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Points, Distinct] = [0]
     base: dict[str, Any]
     family_overrides: dict[ModelFamily, dict[str, Any]] = {}
     rules: Rules = Rules()
@@ -296,7 +324,7 @@ class SweepSpec(_SpecModel):
 
     @model_validator(mode="after")
     def _check_semantics(self) -> SweepSpec:
-        problems = _reserved_keys(self)
+        problems = _reserved_keys(self) or _check_size(self)
         if not problems:
             problems = _check_bases(self)
         if not problems:
@@ -306,6 +334,26 @@ class SweepSpec(_SpecModel):
         if problems:
             raise _Problems(_unique(problems))
         return self
+
+
+def planned_rows_bound(spec: SweepSpec) -> int:
+    """An upper bound of the plan's rows from the spec's sizes alone (before any point is resolved):
+    families x every axis' points x seeds."""
+    points = sum(getattr(spec.axes, axis).size for axis in spec.axes.present())
+    return len(spec.families) * points * len(spec.seeds)
+
+
+def _check_size(spec: SweepSpec) -> list[tuple[Loc, str]]:
+    """The product of the axes, families and seeds (and of a tuning stage's samples) is capped like each
+    axis: a spec that would plan more is refused before any of its points is resolved."""
+    rows, cap = planned_rows_bound(spec), MAX_PLANNED_ROWS
+    problems: list[tuple[Loc, str]] = []
+    if rows > cap:
+        problems.append((("axes",), f"plans up to {rows:,} trials (families x points x seeds), over {cap:,}"))
+    elif spec.tune is not None and rows * spec.tune.num_samples > cap:
+        samples = spec.tune.num_samples
+        problems.append((("tune", "num_samples"), f"{samples} for up to {rows:,} sizes: over {cap:,} trials"))
+    return problems
 
 
 def _unique(problems: list[tuple[Loc, str]]) -> list[tuple[Loc, str]]:
@@ -554,6 +602,7 @@ _MESSAGES = {  # pydantic error type -> what a spec author needs to read
     "float_type": "must be a number",
     "float_parsing": "must be a number",
     "string_type": "must be a string",
+    "too_long": "has {actual_length} entries, over the limit of {max_length}",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
     "string_pattern_mismatch": f"must be a name of {NAME_RULE}",
