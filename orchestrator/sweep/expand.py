@@ -16,7 +16,7 @@ from typing import Any, overload
 
 from pydantic import ValidationError
 
-from model.flops import count_params, train_flops_per_token
+from model.family import count_params, train_flops_per_token
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig, deep_merge
 from orchestrator.sweep.spec import (
     FAMILY_TAGS,

@@ -11,8 +11,7 @@ import torch
 
 from model import ModelInterface, build_model
 from model.config import EBTConfig, ModelConfig
-from model.family import FAMILIES, family
-from model.flops import count_params
+from model.family import FAMILIES, count_params, family
 from tests.helpers import benchmark_module
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from model.flops import count_params, train_flops_per_token
+from model.family import count_params, train_flops_per_token
 from orchestrator.cli.sweep import sweep_app
 from orchestrator.config import ConfigError, TrialConfig
 from orchestrator.sweep import expand as expand_mod
