@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 from model.config import ModelConfig
+from model.family_ids import EBT
 
 
 def block_params(cfg: ModelConfig) -> int:
@@ -121,7 +122,7 @@ def replay_rows_factor(cfg: ModelConfig) -> float:
     """Sequences a training forward runs per fresh sequence: 1, or 1 + the replayed fraction with the
     System-2 replay buffer (its rows are extra compute on the same fresh tokens)."""
     e = cfg.ebt
-    return 1.0 + e.replay_fraction if cfg.family == "ebt" and e.replay_buffer_size > 0 else 1.0
+    return 1.0 + e.replay_fraction if cfg.family == EBT.name and e.replay_buffer_size > 0 else 1.0
 
 
 def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
