@@ -31,7 +31,6 @@ from orchestrator.sweep.tune_space import TuneSpec, dimension_bounds, family_pro
 from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
-FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
 ISOFLOP_TOLERANCE = 0.01  # a flops-axis trial's compute must sit within 1% of its budget
 MAX_RANGE_POINTS = 1000  # a `{start, stop, num}` range longer than this is surely a typo
 MAX_BATCH = 10**7  # a batch rule producing more sequences than this has run away
