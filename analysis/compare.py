@@ -17,12 +17,21 @@ import pandas as pd
 from scipy.optimize import brentq
 
 from analysis.backtest import Backtest, backtest
-from analysis.data import AXIS_X, VIEW_LABELS, VIEW_X, VIEWS, family_label, split_trials
+from analysis.data import (
+    AXIS_X,
+    EBT,
+    EBT_LABEL,
+    TPP,
+    TPP_LABEL,
+    VIEW_LABELS,
+    VIEW_X,
+    VIEWS,
+    family_label,
+    split_trials,
+)
 from analysis.errors import FitError
 from analysis.fit import FitResult, ParamEstimate, fit_law, percentile_interval, spawn_seeds
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
-
-EBT, TPP = "ebt", "transformer_pp"
 
 
 def _pct(v: float) -> str:
@@ -77,19 +86,19 @@ def compare_rates(
     both = f"{exponent} {e:.3g} vs {t:.3g}"
     ci = f"{level:.0%} CI {_pct(lo)} to {_pct(hi)}"
     if not has_ci:
-        verdict = f"EBT's {exponent} is {_pct(rel)} relative to Transformer++'s{where} ({both})"
+        verdict = f"{EBT_LABEL}'s {exponent} is {_pct(rel)} relative to {TPP_LABEL}'s{where} ({both})"
         verdict += "; no bootstrap interval (too few distinct points, or no bootstrap)."
     elif significant:
         word = "faster" if rel > 0 else "slower"
-        verdict = f"EBT scales {abs(100 * rel):.0f}% {word} than Transformer++{where} ({both}; {ci})."
+        verdict = f"{EBT_LABEL} scales {abs(100 * rel):.0f}% {word} than {TPP_LABEL}{where} ({both}; {ci})."
     else:
         verdict = (
-            f"No significant difference{where}: EBT's {exponent} is {_pct(rel)} relative to Transformer++'s "
-            f"({both}), but the {ci} includes zero."
+            f"No significant difference{where}: {EBT_LABEL}'s {exponent} is {_pct(rel)} relative to "
+            f"{TPP_LABEL}'s ({both}), but the {ci} includes zero."
         )
     if tpp_est.lo <= 0:  # False for NaN (no interval)
         verdict += (
-            f" Transformer++'s {exponent} is not clearly positive, so the relative difference is unstable."
+            f" {TPP_LABEL}'s {exponent} is not clearly positive, so the relative difference is unstable."
         )
     return RateComparison(axis, exponent, ebt_est, tpp_est, relative, level, significant, verdict)
 
@@ -248,14 +257,20 @@ def describe_gap(gap: Extrapolation, label: str, y: str, level: float) -> str:
     at = f"at {label} = {gap.x:.4g} (the largest both families reached)"
     if not (math.isfinite(r.lo) and math.isfinite(r.hi)):
         rel = _pct1(r.value)
-        return f"At {label} = {gap.x:.4g}, EBT's {y} is {rel} relative to Transformer++'s (no interval)."
+        return (
+            f"At {label} = {gap.x:.4g}, {EBT_LABEL}'s {y} is {rel} relative to {TPP_LABEL}'s (no interval)."
+        )
     ci = f"{level:.0%} CI {_pct1(r.lo)} to {_pct1(r.hi)}"
     if r.hi < 0:
-        return f"EBT is ahead {at}: its {y} is {abs(100 * r.value):.1f}% lower than Transformer++'s ({ci})."
+        lower = f"{abs(100 * r.value):.1f}% lower"
+        return f"{EBT_LABEL} is ahead {at}: its {y} is {lower} than {TPP_LABEL}'s ({ci})."
     if r.lo > 0:
-        return f"Transformer++ is ahead {at}: EBT's {y} is {100 * r.value:.1f}% higher ({ci})."
+        return f"{TPP_LABEL} is ahead {at}: {EBT_LABEL}'s {y} is {100 * r.value:.1f}% higher ({ci})."
     rel = _pct1(r.value)
-    return f"Neither family is clearly ahead {at}: EBT's {y} is {rel} relative, but the {ci} includes zero."
+    return (
+        f"Neither family is clearly ahead {at}: {EBT_LABEL}'s {y} is {rel} relative, but the {ci} "
+        "includes zero."
+    )
 
 
 def compare_axis(

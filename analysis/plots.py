@@ -14,11 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from analysis.compare import AxisComparison
-from analysis.data import VIEW_LABELS, family_label
+from analysis.data import EBT, TPP, VIEW_LABELS, family_label
 from analysis.isoflop import IsoFlopResult
 
-COLORS = {"ebt": "#d62728", "transformer_pp": "#1f77b4"}
-MARKERS = {"ebt": "o", "transformer_pp": "s"}
+COLORS = {EBT: "#d62728", TPP: "#1f77b4"}  # another family: grey circles
+MARKERS = {EBT: "o", TPP: "s"}
 
 
 def _color(family: str) -> str:
@@ -175,12 +175,12 @@ def plot_thinking(curves: pd.DataFrame) -> Figure:
         data = curves[curves["split"] == split]
         for (fam, mode), grp in data.groupby(["family", "mode"], sort=True):
             grp = grp.sort_values("forward_passes")
-            label = f"{family_label(fam)} ({mode})" if fam == "ebt" else f"{family_label(fam)} (cannot think)"
+            label = f"{family_label(fam)} ({mode})" if fam == EBT else f"{family_label(fam)} (cannot think)"
             ls = "--" if mode == "verify" else "-"
             x, y = grp["forward_passes"], 100 * grp["reduction"]
             ax.plot(x, y, marker=MARKERS.get(fam, "o"), ls=ls, color=_color(fam), label=label)
             lo, hi = 100 * grp["reduction_lo"], 100 * grp["reduction_hi"]
-            if fam == "ebt" and np.isfinite(lo).all() and np.isfinite(hi).all():
+            if fam == EBT and np.isfinite(lo).all() and np.isfinite(hi).all():
                 ax.fill_between(x, lo, hi, color=_color(fam), alpha=0.12 if ls == "-" else 0.07, lw=0)
         source = data["source"].iloc[0] if len(data) and data["source"].iloc[0] else ""
         title = {"val": "validation", "ood": "out of distribution"}.get(split, split)

@@ -17,8 +17,12 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.compare import EBT, TPP, AxisComparison, axis_points, compare_axis
+from analysis.compare import AxisComparison, axis_points, compare_axis
 from analysis.data import (
+    EBT,
+    EBT_LABEL,
+    TPP,
+    TPP_LABEL,
     VIEW_LABELS,
     VIEWS,
     axes_present,
@@ -313,9 +317,8 @@ def _headline(an: Analysis) -> str:
     compared = [c for c in an.axes if c.rate is not None]
     missing = [c.axis for c in an.axes if c.rate is None]
     if not compared:
-        text = (
-            "No axis has fits for both EBT and Transformer++ yet, so no scaling-rate comparison can be made."
-        )
+        both = f"{EBT_LABEL} and {TPP_LABEL}"
+        text = f"No axis has fits for both {both} yet, so no scaling-rate comparison can be made."
     else:
         parts = []
         for c in compared:
@@ -380,7 +383,7 @@ def _axis_section(
         e = cmp.extrapolation
         doc.h(3, f"Extrapolation to {cmp.x_col} = {fmt(e.x)}")
         rows = [[family_label(f), fmt(p.value), fmt_ci(p)] for f, p in e.predictions.items()]
-        rows.append(["EBT − Transformer++", fmt(e.difference.value), fmt_ci(e.difference)])
+        rows.append([f"{EBT_LABEL} − {TPP_LABEL}", fmt(e.difference.value), fmt_ci(e.difference)])
         doc.table(["family", f"predicted {cmp.y}", "CI"], rows)
     if cmp.fits.keys() >= {EBT, TPP}:
         c = cmp.crossover
@@ -498,8 +501,8 @@ def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
 RATE_COLUMNS = [
     "axis",
     "x",
-    "α EBT [CI]",
-    "α Transformer++ [CI]",
+    f"α {EBT_LABEL} [CI]",
+    f"α {TPP_LABEL} [CI]",
     "relative difference [CI]",
     "significant",
     "verdict",
@@ -538,7 +541,7 @@ VIEW_COLUMNS = [
     "view",
     "x",
     "largest common x",
-    "EBT vs Transformer++ there [CI]",
+    f"{EBT_LABEL} vs {TPP_LABEL} there [CI]",
     "ahead",
     "relative α difference [CI]",
     "slopes differ",
@@ -550,7 +553,7 @@ def _ahead(c: AxisComparison) -> str:
     r = c.gap.relative if c.gap is not None else None
     if r is None or not (math.isfinite(r.lo) and math.isfinite(r.hi)):
         return "–"
-    return "EBT" if r.hi < 0 else "Transformer++" if r.lo > 0 else "neither"
+    return EBT_LABEL if r.hi < 0 else TPP_LABEL if r.lo > 0 else "neither"
 
 
 def _view_row(c: AxisComparison) -> list[str]:
@@ -809,7 +812,7 @@ def write_report(
     an = analyse(trials, options, thinking=thinking)
     tidy = tidy_trials(trials)
 
-    title = "EBT vs Transformer++ scaling report"
+    title = f"{EBT_LABEL} vs {TPP_LABEL} scaling report"
     doc = Doc()
     doc.h(1, title)
     doc.p(_headline(an))

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.data import family_label
+from analysis.data import EBT, EBT_LABEL, TPP_LABEL, family_label
 from analysis.fit import DEFAULT_BOOTSTRAP, DEFAULT_LEVEL, ParamEstimate, Seed
 
-EBT = "ebt"
 SPLITS: tuple[str, ...] = ("val", "ood")
 SPLIT_LABELS: dict[str, str] = {"val": "validation", "ood": "out of distribution"}
 MODE_LABELS: dict[str, str] = {"steps": "thinking longer", "verify": "self-verification"}
@@ -257,11 +256,11 @@ def _verdict(s: System2) -> str:
     """The report's System-2 line: the EBT's gain on each split and whether it grows out of distribution."""
     if not s.shifts:
         have = ", ".join(SPLIT_LABELS.get(k, k) for k in s.sources) or "no"
-        return f"System-2: EBT curves on {have} text only; no out-of-distribution comparison."
+        return f"System-2: {EBT_LABEL} curves on {have} text only; no out-of-distribution comparison."
     ood = s.sources.get("ood", "")
     text = (
-        f"System-2 (EBT; % perplexity reduction against 1 forward pass per token; validation: "
-        f"{s.sources.get('val', '')}, out of distribution: {ood}; Transformer++ cannot think: 0% at every "
+        f"System-2 ({EBT_LABEL}; % perplexity reduction against 1 forward pass per token; validation: "
+        f"{s.sources.get('val', '')}, out of distribution: {ood}; {TPP_LABEL} cannot think: 0% at every "
         "budget): "
     )
     text += " ".join(shift.verdict[0].upper() + shift.verdict[1:] for shift in s.shifts.values())

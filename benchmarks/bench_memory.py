@@ -176,7 +176,7 @@ def variant_of(cfg: Any) -> str:
 
 
 def plan_memory(cfg: Any) -> dict[str, Any]:
-    from model.flops import count_params
+    from model.family import count_params
     from orchestrator.sweep import plan
 
     n = count_params(cfg.model)["total"]

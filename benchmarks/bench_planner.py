@@ -112,6 +112,7 @@ def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
 
 
 def large_trials(reuse: list[bool], out: Path) -> list[Any]:
+    from model.family_ids import FAMILY_IDS
     from orchestrator.config import parse_trial_config
     from orchestrator.sweep.expand import PlannedTrial, TrialCosts
 
@@ -120,7 +121,7 @@ def large_trials(reuse: list[bool], out: Path) -> list[Any]:
         for d, (layers, heads, micro) in LARGE_SHAPES.items():
             cfg = parse_trial_config(
                 {
-                    "name": f"{'tpp' if family == 'transformer_pp' else 'ebt'}-d{d}-L{layers}-S256",
+                    "name": f"{FAMILY_IDS[family].tag}-d{d}-L{layers}-S256",
                     "model": {
                         "family": family,
                         "d_model": d,

@@ -187,7 +187,7 @@ def data_fingerprint(data: Any) -> str:
 def trial_record(unit: Any, rng: np.random.Generator) -> dict[str, Any]:
     """What the trainer logs for a finished trial: params (as Trial._start_tracker), the last value of every
     per-step metric (as Trial.run) and the final metrics (as record_outcome), with a synthetic val_loss."""
-    from model.flops import count_params, train_flops_per_token
+    from model.family import count_params, train_flops_per_token
 
     cfg = unit.config
     counts = count_params(cfg.model)

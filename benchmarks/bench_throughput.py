@@ -67,12 +67,12 @@ import torch  # noqa: E402 - after the DeepSpeed accelerator is chosen
 from torch import Tensor  # noqa: E402
 
 from model.config import ModelConfig  # noqa: E402
-from model.flops import (  # noqa: E402
+from model.family import (  # noqa: E402
     count_params,
-    ebt_reuse_train_flops_per_token,
     executed_train_flops_per_token,
     train_flops_per_token,
 )
+from model.flops import ebt_reuse_train_flops_per_token  # noqa: E402
 
 DEFAULT_MICRO_BATCH = {128: 4, 256: 2, 384: 1}  # sequences per step: keeps the EBT steps to a few seconds
 VARIANTS = ("transformer_pp", "ebt", "ebt_reuse")

@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ModelFamily = Literal["transformer_pp", "ebt"]
+from model.family_ids import FAMILY_NAMES, TRANSFORMER_PP
+
+ModelFamily = Literal[FAMILY_NAMES]  # the registry's names (model/family_ids.py), checked by pydantic
 
 
 class FrozenModel(BaseModel):
@@ -93,7 +95,7 @@ class EBTConfig(FrozenModel):
 class ModelConfig(FrozenModel):
     """Architecture of one model. Both families share d_model/n_layers/n_heads/d_ff and the blocks."""
 
-    family: ModelFamily = "transformer_pp"
+    family: ModelFamily = TRANSFORMER_PP.name
     d_model: int = Field(128, ge=8)
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(2, ge=1)

@@ -1,7 +1,11 @@
 """What the study knows of each model family, torch-free: the model interface the trainer relies on, and
 each family's costs (parameters, FLOPs, activation memory, per-step work) that the planner and the trainer
-ask for. Adding a family: its model module, a `Family` here, and an entry in `FAMILIES`; the planner and
-the trainer do not change. (torchtitan's `get_nparams_and_flops` per model is the same idea.)
+ask for. A family owns its costs: `count_params`, `train_flops_per_token`, `executed_train_flops_per_token`
+and `activation_terms` here are the entry points, each asking the config's family, which computes them
+with model/flops.py's arithmetic (torchtitan's `get_nparams_and_flops` per model is the same idea).
+Adding a family: its model module, its names (a `FamilyId` in model/family_ids.py, which the config, the
+sweeps and the reports derive theirs from) and its `Family` here, listed in `FAMILIES`; the planner and the
+trainer do not change.
 
 Activation and step-work coefficients were counted on this project's code and are checked by
 benchmarks/bench_memory.py and benchmarks/bench_planner.py (tables in benchmarks/NOTES.md §4).
@@ -11,8 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from model import flops
+import model.flops as flops
 from model.config import ModelConfig
+from model.family_ids import EBT, TRANSFORMER_PP, FamilyId
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -101,7 +106,10 @@ class StepWork(NamedTuple):
 
 
 class Family(Protocol):
-    """One model family: how to build it, and its costs from its config alone (no torch)."""
+    """One model family: its names (model/family_ids.py), how to build it, and its costs from its config
+    alone (no torch)."""
+
+    id: FamilyId
 
     def build(self, cfg: ModelConfig) -> ModelInterface: ...
 
@@ -132,6 +140,8 @@ def _values(coef: tuple[int, int], m: ModelConfig) -> int:
 class TransformerPPFamily:
     """Transformer++ (model/transformer_pp.py): one graph, fused causal attention (no T x T matrix)."""
 
+    id = TRANSFORMER_PP
+
     def build(self, cfg: ModelConfig) -> ModelInterface:
         from model.transformer_pp import TransformerPP
 
@@ -161,6 +171,8 @@ class TransformerPPFamily:
 class EBTFamily:
     """The Energy-Based Transformer (model/ebt.py): K descent steps per forward, each an energy evaluation
     and a candidate gradient, with the graph of the kept steps backpropagated (second order)."""
+
+    id = EBT
 
     def build(self, cfg: ModelConfig) -> ModelInterface:
         from model.ebt import EBT
@@ -254,12 +266,34 @@ def _terms(
     }
 
 
-FAMILIES: dict[str, Family] = {"transformer_pp": TransformerPPFamily(), "ebt": EBTFamily()}
+# One per FamilyId, in FAMILY_NAMES' order (tests/model/test_family.py): every family the config accepts
+# can be built and costed.
+FAMILIES: dict[str, Family] = {f.id.name: f for f in (TransformerPPFamily(), EBTFamily())}
 
 
 def family(cfg: ModelConfig) -> Family:
     """The family of a model config (the registry's one look-up)."""
     return FAMILIES[cfg.family]
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """{'total', 'non_embedding'} for the family in cfg. Non-embedding excludes the token embedding and the
+    vocabulary head (Kaplan et al.'s N), so it measures the network's own capacity."""
+    return family(cfg).count_params(cfg)
+
+
+def train_flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token (forward + backward) for the family in cfg, in model/flops.py's convention.
+    For the EBT: every descent step's forward and candidate gradient, and the outer backward through them
+    (model.ebt, docs/ebt.md)."""
+    return family(cfg).train_flops_per_token(cfg)
+
+
+def executed_train_flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token the configured model actually computes: `train_flops_per_token` (the study's
+    convention, the authors' full recompute), except an EBT with `reuse_observed_kv`, which computes less.
+    What time estimates and hardware utilisation need."""
+    return family(cfg).executed_train_flops_per_token(cfg)
 
 
 def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> dict[str, float]:

@@ -1,30 +1,25 @@
-"""Exact parameter counts and analytic FLOPs per token.
+"""Exact parameter counts and analytic FLOPs per token: arithmetic on a config, torch-free.
 
 Convention (the one `torch.utils.flop_counter.FlopCounterMode` and the Chinchilla paper use): count matmul
 FLOPs only (2 per multiply-add), attention scores over the full T x T square (causal masking is not
 subtracted), a backward pass costs twice its forward. Norms, activations and the embedding lookup are ignored.
+
+The per-config entry points (`count_params`, `train_flops_per_token`, `executed_train_flops_per_token`)
+are model/family.py's: each family picks its formulas from here. This module imports no family code, so
+the registry and the models (model/ebt.py) can both build on it without an import cycle.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
 
 from model.config import ModelConfig
-
-if TYPE_CHECKING:
-    from model.family import Family
+from model.family_ids import EBT
 
 
 def block_params(cfg: ModelConfig) -> int:
     d, f = cfg.d_model, cfg.ff_dim
     return 4 * d * d + 3 * d * f + 2 * d  # qkv + proj, gate/up/down, two RMSNorm gains
-
-
-def count_params(cfg: ModelConfig) -> dict[str, int]:
-    """{'total', 'non_embedding'} for the family in cfg. Non-embedding excludes the token embedding and the
-    vocabulary head (Kaplan et al.'s N), so it measures the network's own capacity."""
-    return _family(cfg).count_params(cfg)
 
 
 def trunk_params(cfg: ModelConfig) -> int:
@@ -45,25 +40,6 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> flo
     d, f, V = cfg.d_model, cfg.ff_dim, cfg.vocab_size
     per_layer = 2 * (4 * d * d + 3 * d * f) + 2 * 2 * T * d  # linears + (QK^T, AV)
     return cfg.n_layers * per_layer + 2 * d * V
-
-
-def train_flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token (forward + backward) for the family in cfg. For the EBT: every descent step's
-    forward and candidate gradient, and the outer backward through them (model.ebt, docs/ebt.md)."""
-    return _family(cfg).train_flops_per_token(cfg)
-
-
-def executed_train_flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token the configured model actually computes: `train_flops_per_token` (the study's
-    convention, the authors' full recompute), except an EBT with `reuse_observed_kv`, which computes less.
-    What time estimates and hardware utilisation need."""
-    return _family(cfg).executed_train_flops_per_token(cfg)
-
-
-def _family(cfg: ModelConfig) -> Family:
-    from model.family import family  # model.family builds on this module's arithmetic
-
-    return family(cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -106,7 +82,7 @@ def ebt_params(cfg: ModelConfig) -> dict[str, int]:
 
 
 def ebt_extra_params(cfg: ModelConfig) -> dict[str, int]:
-    """Parameters of the EBT beyond the blocks, final norm and token embedding (which count_params adds):
+    """Parameters of the EBT beyond the blocks, final norm and token embedding (which ebt_params adds):
     candidate map V*d ('linear', untied), step embeddings K*d ('time_embed'), energy head d, learnable alpha.
     Non-embedding counts the energy head and alpha (the vocabulary-sized map is excluded like the
     Transformer++ head, the step embeddings like position embeddings)."""
@@ -146,7 +122,7 @@ def replay_rows_factor(cfg: ModelConfig) -> float:
     """Sequences a training forward runs per fresh sequence: 1, or 1 + the replayed fraction with the
     System-2 replay buffer (its rows are extra compute on the same fresh tokens)."""
     e = cfg.ebt
-    return 1.0 + e.replay_fraction if cfg.family == "ebt" and e.replay_buffer_size > 0 else 1.0
+    return 1.0 + e.replay_fraction if cfg.family == EBT.name and e.replay_buffer_size > 0 else 1.0
 
 
 def ebt_train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+import model.family_ids as family_ids
 from model.ebt import EBT
 from model.loss import IGNORE_INDEX
 
@@ -88,8 +89,9 @@ def thinking_curves(
     steps_nll = torch.cat(curve, dim=1)  # (max_steps, windows)
 
     def ebt_row(mode: str, steps: int, M: int, nll: Tensor) -> dict:
+        nll_per_token = float(nll.sum()) / n_tokens
         return _row(
-            "ebt", mode, steps, M, steps * M, float(nll.sum()) / n_tokens, nll.tolist(), window_tokens
+            family_ids.EBT.name, mode, steps, M, steps * M, nll_per_token, nll.tolist(), window_tokens
         )
 
     K = ebt.eval_steps
@@ -97,5 +99,5 @@ def thinking_curves(
     rows += [ebt_row("verify", K, M, torch.cat(verify[M])) for M in candidates]
     if baseline is not None:
         budgets = sorted({1} | {r["forward_passes"] for r in rows})
-        rows += [_row("transformer_pp", "steps", 1, 1, fp, base / n_tokens) for fp in budgets]
+        rows += [_row(family_ids.TRANSFORMER_PP.name, "steps", 1, 1, fp, base / n_tokens) for fp in budgets]
     return rows

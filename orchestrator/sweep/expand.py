@@ -16,11 +16,11 @@ from typing import Any, overload
 
 from pydantic import ValidationError
 
-from model.flops import count_params, train_flops_per_token
+from model.family import count_params, train_flops_per_token
+from model.family_ids import FAMILY_IDS
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig, deep_merge
 from orchestrator.sweep.lr_law import power
 from orchestrator.sweep.spec import (
-    FAMILY_TAGS,
     ISOFLOP_TOLERANCE,
     MAX_BATCH,
     AxisPoint,
@@ -129,13 +129,13 @@ def trial_shape(cfg: TrialConfig, axis: str, flops_budget: float | None = None) 
 
 
 def trial_name(cfg: TrialConfig, axis: str, flops_budget: float | None = None) -> str:
-    """`ebt-d256-L6-D20M-s0`: the family's tag and `trial_shape`, so that rows of different axes with
-    different configs cannot share a name."""
+    """`ebt-d256-L6-D20M-s0`: the family's tag (`FamilyId.tag`, model/family_ids.py) and `trial_shape`, so
+    that rows of different axes with different configs cannot share a name."""
     return _tagged(cfg.model.family, trial_shape(cfg, axis, flops_budget))
 
 
 def _tagged(family: str, shape: str) -> str:
-    return f"{FAMILY_TAGS[family]}-{shape}"
+    return f"{FAMILY_IDS[family].tag}-{shape}"
 
 
 def _resolve(

@@ -38,8 +38,7 @@ from typing import Any
 from rich.table import Table
 
 from model.family import activation_terms as family_activation_terms
-from model.family import family
-from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
+from model.family import count_params, executed_train_flops_per_token, family, train_flops_per_token
 from orchestrator.config import TrialConfig
 from orchestrator.sweep.expand import PlannedTrial, si
 from orchestrator.sweep.spec import SpecError

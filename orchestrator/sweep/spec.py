@@ -33,7 +33,6 @@ from orchestrator.sweep_dir import DEFAULT_OUTPUT_DIR, SweepDir
 from orchestrator.trial_dir import NAME_PATTERN, NAME_RULE
 
 AXES: tuple[str, ...] = ("data", "batch", "params", "depth", "flops")
-FAMILY_TAGS: dict[str, str] = {"ebt": "ebt", "transformer_pp": "tpp"}  # short, readable name prefixes
 ISOFLOP_TOLERANCE = 0.01  # a flops-axis trial's compute must sit within 1% of its budget
 MAX_AXIS_POINTS = 1000  # an axis' values, a list or a `{start, stop, num}` range: more is surely a typo
 MAX_PLANNED_ROWS = 20_000  # families x points x seeds (x budgets on the flops axis): the plan's rows

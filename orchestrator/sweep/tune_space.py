@@ -37,16 +37,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model.family_ids import FAMILY_IDS, FAMILY_NAMES
 from orchestrator.sweep.lr_law import LrPowerLaw
 
 TUNING_AXIS = "tune"  # PlannedTrial.axis of a tuning trial
 
-# knob -> (config path, the families that have it, integer-valued)
-KNOBS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
-    "lr": (("optim", "lr"), ("ebt", "transformer_pp"), False),
-    "alpha": (("model", "ebt", "step_size"), ("ebt",), False),
-    "mcmc_steps": (("model", "ebt", "mcmc_steps"), ("ebt",), True),
-    "alpha_lr_multiplier": (("model", "ebt", "step_size_lr_multiplier"), ("ebt",), False),
+# knob -> (trial config path, integer-valued). Which families have a knob follows from its path
+# (`knob_families`), so a new family gets the shared knobs and its own section's without an entry here.
+KNOBS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "lr": (("optim", "lr"), False),
+    "alpha": (("model", "ebt", "step_size"), False),
+    "mcmc_steps": (("model", "ebt", "mcmc_steps"), True),
+    "alpha_lr_multiplier": (("model", "ebt", "step_size_lr_multiplier"), False),
 }
 SHORT_NAMES = {"lr": "lr", "alpha": "a", "mcmc_steps": "K", "alpha_lr_multiplier": "am"}  # in trial names
 EDGE_FRACTION = 0.15  # a chosen loguniform value within this share of the log-range's ends is "at the edge"
@@ -137,6 +139,14 @@ class TuneSpec(_Model):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def knob_families(knob: str) -> tuple[str, ...]:
+    """The families that have a knob: a knob in a family's own model config section (`FamilyId.section`,
+    model/family_ids.py: `model.ebt.*`) is that family's alone; any other (`optim.lr`) every family has."""
+    path = KNOBS[knob][0]
+    owners = tuple(f.name for f in FAMILY_IDS.values() if f.section and path[:2] == ("model", f.section))
+    return owners or FAMILY_NAMES
+
+
 def family_problems(tune: TuneSpec, families: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
     """(field path, reason) for knobs a family does not have and families the sweep does not train."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -145,7 +155,7 @@ def family_problems(tune: TuneSpec, families: list[str]) -> list[tuple[tuple[str
             problems.append((("tune", "space", family), f"family not in families {families}"))
             continue
         for knob in space.knobs():
-            if family not in KNOBS[knob][1]:
+            if family not in knob_families(knob):
                 problems.append((("tune", "space", family, knob), f"the {family} family has no {knob}"))
     return problems
 
@@ -154,7 +164,7 @@ def knob_patch(values: dict[str, float]) -> dict[str, Any]:
     """{'lr': 3e-3, 'alpha': 50} -> {'optim': {'lr': 3e-3}, 'model': {'ebt': {'step_size': 50}}}."""
     patch: dict[str, Any] = {}
     for knob, value in values.items():
-        path, _families, integer = KNOBS[knob]
+        path, integer = KNOBS[knob]
         node = patch
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -166,7 +176,7 @@ def knob_label(values: dict[str, float]) -> str:
     """A short, readable name part: `lr3.1e-03-a120`."""
     parts = []
     for knob, value in values.items():
-        whole = KNOBS[knob][2] or (value >= 1 and float(value).is_integer())
+        whole = KNOBS[knob][1] or (value >= 1 and float(value).is_integer())
         text = str(int(value)) if whole else f"{value:.2g}"
         parts.append(f"{SHORT_NAMES[knob]}{text}")
     return "-".join(parts)

@@ -25,11 +25,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from model.family_ids import FAMILY_IDS
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig, deep_merge
 from orchestrator.sweep.expand import PlannedTrial, TrialCosts, TuningState, trial_shape, tuning_state
 from orchestrator.sweep.runner import Stage, TrialUnit, close_done_runs, run_on_ray, start_stage
-from orchestrator.sweep.spec import FAMILY_TAGS, SweepSpec
+from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.tune_space import (
     TUNING_AXIS,
     FamilySpace,
@@ -107,7 +108,7 @@ def plan_searches(spec: SweepSpec, state: TuningState | None = None) -> list[Siz
             if trial_id in values:  # a repeated draw (small lists): trained once
                 continue
             shape = f"{trial_shape(cfg, TUNING_AXIS)}-{i}-{knob_label(sample)}"
-            name = f"tune-{FAMILY_TAGS[family]}-{shape}"
+            name = f"tune-{FAMILY_IDS[family].tag}-{shape}"
             folder = spec.folder.tuning_trial(name, trial_id).path
             config = cfg.model_copy(
                 update={"name": name, "output_dir": spec.output_dir, "trial_dir": str(folder)}

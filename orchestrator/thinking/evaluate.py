@@ -19,6 +19,7 @@ from torch import nn
 
 from model import build_model
 from model.data import SHIPPED_OOD, EvalTextConfig, add_eval_text, prepare_dataset
+from model.family_ids import EBT
 from model.thinking import thinking_curves
 from orchestrator import tags
 from orchestrator.config import ConfigError, TrialConfig, parse_trial_config
@@ -60,7 +61,7 @@ def evaluate_thinking(
     """Thinking-steps and self-verification rows (analysis schema) on fixed windows of the validation split
     and, with `ood`, of that text: every row has `split` ("val" or "ood") and `source` (the text it read)."""
     cfg, ebt = load_trained(ebt_dir)
-    if cfg.model.family != "ebt":
+    if cfg.model.family != EBT.name:
         raise ConfigError(f"{ebt_dir} is a {cfg.model.family} trial, not an EBT")
     baseline = load_trained(baseline_dir)[1] if baseline_dir is not None else None
     data = prepare_dataset(cfg.data, cfg.model.context_length, quiet=True)
@@ -89,7 +90,7 @@ def log_thinking(rows: list[dict], uri: str, run_ids: list[str]) -> None:
         for run_id in run_ids:
             client.log_artifact(run_id, str(path))
     for row in rows:
-        if row["family"] == "ebt":
+        if row["family"] == EBT.name:
             prefix = "" if row["split"] == "val" else f"{row['split']}_"
             name = f"think_{prefix}{row['mode']}_val_loss"
             client.log_metric(run_ids[0], name, row["val_loss"], step=row["forward_passes"])
@@ -123,11 +124,11 @@ def think_targets(target: Path, baseline: Path | None = None) -> ThinkTargets:
 
     spec = load_spec(target)
     done = [u for u in trial_units(expand(spec)) if u.folder.status()["status"] == TrialStatus.FINISHED]
-    ebts = sorted((u for u in done if u.family == "ebt"), key=lambda u: (u.config.total_steps, u.name))
+    ebts = sorted((u for u in done if u.family == EBT.name), key=lambda u: (u.config.total_steps, u.name))
     if not ebts:
         raise ConfigError(f"sweep {spec.name!r} has no finished EBT trial (run `ebtscale sweep run` first)")
     ebt = ebts[-1]
-    twin = next((u for u in done if u.family != "ebt" and u.shape == ebt.shape), None)
+    twin = next((u for u in done if u.family != EBT.name and u.shape == ebt.shape), None)
     base_dir = baseline or (twin.folder.path if twin else None)
     record = ebt.folder.read_run()
     runs = [record.run_id] if record is not None else []

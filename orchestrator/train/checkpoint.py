@@ -49,7 +49,7 @@ def required_bytes(cfg: TrialConfig, keep: int = KEEP) -> int:
     """Free space the trial still needs at its peak: `keep` checkpoints plus the one being written (fewer if
     the trial checkpoints less often), less what its existing checkpoints (in its folder) already occupy,
     plus model.pt."""
-    from model.flops import count_params
+    from model.family import count_params
 
     n = count_params(cfg.model)["total"]
     per_checkpoint = n * BYTES_PER_PARAM + BYTES_PER_CHECKPOINT

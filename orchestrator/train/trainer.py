@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from model import ModelInterface, build_model
 from model.data import TokenDataset, prepare_dataset
-from model.flops import count_params, executed_train_flops_per_token, train_flops_per_token
+from model.family import count_params, executed_train_flops_per_token, train_flops_per_token
 from model.loss import IGNORE_INDEX
 from orchestrator import tags
 from orchestrator.config import PLACEMENT_FIELDS, ConfigError, TrialConfig, check_same_trial

@@ -10,13 +10,17 @@ import pytest
 
 from analysis.data import (
     AXIS_X,
+    EBT,
     REQUIRED_COLUMNS,
+    TPP,
     exclusion_reasons,
+    family_label,
     split_trials,
     tidy_thinking,
     tidy_trials,
 )
 from analysis.errors import SchemaError
+from model.family_ids import FAMILY_IDS
 from tests.analysis.synthetic_scaling import make_trials
 
 
@@ -166,3 +170,10 @@ def test_required_columns_are_the_agreed_schema():
         "val_perplexity",
         "seed",
     }
+
+
+def test_family_names_and_labels_are_the_model_registrys():
+    """The report writes each family as model/family_ids.py labels it; an unknown family keeps its name."""
+    assert {name: family_label(name) for name in FAMILY_IDS} == {n: f.label for n, f in FAMILY_IDS.items()}
+    assert (family_label(EBT), family_label(TPP), family_label("gpt")) == ("EBT", "Transformer++", "gpt")
+    assert {EBT, TPP} <= set(FAMILY_IDS)

@@ -24,13 +24,12 @@ from model.ebt import (
     positions,
     system2_recipe,
 )
+from model.family import count_params, executed_train_flops_per_token
 from model.flops import (
     candidate_blocks,
-    count_params,
     ebt_inference_flops_per_token,
     ebt_reuse_train_flops_per_token,
     ebt_train_flops_per_token,
-    executed_train_flops_per_token,
     expected_train_steps,
 )
 from model.loss import IGNORE_INDEX

@@ -1,5 +1,5 @@
-"""The family registry: every family builds a model with the trainer's interface, and its torch-free counts
-describe the model it builds."""
+"""The family registry: one `Family` per named family, every family builds a model with the trainer's
+interface, and its torch-free counts describe the model it builds."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import torch
 
 from model import ModelInterface, build_model
 from model.config import EBTConfig, ModelConfig
-from model.family import FAMILIES, family
-from model.flops import count_params
+from model.family import FAMILIES, count_params, family
+from model.family_ids import FAMILY_IDS, FAMILY_NAMES
 from tests.helpers import benchmark_module
+
+
+def test_every_named_family_has_its_family_and_no_other() -> None:
+    """Every value the config accepts (model/family_ids.py) can be built and costed."""
+    assert tuple(FAMILIES) == FAMILY_NAMES
+    assert all(FAMILIES[name].id is FAMILY_IDS[name] for name in FAMILY_NAMES)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

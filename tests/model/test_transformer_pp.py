@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from model import build_model
 from model.blocks import Block, rotary_cos_sin
 from model.config import ModelConfig
-from model.flops import count_params, forward_flops_per_token, train_flops_per_token
+from model.family import count_params, train_flops_per_token
+from model.flops import forward_flops_per_token
 from model.transformer_pp import TransformerPP
 from tests.helpers import seeded_model, token_batch
 

@@ -49,6 +49,14 @@ def test_model_knows_nothing_of_the_orchestrator_ray_or_mlflow() -> None:
     assert "model.flops" in imports(REPO / "model" / "family.py")
 
 
+def test_flops_imports_no_family_code() -> None:
+    """model/flops.py is what the families (model/family.py) and the models (model/ebt.py) build on; were it
+    to import either, even lazily, model/ would have an import cycle."""
+    family_code = {"model", "model.family", "model.ebt", "model.transformer_pp"}
+    assert not imports(REPO / "model" / "flops.py") & family_code
+    assert "model.flops" in imports(REPO / "model" / "ebt.py")
+
+
 def test_train_runs_without_ray() -> None:
     for path in sorted((REPO / "orchestrator" / "train").rglob("*.py")):
         assert not {n for n in imports(path) if n.split(".")[0] == "ray"}, path.name

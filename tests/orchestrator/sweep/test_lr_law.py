@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from model.flops import count_params
+from model.family import count_params
 from orchestrator.sweep.expand import expand
 from orchestrator.sweep.lr_law import LrPowerLaw
 from orchestrator.sweep.spec import parse_spec

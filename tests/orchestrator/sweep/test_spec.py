@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from model.flops import count_params, train_flops_per_token
+from model.family import count_params, train_flops_per_token
+from model.family_ids import TRANSFORMER_PP
 from orchestrator.cli.sweep import sweep_app
 from orchestrator.config import ConfigError, TrialConfig
 from orchestrator.sweep import expand as expand_mod
@@ -175,6 +177,13 @@ def test_trial_names() -> None:
     cfg = TrialConfig.model_validate({**BASE, "train": {**BASE["train"], "tokens": 20_000_000}})
     assert trial_name(cfg, "data") == "tpp-d64-L2-D20M-s0"
     assert trial_name(cfg, "flops", 3.5e18) == "tpp-d64-L2-D20M-s0-C3.5e18"
+
+
+def test_trial_names_start_with_the_registrys_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tag is the family's own (model/family_ids.py), not a copy kept by the sweep."""
+    monkeypatch.setitem(expand_mod.FAMILY_IDS, "transformer_pp", replace(TRANSFORMER_PP, tag="base"))
+    cfg = TrialConfig.model_validate(BASE)
+    assert trial_name(cfg, "data").startswith("base-d64-L2-")
 
 
 def test_log_ranges() -> None:

@@ -11,10 +11,19 @@ from typing import Any
 
 import pytest
 
+from model.family_ids import FAMILY_IDS, FAMILY_NAMES, FamilyId
 from orchestrator.config import ConfigError
+from orchestrator.sweep import tune_space
 from orchestrator.sweep.expand import expand, tuning_state
 from orchestrator.sweep.spec import SpecError, parse_spec
-from orchestrator.sweep.tune_space import LogUniform, TunedValues, at_edge, knob_label, power_law_lr
+from orchestrator.sweep.tune_space import (
+    LogUniform,
+    TunedValues,
+    at_edge,
+    knob_families,
+    knob_label,
+    power_law_lr,
+)
 from orchestrator.sweep.tuning import plan_searches, sample_space, write_tuning_file
 
 BASE: dict[str, Any] = {
@@ -49,6 +58,18 @@ def spec_with(path: str, value: Any, output_dir: Path | None = None) -> dict[str
         node = node[int(k) if k.isdigit() else k]
     node[keys[-1]] = value
     return out
+
+
+def test_a_knob_in_a_familys_own_section_is_that_familys_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which families have a knob follows from the registry's sections: a new family gets the shared knobs
+    (lr) and none of the EBT's, with no edit to KNOBS."""
+    assert knob_families("lr") == FAMILY_NAMES
+    for knob in ("alpha", "mcmc_steps", "alpha_lr_multiplier"):
+        assert knob_families(knob) == ("ebt",), knob
+    rnn = FamilyId("rnn", tag="rnn", label="RNN", section="rnn")
+    monkeypatch.setattr(tune_space, "FAMILY_IDS", {**FAMILY_IDS, "rnn": rnn})
+    monkeypatch.setattr(tune_space, "FAMILY_NAMES", (*FAMILY_NAMES, "rnn"))
+    assert "rnn" in knob_families("lr") and knob_families("alpha") == ("ebt",)
 
 
 @pytest.mark.parametrize(
