@@ -84,8 +84,7 @@ def test_the_plan_and_the_trainer_resolve_precision_in_one_place(
     """TrialConfig.precision: the plan counts bytes in the precision the trial's resources imply, the
     trainer enables bf16 by the accelerator it runs on. A planner or trainer with a rule of its own (the
     GPUs asked for, DS_ACCELERATOR) gets some row wrong."""
-    from model.family import activation_terms
-    from model.family import count_params
+    from model.family import activation_terms, count_params
     from orchestrator.config import deep_merge
     from orchestrator.sweep.plan import memory_terms, model_state_bytes
     from orchestrator.train.trainer import deepspeed_config
