@@ -221,7 +221,7 @@ def test_sweep_spec_with_a_python_tag_is_rejected_without_running_it(tmp_path: P
     done = cli("sweep", "plan", str(spec), timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: invalid {spec}") and "not valid YAML" in line
+    assert line.startswith(f"error: {spec}: not valid YAML")
     assert not marker.exists()
 
 
