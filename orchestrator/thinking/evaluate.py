@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,16 +148,32 @@ def think(
 ) -> tuple[ThinkTargets, list[dict]]:
     """`ebtscale think`: the curves of a trial folder or a sweep's EBT (`think_targets`) on its validation
     split and on `ood` text (None: validation only), logged to MLflow unless `track` is off or the trial has
-    no run."""
-    targets = think_targets(target, baseline)
-    rows = evaluate_thinking(
-        targets.ebt, targets.baseline, max_steps=max_steps, candidates=candidates, batches=batches, ood=ood
-    )
-    if track and targets.run_ids:
-        if targets.tracking_uri is None:
-            raise ConfigError(
-                f"{targets.ebt / 'run.json'} does not record its MLflow store; set MLFLOW_TRACKING_URI "
-                "or pass --no-track"
-            )
-        log_thinking(rows, targets.tracking_uri, targets.run_ids)
+    no run. A sweep's evaluation writes to the sweep's runs, so it holds the sweep's driver lock as every
+    stage that writes does (SweepBusy while another driver of the sweep runs)."""
+    with _sweep_lock(target):
+        targets = think_targets(target, baseline)
+        rows = evaluate_thinking(
+            targets.ebt,
+            targets.baseline,
+            max_steps=max_steps,
+            candidates=candidates,
+            batches=batches,
+            ood=ood,
+        )
+        if track and targets.run_ids:
+            if targets.tracking_uri is None:
+                raise ConfigError(
+                    f"{targets.ebt / 'run.json'} does not record its MLflow store; set MLFLOW_TRACKING_URI "
+                    "or pass --no-track"
+                )
+            log_thinking(rows, targets.tracking_uri, targets.run_ids)
     return targets, rows
+
+
+def _sweep_lock(target: Path) -> AbstractContextManager[None]:
+    """The driver lock of the sweep a spec names; a trial folder's evaluation writes to its own run only."""
+    if target.is_dir():
+        return nullcontext()
+    from orchestrator.sweep.spec import load_spec
+
+    return load_spec(target).folder.driver_lock()

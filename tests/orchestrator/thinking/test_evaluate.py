@@ -51,3 +51,23 @@ def test_think_logs_to_the_store_of_a_trial_trained_with_output_dir(
         assert sum(row["window_nll"]) / sum(row["window_tokens"]) == pytest.approx(row["val_loss"], rel=1e-6)
     assert ebt["val", "steps", 1]["val_loss"] != ebt["ood", "steps", 1]["val_loss"]  # a different text
     assert not (tmp_path / "X" / "mlflow.db").exists()  # no store guessed above the output folder
+
+
+def test_thinking_on_a_sweep_takes_its_driver_lock(tmp_path: Path) -> None:
+    """`think SPEC` writes to the sweep's runs, so it takes the sweep's driver lock like every stage that
+    writes: refused (SweepBusy, naming the lock) while another driver holds it; once free, it gets as far as
+    finding no trained EBT in this untrained sweep."""
+    from orchestrator.config import ConfigError
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.sweep_dir import SweepBusy
+    from orchestrator.thinking.evaluate import think
+    from tests.helpers import write_spec
+
+    spec = write_spec(tmp_path, "busy", tokens=2048)
+    with (
+        load_spec(spec).folder.driver_lock(),
+        pytest.raises(SweepBusy, match="sweep busy is already running"),
+    ):
+        think(spec, track=False)
+    with pytest.raises(ConfigError, match="no finished EBT trial"):
+        think(spec, track=False)
