@@ -221,6 +221,24 @@ def status_command(spec: SpecArg) -> None:
     print_status(sweep.name, statuses)
 
 
+@sweep_app.command("repair")
+def repair_command(spec: SpecArg) -> None:
+    """Make SPEC's MLflow records agree with its trial folders after a crash or an older concurrent run:
+    one parent run, one run per trial, no metric step twice, no run left RUNNING or SCHEDULED with an
+    outcome. Prints each change; no finished result is lost. Refused while a driver of the sweep runs."""
+    from orchestrator.sweep.repair import repair_sweep
+
+    try:
+        changes = repair_sweep(load_spec(spec))
+    except (ConfigError, OSError) as err:
+        raise fail(err) from None
+    for line in changes:
+        typer.echo(f"  {line}")
+    typer.echo(
+        f"{len(changes)} change(s)" if changes else "nothing to repair: the store agrees with the folders"
+    )
+
+
 @sweep_app.command("export")
 def export_command(
     sweep: Annotated[str, typer.Argument(help="a sweep spec YAML, or a sweep name in the MLflow store")],
