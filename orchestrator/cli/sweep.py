@@ -80,6 +80,7 @@ def plan_command(
     tuning: Annotated[
         bool, typer.Option("--tuning", help="plan the tuning stage's trials instead of the sweep's")
     ] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="every column, whatever the terminal's width")] = False,
 ) -> None:
     """Validate SPEC and print its dry-run plan (help text: _PLAN_HELP)."""
     note = ""
@@ -104,9 +105,11 @@ def plan_command(
         typer.echo(result.to_json())
     else:
         console = Console()
-        if not console.is_terminal:  # pipes and test runners: do not squeeze the table into 80 columns
-            console = Console(width=200)
-        console.print(render_plan(result))
+        if wide or not console.is_terminal:  # every column; pipes and test runners are not squeezed
+            console = Console(width=max(console.width, 400))
+            console.print(render_plan(result))
+        else:  # the columns that fit, no number cut: the caption names those left out
+            console.print(render_plan(result, width=console.width))
     try:
         check_budget(result, max_flops=max_flops, max_trials=max_trials)
     except ConfigError as err:

@@ -503,15 +503,56 @@ def _caption(p: Plan) -> str:
     return f"{rate} ({p.throughput_source}); time is serial" + "".join(f"; {n}" for n in p.notes)
 
 
-def render_plan(p: Plan) -> Table:
-    """A rich table, one row per planned row, with a totals row."""
-    table = Table(title=f"sweep {p.sweep}: plan", caption=_caption(p), show_lines=False)
-    for i, col in enumerate(_COLUMNS):
-        table.add_column(col, justify="left" if i in (0, 1, 10, 11) else "right", no_wrap=i == 0)
+# Left out first when a terminal is too narrow for every column (the others always stay): what a reader
+# can find elsewhere (the id in --json and the trial folder, N total beside N, steps from D) goes first.
+_FOLD_ORDER = ("id", "N total", "steps", "batch", "axis", "tuned")
+_LEFT = ("trial", "axis", "tuned", "id")
+
+
+def _column_widths(p: Plan) -> dict[str, int]:
+    """Each column's widest cell (a header may wrap at its spaces)."""
+    rows = [_cells(r) for r in p.rows] + [_total_cells(p)]
+    return {
+        col: max(max(len(word) for word in col.split()), *(len(row[i]) for row in rows))
+        for i, col in enumerate(_COLUMNS)
+    }
+
+
+def plan_columns(p: Plan, width: int | None) -> list[str]:
+    """The columns that fit `width` characters with no number cut (None: all), each its widest cell plus
+    rich's padding and border (3 characters); a trial name may fold onto a second line."""
+    need = _column_widths(p)
+    columns = list(_COLUMNS)
+    for col in _FOLD_ORDER:
+        if width is None or sum(need[c] + 3 for c in columns) + 1 <= width:
+            break
+        columns.remove(col)
+    return columns
+
+
+def render_plan(p: Plan, width: int | None = None) -> Table:
+    """A rich table, one row per planned row, with a totals row: the columns that fit `width` (`plan_columns`;
+    the caption names those left out), all with None."""
+    columns = plan_columns(p, width)
+    left_out = [c for c in _COLUMNS if c not in columns]
+    caption = _caption(p) + (f"; not shown: {', '.join(left_out)} (--wide, --json)" if left_out else "")
+    table = Table(title=f"sweep {p.sweep}: plan", caption=caption, show_lines=False)
+    keep = [i for i, c in enumerate(_COLUMNS) if c in columns]
+    need = _column_widths(p)
+    for i in keep:
+        col = _COLUMNS[i]
+        justify = "left" if col in _LEFT else "right"
+        header = col.replace(" ", "\n")  # "N (non-emb)" on two lines: the numbers under it are short
+        if col in ("trial", "tuned"):  # text: folds onto more lines where the numbers need the room
+            table.add_column(header, justify=justify, overflow="fold")
+        else:  # a name or a number is never cut
+            table.add_column(header, justify=justify, no_wrap=True, min_width=need[col])
     for r in p.rows:
-        table.add_row(*_cells(r), style="dim" if r.duplicate else None)
+        cells = _cells(r)
+        table.add_row(*(cells[i] for i in keep), style="dim" if r.duplicate else None)
     table.add_section()
-    table.add_row(*_total_cells(p), style="bold")
+    totals = _total_cells(p)
+    table.add_row(*(totals[i] for i in keep), style="bold")
     return table
 
 

@@ -7,6 +7,7 @@ model/ebt.py is missing; tests that need EBT FLOP or parameter counts skip via i
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import math
@@ -880,3 +881,32 @@ def test_limits_hold_whatever_form_the_input_takes() -> None:
     assert time.monotonic() - start < 30
     assert planned_rows_bound(parse_spec(GOOD)) == 2 * (3 + 3 + 3 + 2) * 2  # the bound counts every row
     assert len(parse_and_expand(GOOD)) <= planned_rows_bound(parse_spec(GOOD))
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_plan_fits_the_terminal_with_no_number_cut(width: int) -> None:
+    """At 80 and 120 columns: no line wider than the terminal, every number of every row printed whole
+    (they were cut to '1…' at 80), the columns left out named in the caption; with no width, all columns."""
+    from rich.console import Console
+
+    from orchestrator.sweep.plan import _COLUMNS, _cells, plan, plan_columns, render_plan
+
+    planned = plan(parse_and_expand(GOOD), throughput_flops=1e10)
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(render_plan(planned, width=width))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    shown = plan_columns(planned, width)
+    numbers = ("N (non-emb)", "N total", "D", "C (FLOPs)", "steps", "batch", "mem/worker", "time")
+    for row in planned.rows:
+        cells = dict(zip(_COLUMNS, _cells(row), strict=True))
+        for col in numbers:
+            if col in shown:
+                assert f" {cells[col]} " in text, (col, cells[col])
+    left_out = [c for c in _COLUMNS if c not in shown]
+    if width == 80:
+        assert left_out  # 12 columns do not fit 80
+    assert all(c in " ".join(text.split()) for c in left_out), left_out  # named in the caption
+    assert {"trial", "D", "C (FLOPs)", "time"} <= set(shown)
+    assert plan_columns(planned, None) == list(_COLUMNS)  # --wide
