@@ -910,3 +910,30 @@ def test_the_plan_fits_the_terminal_with_no_number_cut(width: int) -> None:
     assert all(c in " ".join(text.split()) for c in left_out), left_out  # named in the caption
     assert {"trial", "D", "C (FLOPs)", "time"} <= set(shown)
     assert plan_columns(planned, None) == list(_COLUMNS)  # --wide
+
+
+NAMEISH = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["..", ".", "../x", "a/../../b", "/abs", "~", "x\x00y", "a b", "-x", "A_1.b-2", "tpp"]),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=valid_specs(), name=NAMEISH, out=st.sampled_from(["", "sub", "../up", "a/b/../c"]))
+def test_any_sweep_name_is_refused_or_stays_inside_its_output_folder(
+    data: dict[str, Any], name: str, out: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever the sweep's name and output_dir: a SpecError naming `name`, or every planned trial's folder
+    one level inside `<output_dir>/<name>/trials`; nothing else is raised and nothing is written."""
+    root = tmp_path_factory.mktemp("names")
+    output_dir = (root / out).resolve()
+    try:
+        trials = parse_and_expand({**data, "name": name, "output_dir": str(output_dir)})
+    except SpecError as err:
+        assert "name" in {loc for loc, _ in err.problems}, str(err)
+        return
+    trials_dir = output_dir / name / "trials"
+    assert trials_dir.resolve().parent.parent == output_dir  # the name is one folder
+    for t in trials:
+        assert Path(t.config.trial_dir).parent == trials_dir.resolve(), t.config.trial_dir
+    assert list(root.iterdir()) == []
