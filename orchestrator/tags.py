@@ -22,6 +22,10 @@ STAGE = f"{PREFIX}stage"  # "tuning" on a tuning-stage trial's run (orchestrator
 ROLE_SWEEP = "sweep"
 STAGE_TUNING = "tuning"
 
+# MLflow's own experiment tag: the UI opens an experiment with it in the model-training view, not GenAI's
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
 THINKING_ARTIFACT = "thinking.json"  # System-2 curves, on the EBT trial's run and the sweep's parent run
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import tags
+from orchestrator.tags import PARENT as PARENT_TAG
 from orchestrator.trial_dir import TrialStatus
 
 if TYPE_CHECKING:
@@ -169,17 +170,21 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if missing; every experiment of the tool is a model-training one
+    (`tags.EXPERIMENT_KIND`: the MLflow UI opens it on its runs, not on an empty GenAI traces view)."""
     client = mlflow_client(uri)
+    kind = {tags.EXPERIMENT_KIND: tags.EXPERIMENT_KIND_TRAINING}
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-    except Exception:  # another process created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(uri, name), tags=kind)
+        except Exception:  # another process created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(tags.EXPERIMENT_KIND) != tags.EXPERIMENT_KIND_TRAINING:  # made by an older version
+        client.set_experiment_tag(exp.experiment_id, tags.EXPERIMENT_KIND, tags.EXPERIMENT_KIND_TRAINING)
+    return exp.experiment_id
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -191,6 +196,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+SYSTEM_METRICS_EVERY_S = (
+    5  # a sample of CPU, memory, disk, network (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins)
+)
 
 
 class RunTracker:
@@ -218,6 +228,7 @@ class RunTracker:
         self.failed_flushes = 0  # send attempts that found the store unreachable (for reports and tests)
         self.max_buffered = 0  # the most metrics ever waiting in the queue
         self.last_logged_step = self._last_step()
+        self._monitor: Any = None  # MLflow's system-metrics monitor (`start(system_metrics=True)`)
 
     @classmethod
     def start(
@@ -228,20 +239,41 @@ class RunTracker:
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
         resume_run_id: str | None = None,
+        system_metrics: bool = False,
     ) -> RunTracker:
-        """Create a run, or continue `resume_run_id` (same run: no duplicate on resume)."""
+        """Create a run, or continue `resume_run_id` (same run: no duplicate on resume). `system_metrics`:
+        MLflow's monitor logs this machine's CPU, memory, disk and network (and GPU where its library is
+        installed) to the run as system/* metrics until `end`."""
         client = mlflow_client(uri)
         if resume_run_id:
             run = client.get_run(resume_run_id)
             if run.info.status != "RUNNING":
                 client.update_run(resume_run_id, status="RUNNING")
-            return cls(uri, resume_run_id)
-        all_tags = dict(tags or {})
-        if parent_run_id:
-            all_tags[tags.PARENT] = parent_run_id
-        exp_id = get_or_create_experiment(uri, experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        return cls(uri, run.info.run_id)
+            tracker = cls(uri, resume_run_id)
+        else:
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags[PARENT_TAG] = parent_run_id  # (`tags` is the argument here)
+            exp_id = get_or_create_experiment(uri, experiment)
+            tracker = cls(uri, client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id)
+        if system_metrics:
+            tracker._start_system_metrics(resumed=resume_run_id is not None)
+        return tracker
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=SYSTEM_METRICS_EVERY_S,
+                resume_logging=resumed,
+                tracking_uri=self.uri,
+            )
+        except Exception as err:  # e.g. psutil missing: training goes on without them
+            log.warning("no system metrics for run %s: %s", self.run_id, err)
+            return
+        self._monitor.start()
 
     def _last_step(self) -> int:
         """Highest step already logged for train_loss (a resumed run skips steps it already has)."""
@@ -331,6 +363,9 @@ class RunTracker:
                 self.pending,
             )
         self._stop_sender()
+        if self._monitor is not None:  # its last samples, while the store is known to answer
+            self._monitor.finish()
+            self._monitor = None
         self.client.set_terminated(self.run_id, status=status)
 
     # -- the sender thread -------------------------------------------------------------------------------

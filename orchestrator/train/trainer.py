@@ -221,6 +221,7 @@ class Trial:
             tags=t.tags,
             parent_run_id=t.parent_run_id,
             resume_run_id=resume_id,
+            system_metrics=True,
         )
         if record is None or record.tracking_uri is None:  # the store is recorded too: `think` logs there
             self.dir.write_run(self.tracker.run_id, t.uri)

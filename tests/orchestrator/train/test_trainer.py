@@ -101,7 +101,10 @@ def test_exploding_lr_is_recorded_as_diverged(tmp_path: Path) -> None:
     assert mlflow_run.data.tags["ebtscale.status"] == "diverged"
 
 
-def test_mlflow_store_holds_run_params_metrics_and_config(tmp_path: Path) -> None:
+def test_mlflow_store_holds_run_params_metrics_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # samples within a tiny trial
     cfg = tiny_trial(tmp_path)
     uri = resolve_tracking_uri(tmp_path)
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
@@ -123,6 +126,13 @@ def test_mlflow_store_holds_run_params_metrics_and_config(tmp_path: Path) -> Non
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "result.json"} <= artifacts
     assert not (Path.cwd() / "mlruns").exists()
+    # the MLflow UI opens the experiment in its model-training view; the run has this machine's metrics
+    assert (
+        client.get_experiment(r.info.experiment_id).tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
+    system = {k for k in r.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
 
 
 def test_an_eval_hook_finds_its_step_in_the_store_and_can_stop_the_trial(tmp_path: Path) -> None:
