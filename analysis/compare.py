@@ -316,7 +316,12 @@ def compare_axis(
             continue
         try:
             out.backtests[fam] = backtest(
-                pts["x"].to_numpy(), pts["y"].to_numpy(), form, seed=seeds[fam].spawn(1)[0], **common
+                pts["x"].to_numpy(),
+                pts["y"].to_numpy(),
+                form,
+                x_names=(x_col,),
+                seed=seeds[fam].spawn(1)[0],
+                **common,
             )
         except FitError as err:
             out.backtest_notes[fam] = str(err)

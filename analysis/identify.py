@@ -6,8 +6,8 @@ such a fit reads as evidence. A parameter is flagged when
 
 - it sits at a bound: a stated bound of the law (within 1e-6), or the implicit bound 0 of a positive
   quantity (E, or a term's size at the data's centre, below 1e-6 of the typical y: the term has vanished);
-- its interval spans more than two orders of magnitude: hi/lo > 100 for a one-signed interval, and for one
-  that crosses zero, a width over 100 times the estimate (its size is not known, let alone its sign);
+- its interval spans more than two orders of magnitude: hi/lo > 100 for a one-signed interval; one that
+  crosses zero spans every order of magnitude (an exponent whose sign the data do not give);
 - its interval is degenerate: zero width (below 1e-6 of the value) although resamples were drawn: every
   resample returned the same number, which claims a certainty no data give (the parameter sits where the
   objective is flat, e.g. E at 0, or the data have no scatter at all).
@@ -61,9 +61,9 @@ def _span_flag(name: str, value: float, lo: float, hi: float, what: str) -> Flag
         if ratio > MAX_SPAN:
             decades = math.log10(ratio)
             return Flag(name, "wide", f"{what}'s interval [{lo:.3g}, {hi:.3g}] spans {decades:.1f} decades")
-    elif hi - lo > MAX_SPAN * abs(value):
+    else:
         return Flag(
-            name, "wide", f"{what}'s interval [{lo:.3g}, {hi:.3g}] crosses zero and dwarfs the estimate"
+            name, "wide", f"{what}'s interval [{lo:.3g}, {hi:.3g}] crosses zero: not even its sign is known"
         )
     return None
 
