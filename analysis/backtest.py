@@ -172,7 +172,11 @@ def _config_noise(residuals: np.ndarray, codes: np.ndarray, n_params: int, n: in
 
 
 def _holdout_rows(
-    holdout: str | np.ndarray | None, X: np.ndarray, x_names: tuple[str, ...], law_vars: tuple[str, ...]
+    holdout: str | np.ndarray | None,
+    X: np.ndarray,
+    x_names: tuple[str, ...],
+    law_vars: tuple[str, ...],
+    key_name: str = "key",
 ) -> tuple[np.ndarray, str]:
     """(mask of held-out rows, its description). None: the largest value of the first variable; a name (a law
     variable or an x column name): its largest value; a bool array: those rows; a number array (a key per row,
@@ -202,7 +206,7 @@ def _holdout_rows(
             raise FitError("a hold-out key must be numbers (or a boolean row mask)") from None
         if not np.isfinite(key).all():
             raise FitError("a hold-out key has NaN/inf values")
-        label = "the largest key"
+        label = f"the largest {key_name}"
     top = key.max()
     return np.isclose(key, top, rtol=1e-9, atol=0.0), f"{label} ({top:.4g})"
 
@@ -213,6 +217,7 @@ def backtest(
     form: str | Law = "power",
     *,
     holdout: str | np.ndarray | None = None,
+    holdout_name: str = "key",
     x_names: tuple[str, ...] | None = None,
     groups: Any = None,
     bootstrap: int = DEFAULT_BOOTSTRAP,
@@ -222,7 +227,8 @@ def backtest(
 ) -> Backtest:
     """Fit a law (a form name, an expression or a Law; x (n,) or (n, J) in the law's variable order) to every
     row but the held-out ones and predict each held-out configuration (rows sharing x, or a `groups` label).
-    `holdout` picks them (see _holdout_rows; default: the largest value of the first variable). FitError, not
+    `holdout` picks them (see _holdout_rows; default: the largest value of the first variable; `holdout_name`
+    names a key in the description, e.g. "budget"). FitError, not
     an IndexError, for anything that cannot be backtested: shapes that do not match the law, bad values,
     fewer than `min_distinct` distinct points, an empty or total hold-out, or a refit that fails."""
     law = resolve_law(form)
@@ -251,7 +257,7 @@ def backtest(
     if distinct < min_distinct:
         what = "x value(s)" if law.n_vars == 1 else f"({', '.join(x_names)}) point(s)"
         raise FitError(f"{distinct} distinct {what}: a backtest needs at least {min_distinct}")
-    held, label = _holdout_rows(holdout, X, x_names, law.variables)
+    held, label = _holdout_rows(holdout, X, x_names, law.variables, holdout_name)
     if not held.any():
         raise FitError("the hold-out selects no row")
     if held.all():
