@@ -199,7 +199,10 @@ def _holdout_rows(
         if arr.shape != (n,):
             raise FitError(f"a hold-out mask or key needs one value per row ({n}), got shape {arr.shape}")
         if arr.dtype == bool:
-            return arr, f"{int(arr.sum())} chosen row(s)"
+            return (
+                arr,
+                f"the rows where {key_name}" if key_name != "key" else f"{int(arr.sum())} chosen row(s)",
+            )
         try:
             key = arr.astype(float)
         except (TypeError, ValueError):

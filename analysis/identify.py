@@ -37,6 +37,7 @@ class Flag:
     param: str
     kind: str  # "at_bound" | "wide" | "degenerate"
     detail: str  # e.g. "E = 3.3e-14 sits at its lower bound 0"
+    stated: bool = False  # at a bound the law states (not the implicit 0 of a positive quantity)
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "detail": self.detail}
@@ -95,7 +96,8 @@ def identifiability(
         if name in bounds:
             for side, b in zip(("lower", "upper"), bounds[name], strict=True):
                 if math.isfinite(b) and abs(value - b) <= BOUND_TOL * max(1.0, abs(b)):
-                    add(Flag(name, "at_bound", f"{name} = {value:.3g} sits at its {side} bound {b:g}"))
+                    detail = f"{name} = {value:.3g} sits at its {side} bound {b:g}"
+                    add(Flag(name, "at_bound", detail, stated=True))
         if name == law.constant_name and value < VANISHED * typical and 0.0 not in bounds.get(name, ()):
             add(
                 Flag(
@@ -124,8 +126,11 @@ def advice(
     """Where points would pin the flagged parameters down, e.g. "add points at larger n_params (now 4
     distinct, up to 1e+09)": larger values for a floor (E) or a vanished term, a wider range otherwise."""
     wants: dict[int, set[str]] = {}
+    binding = [f.param for fl in flags.values() for f in fl if f.stated]
     for name, fl in flags.items():
-        kinds = {f.kind for f in fl}
+        kinds = {f.kind for f in fl if not f.stated}
+        if not kinds:
+            continue
         for v in law.params_of(name):
             j = law.variables.index(v)
             wants.setdefault(j, set()).add("larger" if kinds == {"at_bound"} else "wider")
@@ -140,4 +145,9 @@ def advice(
                 f"more {x_names[j]} values over a wider range (now {distinct} distinct, "
                 f"{col.min():.3g} to {col.max():.3g})"
             )
-    return "add points at " + " and ".join(parts) if parts else ""
+    out = "add points at " + " and ".join(parts) if parts else ""
+    if binding:
+        names = ", ".join(dict.fromkeys(binding))
+        widen = f"widen or drop the bound on {names}: it decides the fit, not the data"
+        out = f"{out}; {widen}" if out else widen
+    return out
