@@ -31,6 +31,7 @@ from analysis.data import (
 )
 from analysis.errors import FitError
 from analysis.fit import FitResult, ParamEstimate, fit_law, percentile_interval, spawn_seeds
+from analysis.laws import resolve_law
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
 
 
@@ -46,8 +47,9 @@ class RateComparison:
     tpp: ParamEstimate
     relative: ParamEstimate  # (ebt - tpp) / tpp, with the paired-bootstrap interval
     level: float
-    significant: bool  # the interval of the relative difference excludes zero
+    significant: bool  # the interval excludes zero and both fits are identified (analysis.identify)
     verdict: str
+    identified: bool = True  # neither fit has a flagged parameter
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +64,22 @@ def compare_rates(
     ebt: FitResult,
     tpp: FitResult,
     *,
-    exponent: str = "alpha",
+    exponent: str | None = None,
     axis: str = "",
     level: float | None = None,
     per: str = "",
 ) -> RateComparison:
-    """Side-by-side exponents, their relative difference with a paired-bootstrap CI, and a verdict.
-    `per` names the view when the x is not the axis' own ("per training FLOP")."""
+    """Side-by-side exponents, their relative difference with a paired-bootstrap CI, and a verdict. Any law:
+    `exponent` defaults to the law's first free exponent (alpha, or eta of the over-training law); both fits
+    must have it. `per` names the view when the x is not the axis' own ("per training FLOP").
+
+    A difference is never called significant when either fit has a parameter that is not identified
+    (at a bound, an interval over two decades or of zero width): its interval would rest on numbers the
+    data do not determine, so the verdict says what is not identified and where points would help."""
+    exponent = exponent or ebt.law.rate
+    for fam, fit in ((EBT_LABEL, ebt), (TPP_LABEL, tpp)):
+        if exponent not in fit.params:
+            raise FitError(f"{fam}'s {fit.form} law has no fitted exponent {exponent!r} to compare")
     level = level or ebt.level
     e, t = ebt.params[exponent].value, tpp.params[exponent].value
     de, dt = _paired(ebt.draws(exponent), tpp.draws(exponent))
@@ -80,12 +91,23 @@ def compare_rates(
     ebt_est = ParamEstimate(e, *percentile_interval(ebt.draws(exponent), level))
     tpp_est = ParamEstimate(t, *percentile_interval(tpp.draws(exponent), level))
     has_ci = math.isfinite(lo) and math.isfinite(hi)
-    significant = has_ci and (lo > 0 or hi < 0)
+    identified = ebt.identified and tpp.identified
+    significant = has_ci and (lo > 0 or hi < 0) and identified
 
     where = (f" on the {axis} axis" if axis else "") + (f" {per}" if per else "")
     both = f"{exponent} {e:.3g} vs {t:.3g}"
     ci = f"{level:.0%} CI {_pct(lo)} to {_pct(hi)}"
-    if not has_ci:
+    if not identified:
+        why = " ".join(
+            f"{label}'s {fit.form} law is {fit.not_identified()}."
+            for label, fit in ((EBT_LABEL, ebt), (TPP_LABEL, tpp))
+            if not fit.identified
+        )
+        verdict = (
+            f"No verdict{where}: {EBT_LABEL}'s {exponent} is {_pct(rel)} relative to {TPP_LABEL}'s ({both}; "
+            f"{ci}), but the fits are not identified, so this is not evidence either way. {why}"
+        )
+    elif not has_ci:
         verdict = f"{EBT_LABEL}'s {exponent} is {_pct(rel)} relative to {TPP_LABEL}'s{where} ({both})"
         verdict += "; no bootstrap interval (too few distinct points, or no bootstrap)."
     elif significant:
@@ -100,7 +122,7 @@ def compare_rates(
         verdict += (
             f" {TPP_LABEL}'s {exponent} is not clearly positive, so the relative difference is unstable."
         )
-    return RateComparison(axis, exponent, ebt_est, tpp_est, relative, level, significant, verdict)
+    return RateComparison(axis, exponent, ebt_est, tpp_est, relative, level, significant, verdict, identified)
 
 
 NO_ESTIMATE = ParamEstimate(math.nan, math.nan, math.nan)
@@ -282,6 +304,12 @@ def compare_axis(
     bootstrap resamples configurations (all seeds of one together), the two families with independent seeds
     (spawned from `options.seed`); each family's law is also backtested on its largest x."""
     y, form, level = options.y, options.form, options.level
+    law = resolve_law(form)
+    if law.n_vars != 1 or not law.exponent_names:
+        raise FitError(
+            f"the per-axis law needs one variable and a free exponent, got {law.describe()} "
+            f"(variables {', '.join(law.variables)}); laws over N and D go in grid_form"
+        )
     if axis not in AXIS_X:
         raise FitError(f"unknown axis {axis!r}; expected one of {', '.join(AXIS_X)}")
     if view not in VIEWS:
@@ -316,7 +344,12 @@ def compare_axis(
             continue
         try:
             out.backtests[fam] = backtest(
-                pts["x"].to_numpy(), pts["y"].to_numpy(), form, seed=seeds[fam].spawn(1)[0], **common
+                pts["x"].to_numpy(),
+                pts["y"].to_numpy(),
+                form,
+                x_names=(x_col,),
+                seed=seeds[fam].spawn(1)[0],
+                **common,
             )
         except FitError as err:
             out.backtest_notes[fam] = str(err)

@@ -10,7 +10,7 @@ by the batched L-BFGS of analysis.optim; percentile intervals for every paramete
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,17 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from analysis.errors import FitError
-from analysis.laws import DEFAULT_BOOTSTRAP, DEFAULT_HUBER_DELTA, DEFAULT_LEVEL, FORMS, Law
+from analysis.identify import Flag, advice, identifiability
+from analysis.laws import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_HUBER_DELTA,
+    DEFAULT_LEVEL,
+    FORMS,
+    GRID_VARIABLES,
+    Law,
+    grid_design,
+    resolve_law,
+)
 from analysis.optim import minimize_batched
 
 N_POLISH = 4  # best grid optima re-run with scipy's L-BFGS-B at tight tolerances
@@ -77,7 +87,7 @@ def _percentile_bands(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.n
 def derived_quantities(law: Law, natural: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Quantities implied by the law. Chinchilla, with C = 6ND: N*(C) = G (C/6)^a, D*(C) = G^-1 (C/6)^b with
     a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta))."""
-    if law.form != "chinchilla":
+    if law.name != "chinchilla":
         return {}
     A, B, alpha, beta = natural["A"], natural["B"], natural["alpha"], natural["beta"]
     with np.errstate(all="ignore"):
@@ -108,6 +118,25 @@ class FitResult:
     law: Law = field(repr=False)
     theta: np.ndarray = field(repr=False)  # (p,) natural log-parameters [log A.., log E, alpha..]
     theta_draws: np.ndarray = field(repr=False)  # (n_boot, p), NaN rows for degenerate resamples
+    flags: dict[str, tuple[Flag, ...]] = field(default_factory=dict)  # parameter -> identifiability flags
+    advice: str = ""  # where points would pin the flagged parameters down ("add points at ...")
+
+    # ---- identifiability
+    @property
+    def identified(self) -> bool:
+        """No parameter is flagged (analysis.identify): a verdict may rest on this fit."""
+        return not self.flags
+
+    def flag_text(self, name: str) -> str:
+        """The flags of one parameter, for a table cell ("" when it is identified)."""
+        return "; ".join(f.detail for f in self.flags.get(name, ()))
+
+    def not_identified(self) -> str:
+        """One sentence: which parameters are not identified and where to add points ("" when all are)."""
+        if not self.flags:
+            return ""
+        details = "; ".join(f.detail for fl in self.flags.values() for f in fl)
+        return f"not identified: {details}" + (f"; {self.advice}" if self.advice else "")
 
     # ---- draws and intervals
     def draws(self, name: str) -> np.ndarray:
@@ -120,13 +149,18 @@ class FitResult:
             return derived[name]
         raise KeyError(f"{name!r} is not a parameter or derived quantity of the {self.form} law")
 
+    @property
+    def fixed(self) -> dict[str, float]:
+        """Parameters the law held at a value (not fitted, no interval)."""
+        return self.law.fixed_values
+
     def interval(self, name: str, level: float | None = None) -> tuple[float, float]:
         """Percentile interval of any parameter / derived quantity at another level than the fitted one."""
         return percentile_interval(self.draws(name), level or self.level)
 
     # ---- prediction
     def _design(self, x: Any) -> np.ndarray:
-        K = self.law.n_terms
+        K = self.law.n_vars
         if K == 1:
             return np.atleast_1d(np.asarray(x, float)).reshape(-1, 1)
         if isinstance(x, tuple) and len(x) == K:
@@ -142,7 +176,8 @@ class FitResult:
         return X
 
     def predict(self, x: Any) -> np.ndarray:
-        """y_hat at x (array) or, for chinchilla, at (N, D) (a tuple of arrays or an (n, 2) array)."""
+        """y_hat at x (array) or, for a law of several variables, at e.g. (N, D) (a tuple of arrays or an
+        (n, 2) array, columns in the law's variable order)."""
         X = self._design(x)
         return np.exp(self.law.log_predict(self.theta[None, :], np.log(X))[0])
 
@@ -162,8 +197,13 @@ class FitResult:
     # ---- export
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every parameter as {value, lo, hi} at the top level, plus derived and diagnostics."""
-        out: dict[str, Any] = {"form": self.form}
+        out: dict[str, Any] = {"form": self.form, "law": self.law.describe()}
         out.update({name: est.to_dict() for name, est in self.params.items()})
+        out["fixed"] = dict(self.fixed)
+        out["bounds"] = {k: list(v) for k, v in self.law.bound_values.items()}
+        out["flags"] = {k: [f.to_dict() for f in fl] for k, fl in self.flags.items()}
+        out["identified"] = self.identified
+        out["advice"] = self.advice
         out["derived"] = {name: est.to_dict() for name, est in self.derived.items()}
         out.update(
             r2_log=float(self.r2_log),
@@ -197,11 +237,11 @@ def _as_floats(values: Any, name: str) -> np.ndarray:
 def _validate(X: np.ndarray, y: np.ndarray, law: Law, x_names: Sequence[str], y_name: str) -> None:
     """FitError with a message naming the problem for every input the law cannot be identified from."""
     n, p = y.size, law.n_params
-    if X.shape != (n, law.n_terms):
+    if X.shape != (n, law.n_vars):
         raise FitError(
-            f"expected {law.n_terms} x column(s) of {n} values for the {law.form} law, got {X.shape}"
+            f"expected {law.n_vars} x column(s) of {n} values for the {law.name} law, got {X.shape}"
         )
-    for values, name in [*((X[:, k], x_names[k]) for k in range(law.n_terms)), (y, y_name)]:
+    for values, name in [*((X[:, k], x_names[k]) for k in range(law.n_vars)), (y, y_name)]:
         bad = ~np.isfinite(values)
         if bad.any():
             raise FitError(
@@ -212,7 +252,7 @@ def _validate(X: np.ndarray, y: np.ndarray, law: Law, x_names: Sequence[str], y_
                 f"{name} has non-positive value(s) ({_describe(values[values <= 0])}): log fits need > 0"
             )
     if n < p:
-        raise FitError(f"{n} point(s) for the {p} parameters of the {law.form} law: need at least {p}")
+        raise FitError(f"{n} point(s) for the {p} parameters of the {law.name} law: need at least {p}")
     for k, name in enumerate(x_names):
         distinct = np.unique(X[:, k])
         if distinct.size == 1:
@@ -224,7 +264,7 @@ def _validate(X: np.ndarray, y: np.ndarray, law: Law, x_names: Sequence[str], y_
     n_design = np.unique(X, axis=0).shape[0]
     if n_design < p:
         raise FitError(
-            f"only {n_design} distinct x value(s) for the {p} parameters of the {law.form} law: "
+            f"only {n_design} distinct x value(s) for the {p} parameters of the {law.name} law: "
             f"need at least {p}"
         )
 
@@ -235,7 +275,7 @@ def _resample_valid(W: np.ndarray, X: np.ndarray, law: Law) -> np.ndarray:
     present = W > 0
     _, design = np.unique(X, axis=0, return_inverse=True)
     ok = _distinct_present(present, design.ravel()) >= law.n_params
-    for k in range(law.n_terms):
+    for k in range(law.n_vars):
         _, codes = np.unique(X[:, k], return_inverse=True)
         ok &= _distinct_present(present, codes.ravel()) >= 2
     return ok
@@ -260,8 +300,22 @@ def _polish(
         f, g = law.objective(t[None, :], lx, ly, ones, delta)
         return float(f[0]), g[0]
 
+    box = law.internal_bounds()
+    bounds = (
+        None
+        if box is None
+        else [
+            (lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None)
+            for lo, hi in zip(*box, strict=True)
+        ]
+    )
     res = minimize(
-        fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12}
+        fun,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
     )
     f0 = fun(theta0)[0]
     return (res.x, float(res.fun)) if np.isfinite(res.fun) and res.fun <= f0 else (theta0, f0)
@@ -273,7 +327,9 @@ def _best_fit(
     """Batched L-BFGS from every grid start, then scipy polish of the best few; best objective wins."""
     starts = law.start_grid(ly) if starts is None else np.atleast_2d(np.asarray(starts, float))
     ones = np.ones((1, ly.size))
-    res = minimize_batched(lambda t, rows: law.objective(t, lx, ly, ones, delta), starts)
+    res = minimize_batched(
+        lambda t, rows: law.objective(t, lx, ly, ones, delta), starts, bounds=law.internal_bounds()
+    )
     fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
     best = [_polish(law, res.x[i], lx, ly, delta) for i in np.argsort(fun)[:N_POLISH]]
     theta, _ = min(best, key=lambda pair: pair[1])
@@ -326,7 +382,9 @@ def _bootstrap(
     if valid.any():
         Wv = W[valid]
         res = minimize_batched(
-            lambda t, rows: law.objective(t, lx, ly, Wv[rows], delta), np.tile(theta, (Wv.shape[0], 1))
+            lambda t, rows: law.objective(t, lx, ly, Wv[rows], delta),
+            np.tile(theta, (Wv.shape[0], 1)),
+            bounds=law.internal_bounds(),
         )
         out[valid] = res.x
     return out
@@ -335,7 +393,7 @@ def _bootstrap(
 def fit_law(
     X: Any,
     y: Any,
-    form: str,
+    form: str | Law,
     *,
     x_names: Sequence[str] | None = None,
     y_name: str = "y",
@@ -345,25 +403,40 @@ def fit_law(
     level: float = DEFAULT_LEVEL,
     starts: np.ndarray | None = None,
     groups: Any = None,
+    fixed: Mapping[str, float] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> FitResult:
-    """Fit `form` ('power', 'saturating' or 'chinchilla') to y at X ((n,) or (n, K)).
+    """Fit a law to y at X ((n,) or (n, J), columns in the law's variable order). `form` is a Law, a named
+    form (analysis.laws.FORMS: power, saturating, chinchilla, shared, overtrain, compute) or an expression
+    ('E + A*N^-alpha + B*D^-alpha'); `fixed` holds parameters at values, `bounds` boxes E and exponents.
 
     `starts` overrides the multi-start grid (centred internal coordinates, see analysis.laws). `bootstrap=0`
     skips the bootstrap (intervals are then NaN). `groups` (a label per point, e.g. the config of each seed)
-    makes the bootstrap resample clusters, not points. Raises FitError for input the law cannot be fitted
-    to."""
-    if form not in FORMS:
-        raise FitError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
+    makes the bootstrap resample clusters, not points. The result carries identifiability flags
+    (analysis.identify). Raises FitError for input the law cannot be fitted to."""
+    law = resolve_law(form)
+    if fixed:
+        law = law.with_fixed(fixed)
+    if bounds:
+        law = law.with_bounds(bounds)
+    form = law.name
     if not 0 < level < 1:
         raise FitError(f"level must be in (0, 1), got {level}")
     if huber_delta <= 0:
         raise FitError(f"huber_delta must be > 0, got {huber_delta}")
     if bootstrap < 0:
         raise FitError(f"bootstrap must be >= 0, got {bootstrap}")
-    law = FORMS[form]
+    if isinstance(X, Mapping | pd.DataFrame):  # columns by variable name: their order cannot slip
+        missing = [v for v in law.variables if v not in X]
+        if missing:
+            raise FitError(f"the {law.name} law needs column(s) {', '.join(missing)} in X")
+        X = np.column_stack([np.ravel(np.asarray(X[v], dtype=object)) for v in law.variables])
     x_names = tuple(x_names or law.variables)
-    if len(x_names) != law.n_terms:
-        raise FitError(f"the {law.form} law takes {law.n_terms} x column(s), got names {list(x_names)}")
+    if len(x_names) != law.n_vars:
+        raise FitError(
+            f"the {law.name} law takes {law.n_vars} x column(s) ({', '.join(law.variables)}), "
+            f"got names {list(x_names)}"
+        )
     X = _as_floats(X, ", ".join(x_names))
     X = X.reshape(-1, 1) if X.ndim == 1 else X
     y = _as_floats(y, y_name).ravel()
@@ -400,6 +473,7 @@ def fit_law(
             f"the {form} law is not identifiable from these {y.size} points of {y_name} vs "
             f"{', '.join(x_names)}: {', '.join(broken) or 'the objective'} came out non-finite"
         )
+    flags = identifiability(law, theta, theta_draws, centre, y, level)
     return FitResult(
         form=form,
         params=params,
@@ -419,6 +493,8 @@ def fit_law(
         law=law,
         theta=theta,
         theta_draws=theta_draws,
+        flags=flags,
+        advice=advice(law, flags, x_names, X),
     )
 
 
@@ -477,24 +553,63 @@ def _optimal_allocation(
     return N, D, L_opt
 
 
+def _optimal_allocation_law(
+    law: Law, theta: np.ndarray, C: float, flops_per_token: FlopsPerToken | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N*, D*, L*) per row of (B, p) natural log-parameters of any law over N, D, C = 6ND, M = D/N: L is
+    minimised over a log-N grid (+-6 decades around sqrt(C/6), 0.005-decade spacing, D = C / fpt(N)) and the
+    argmin refined with a parabola through its neighbours."""
+    fpt = flops_per_token or (lambda n: 6.0 * n)
+    logN = 0.5 * np.log(C / 6) + np.linspace(-6, 6, 2401) * np.log(10)
+    Ng = np.exp(logN)
+    Dg = C / np.asarray(fpt(Ng), float)
+    ok = np.isfinite(theta).all(axis=1)
+    L = np.full((theta.shape[0], logN.size), np.inf)
+    if ok.any():
+        with np.errstate(all="ignore"):
+            L[ok] = np.exp(law.log_predict(theta[ok], np.log(grid_design(law, Ng, Dg))))
+    L = np.where(np.isfinite(L), L, np.inf)
+    i = np.clip(L.argmin(axis=1), 1, logN.size - 2)
+    rows = np.arange(L.shape[0])
+    l0, l1, l2 = L[rows, i - 1], L[rows, i], L[rows, i + 1]
+    with np.errstate(all="ignore"):
+        denom = l0 - 2 * l1 + l2
+        shift = np.where(denom > 0, 0.5 * (l0 - l2) / denom, 0.0)
+    N = np.exp(logN[i] + np.clip(shift, -1, 1) * (logN[1] - logN[0]))
+    D = C / np.asarray(fpt(N), float)
+    with np.errstate(all="ignore"):
+        L_opt = np.exp(law.log_predict_rows(theta, np.log(grid_design(law, N, D))))
+    bad = ~ok | ~np.isfinite(l1)
+    return np.where(bad, np.nan, N), np.where(bad, np.nan, D), np.where(bad, np.nan, L_opt)
+
+
 def compute_optimal(
     fit: FitResult,
     budgets: Sequence[float],
     flops_per_token: FlopsPerToken | None = None,
     level: float | None = None,
 ) -> list[dict[str, float]]:
-    """Compute-optimal N*, D* and loss at each budget C from a chinchilla fit, with bootstrap intervals.
-    C = 6 N D unless `flops_per_token(N)` is given (then C = flops_per_token(N) * D)."""
-    if fit.form != "chinchilla":
-        raise FitError(f"compute-optimal allocation needs a chinchilla fit, not {fit.form}")
+    """Compute-optimal N*, D* and loss at each budget C from a fit of a law over N and D (or C = 6ND and
+    M = D/N), with bootstrap intervals. C = 6 N D unless `flops_per_token(N)` is given (then
+    C = flops_per_token(N) * D). Chinchilla uses its closed form; other laws a numerical search."""
+    law = fit.law
+    if not set(law.variables) <= set(GRID_VARIABLES):
+        raise FitError(
+            f"compute-optimal allocation needs a law over {', '.join(GRID_VARIABLES)}, not {fit.form} "
+            f"(variables {', '.join(law.variables)})"
+        )
     level = level or fit.level
-    point = {k: np.array([v.value]) for k, v in fit.params.items()}
-    draws = fit.law.to_natural(fit.theta_draws)
     rows = []
     for C in budgets:
-        N0, _, _ = _optimal_allocation(point, C, None, 1.0)
-        N, D, L = _optimal_allocation(point, C, flops_per_token, float(N0[0]))
-        Nb, Db, Lb = _optimal_allocation(draws, C, flops_per_token, float(N0[0]))
+        if fit.form == "chinchilla":
+            point = {k: np.array([v.value]) for k, v in fit.params.items()}
+            draws = law.to_natural(fit.theta_draws)
+            N0, _, _ = _optimal_allocation(point, C, None, 1.0)
+            N, D, L = _optimal_allocation(point, C, flops_per_token, float(N0[0]))
+            Nb, Db, Lb = _optimal_allocation(draws, C, flops_per_token, float(N0[0]))
+        else:
+            N, D, L = _optimal_allocation_law(law, fit.theta[None, :], C, flops_per_token)
+            Nb, Db, Lb = _optimal_allocation_law(law, fit.theta_draws, C, flops_per_token)
         row: dict[str, float] = {"C": float(C)}
         for name, value, samples in (("N_opt", N, Nb), ("D_opt", D, Db), ("loss_opt", L, Lb)):
             lo, hi = percentile_interval(samples, level)

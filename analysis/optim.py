@@ -52,21 +52,39 @@ def minimize_batched(
     ftol: float = 1e-13,
     max_backtracks: int = 40,
     c1: float = 1e-4,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> BatchedResult:
     """Minimise B independent problems from x0 (B, p). A problem stops when its max |gradient| < gtol, its
     relative objective decrease over an iteration is < ftol, or no Armijo step is found (a kink of a
-    non-smooth objective at working precision)."""
+    non-smooth objective at working precision).
+
+    `bounds` (lower (p,), upper (p,)) makes it a projected L-BFGS: trial points are clipped into the box, a
+    variable on its bound with the gradient pushing outward is held there (its direction and gradient
+    components count as zero). Without bounds the iteration is the plain one, unchanged."""
     x = np.array(x0, dtype=float, copy=True)
     B, p = x.shape
+    lo, hi = bounds if bounds is not None else (None, None)
+    if bounds is not None:
+        x = np.clip(x, lo, hi)
     all_rows = np.arange(B)
     f, g = fun(x, all_rows)
+
+    def held(xr: np.ndarray, gr: np.ndarray) -> np.ndarray:
+        """Variables on a bound whose gradient pushes them out of the box (all False without bounds)."""
+        if bounds is None:
+            return np.zeros(gr.shape, dtype=bool)
+        return ((xr <= lo) & (gr > 0)) | ((xr >= hi) & (gr < 0))
+
+    def pgrad(xr: np.ndarray, gr: np.ndarray) -> np.ndarray:
+        return gr if bounds is None else np.where(held(xr, gr), 0.0, gr)
+
     S = np.zeros((B, memory, p))
     Y = np.zeros((B, memory, p))
     rho = np.zeros((B, memory))
     gnorm = np.linalg.norm(g, axis=1)
     gamma = np.minimum(1.0, 0.1 / np.maximum(gnorm, 1e-300))  # first step: at most 0.1 in parameter space
     n_iter = np.zeros(B, dtype=int)
-    converged = np.abs(g).max(axis=1) < gtol
+    converged = np.abs(pgrad(x, g)).max(axis=1) < gtol
     active = ~converged & np.isfinite(f)
 
     for it in range(max_iter):
@@ -77,6 +95,10 @@ def minimize_batched(
         gr = g[rows]
         steepest = ~rho[rows].any(axis=1)  # no usable memory: the direction is (scaled) steepest descent
         d = _two_loop(gr, S[rows], Y[rows], rho[rows], order, gamma[rows])
+        if bounds is not None:
+            frozen = held(x[rows], gr)
+            d[frozen] = 0.0
+            gr = np.where(frozen, 0.0, gr)
         gd = np.einsum("bp,bp->b", gr, d)
         not_descent = ~(gd < 0)
         if not_descent.any():  # stale curvature: restart those rows from steepest descent
@@ -94,8 +116,13 @@ def minimize_batched(
         pending = np.arange(rows.size)
         for _ in range(max_backtracks):
             trial = x[rows[pending]] + step[pending, None] * d[pending]
+            decrease = step[pending] * gd[pending]
+            if bounds is not None:  # projected step: Armijo on the displacement actually taken
+                trial = np.clip(trial, lo, hi)
+                moved_by = trial - x[rows[pending]]
+                decrease = np.minimum(np.einsum("bp,bp->b", gr[pending], moved_by), 0.0)
             ft, gt = fun(trial, rows[pending])
-            ok = np.isfinite(ft) & (ft <= f[rows[pending]] + c1 * step[pending] * gd[pending])
+            ok = np.isfinite(ft) & (ft <= f[rows[pending]] + c1 * decrease)
             f_new[pending[ok]] = ft[ok]
             g_new[pending[ok]] = gt[ok]
             pending = pending[~ok]
@@ -109,6 +136,8 @@ def minimize_batched(
         # curvature pair into this iteration's slot (rho = 0 marks an unusable pair)
         slot = it % memory
         s = step[~failed, None] * d[~failed]
+        if bounds is not None:
+            s = np.clip(x[moved] + s, lo, hi) - x[moved]
         yv = g_new[~failed] - g[moved]
         sy = np.einsum("bp,bp->b", s, yv)
         yy = np.einsum("bp,bp->b", yv, yv)
@@ -126,7 +155,7 @@ def minimize_batched(
         gnorm[moved] = np.linalg.norm(g[moved], axis=1)
         n_iter[rows] += 1
 
-        small_grad = np.abs(g[moved]).max(axis=1) < gtol
+        small_grad = np.abs(pgrad(x[moved], g[moved])).max(axis=1) < gtol
         small_change = (f_old - f[moved]) <= ftol * np.maximum(np.abs(f_old), 1e-300)
         done = small_grad | small_change
         converged[moved[done]] = True

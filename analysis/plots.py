@@ -40,8 +40,11 @@ def plot_axis_fit(cmp: AxisComparison, excluded_points: pd.DataFrame | None = No
         grid = np.geomspace(lo_x, hi_x, 200)
         inside = grid <= fit.x_max[0] * 1.3
         pred = fit.predict(grid)
-        alpha = fit.params["alpha"]
-        label = f"{family_label(fam)}: α={alpha.value:.3g} [{alpha.lo:.3g}, {alpha.hi:.3g}]"
+        rate = fit.law.rate if fit.law.exponent_names else None
+        label = family_label(fam)
+        if rate is not None:
+            est, symbol = fit.params[rate], "α" if rate == "alpha" else rate
+            label += f": {symbol}={est.value:.3g} [{est.lo:.3g}, {est.hi:.3g}]"
         ax.plot(grid[inside], pred[inside], color=_color(fam), label=label)
         ax.plot(grid[~inside], pred[~inside], color=_color(fam), ls="--")
         if fit.n_boot_valid:

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.compare import AxisComparison, axis_points, compare_axis
+from analysis.backtest import Backtest, backtest
+from analysis.compare import AxisComparison, RateComparison, axis_points, compare_axis, compare_rates
 from analysis.data import (
     EBT,
     EBT_LABEL,
@@ -32,13 +33,16 @@ from analysis.data import (
     tidy_trials,
 )
 from analysis.errors import FitError
-from analysis.fit import FitResult, ParamEstimate, compute_optimal, fit_chinchilla, spawn_seeds
+from analysis.fit import FitResult, ParamEstimate, compute_optimal, fit_law, spawn_seeds
 from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
+from analysis.laws import grid_design, resolve_law
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
 from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
 
 CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for compute-optimal allocation
+# how the grid law's variables are named in the report: the trial columns, or what they are computed from
+GRID_COLUMNS = {"N": CHINCHILLA_N, "D": "tokens", "C": "C=6ND", "M": "M=D/N"}
 
 
 def fmt(v: float) -> str:
@@ -162,11 +166,13 @@ def render_markdown(doc: Doc, out_dir: Path) -> str:
 
 @dataclass
 class ComputeOptimal:
-    """The flops axis of one family: a Chinchilla L(N, D) fit and the isoFLOP allocation (or why not)."""
+    """The flops axis of one family: the grid law's fit (Chinchilla's L(N, D) by default), its backtest on the
+    largest budget, and the isoFLOP allocation (or why not)."""
 
     family: str
     points: pd.DataFrame  # N, D, C, y
-    chinchilla: FitResult | None = None
+    chinchilla: FitResult | None = None  # the grid law's fit, whatever its form (options.grid_form)
+    backtest: Backtest | None = None
     allocation: list[dict[str, float]] = field(default_factory=list)  # N*, D* from the law at some budgets
     isoflop: IsoFlopResult | None = None
     notes: list[str] = field(default_factory=list)
@@ -189,22 +195,37 @@ def _compute_optimal(fit_rows: pd.DataFrame, family: str, options: AnalysisOptio
     pts = out.points
     fpt = flops_per_token_from_trials(rows[CHINCHILLA_N], rows["flops"], rows["tokens"])
     seeds = spawn_seeds(options.seed, 2)
+    law = resolve_law(options.grid_form)
+    what = "Chinchilla fit" if law.name == "chinchilla" else f"{law.describe()} fit"
     try:
-        fit = fit_chinchilla(
-            pts["N"],
-            pts["D"],
-            pts["y"],
-            x_names=(CHINCHILLA_N, "tokens"),
-            y_name=y,
-            bootstrap=bootstrap,
-            seed=seeds[0],
-            level=level,
-        )
+        X = grid_design(law, pts["N"], pts["D"])
+        common = {
+            "x_names": tuple(GRID_COLUMNS[v] for v in law.variables),
+            "y_name": y,
+            "bootstrap": bootstrap,
+            "level": level,
+        }
+        fit = fit_law(X, pts["y"].to_numpy(), law, seed=seeds[0], **common)
         out.chinchilla = fit
         budgets = sorted(set(pts["C"].dropna()))
         out.allocation = compute_optimal(fit, [*budgets, 10 * budgets[-1]], flops_per_token=fpt)
     except FitError as err:
-        out.notes.append(f"Chinchilla fit: {err}")
+        out.notes.append(f"{what}: {err}")
+    if out.chinchilla is not None:
+        try:  # the largest budget held out: does the law extrapolate in compute?
+            out.backtest = backtest(
+                X,
+                pts["y"].to_numpy(),
+                law,
+                holdout=pts["C"].to_numpy(),
+                holdout_name="budget",
+                seed=seeds[0].spawn(1)[0],
+                x_names=common["x_names"],
+                bootstrap=bootstrap,
+                level=level,
+            )
+        except FitError as err:
+            out.notes.append(f"backtest of the {law.describe()} law on the largest budget: {err}")
     try:
         out.isoflop = isoflop_allocation(
             pts["N"], pts["C"], pts["y"], flops_per_token=fpt, bootstrap=bootstrap, seed=seeds[1], level=level
@@ -224,6 +245,7 @@ class Analysis:
     views: dict[str, list[AxisComparison]] = field(default_factory=dict)  # "flops"/"time" -> per axis
     seed_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # see seed_noise()
     system2: System2 | None = None  # perplexity reduction per forward pass, validation vs OOD
+    grid_rate: RateComparison | None = None  # the grid law's exponent, EBT vs Transformer++
 
 
 def analyse(
@@ -252,13 +274,17 @@ def analyse(
             fam: _compute_optimal(fit_rows, fam, replace(options, seed=s))
             for fam, s in zip((EBT, TPP), fam_seeds, strict=True)
         }
+    grid_rate = None
+    grid_fits = [co.chinchilla for co in compute.values() if co.chinchilla is not None]
+    if len(grid_fits) == 2:
+        grid_rate = compare_rates(*grid_fits, axis="flops grid", level=options.level)
     think = tidy_thinking(thinking) if thinking is not None else None
     s2 = None
     if think is not None and not think.empty:  # its seed spawned last: the fits' seeds stay as they were
         seed = spawn_seeds(root, 1)[0]
         s2 = system2(think, bootstrap=options.bootstrap, level=options.level, seed=seed)
     noise = seed_noise(fit_rows, axes, options.y)
-    return Analysis(options, comparisons, excluded, compute, think, views, noise, s2)
+    return Analysis(options, comparisons, excluded, compute, think, views, noise, s2, grid_rate)
 
 
 def seed_noise(fit_rows: pd.DataFrame, axes: Sequence[str], y: str = "val_loss") -> pd.DataFrame:
@@ -339,13 +365,34 @@ def _param_rows(fits: dict[str, FitResult]) -> list[list[str]]:
     rows = []
     for fam, fit in fits.items():
         for name, est in [*fit.params.items(), *fit.derived.items()]:
+            flag = fit.flag_text(name)
+            ident = ("no: " + flag) if flag else ("yes" if name in fit.params else "")
             rows.append(
-                [family_label(fam), name, fmt(est.value), fmt_ci(est), fmt(fit.r2_log), str(fit.n_points)]
+                [
+                    family_label(fam),
+                    name,
+                    fmt(est.value),
+                    fmt_ci(est),
+                    ident,
+                    fmt(fit.r2_log),
+                    str(fit.n_points),
+                ]
+            )
+        for name, value in fit.fixed.items():
+            rows.append(
+                [family_label(fam), name, fmt(value), "fixed", "", fmt(fit.r2_log), str(fit.n_points)]
             )
     return rows
 
 
-PARAM_COLUMNS = ["family", "parameter", "value", "CI", "R² (log)", "points"]
+def _identification_notes(doc: Doc, fits: dict[str, FitResult]) -> None:
+    """A paragraph per fit with a parameter the data do not pin down, saying where to add points."""
+    for fam, fit in fits.items():
+        if not fit.identified:
+            doc.p(f"{family_label(fam)}'s {fit.form} law is {fit.not_identified()}.")
+
+
+PARAM_COLUMNS = ["family", "parameter", "value", "CI", "identified", "R² (log)", "points"]
 
 
 def _axis_section(
@@ -379,6 +426,7 @@ def _axis_section(
         )
         doc.h(3, "Parameters")
         doc.table(PARAM_COLUMNS, _param_rows(cmp.fits))
+        _identification_notes(doc, cmp.fits)
     if cmp.extrapolation is not None:
         e = cmp.extrapolation
         doc.h(3, f"Extrapolation to {cmp.x_col} = {fmt(e.x)}")
@@ -411,6 +459,7 @@ def _compute_section(doc: Doc, an: Analysis, plot_dir: Path) -> None:
         "(flops / tokens, a power law in N), not 6N: an EBT token costs several forward passes."
     )
     law_rows, alloc_rows, iso_rows, minima_rows = [], [], [], []
+    grid_fits = {fam: co.chinchilla for fam, co in an.compute.items() if co.chinchilla is not None}
     for fam, co in an.compute.items():
         for note in co.notes:
             doc.p(f"{family_label(fam)}: {note}.")
@@ -446,9 +495,22 @@ def _compute_section(doc: Doc, an: Analysis, plot_dir: Path) -> None:
             for C, reason in co.isoflop.skipped.items():
                 doc.p(f"{family_label(fam)}: budget {fmt(C)} skipped — {reason}.")
     if law_rows:
-        doc.h(3, "Chinchilla law L(N, D) = E + A/N^α + B/D^β")
+        law = resolve_law(an.options.grid_form)
+        if law.name == "chinchilla":
+            doc.h(3, "Chinchilla law L(N, D) = E + A/N^α + B/D^β")
+        else:
+            doc.h(3, f"Grid law L = {law.describe()} (C = 6ND, M = D/N)")
         doc.table(PARAM_COLUMNS, law_rows)
-        doc.p("a = β/(α+β) and b = α/(α+β) are the exponents of N* ∝ C^a and D* ∝ C^b implied by the law.")
+        _identification_notes(doc, grid_fits)
+        if an.grid_rate is not None:
+            doc.p(an.grid_rate.verdict)
+        for fam, co in an.compute.items():
+            if co.backtest is not None:
+                doc.p(co.backtest.describe(family_label(fam)))
+        if law.name == "chinchilla":
+            doc.p(
+                "a = β/(α+β) and b = α/(α+β) are the exponents of N* ∝ C^a and D* ∝ C^b implied by the law."
+            )
         doc.table(["family", "C", "N*", "CI", "D*", "CI", f"{an.options.y} at optimum"], alloc_rows)
     if iso_rows:
         doc.h(3, "isoFLOP minima (parabola in log N per budget)")
@@ -640,6 +702,22 @@ def _backtest_section(doc: Doc, an: Analysis) -> None:
                     "FLAGGED" if b.flagged else "no",
                 ]
             )
+    for fam, co in an.compute.items():
+        b = co.backtest
+        if b is not None:
+            rows.append(
+                [
+                    "flops grid",
+                    "largest budget held out",
+                    family_label(fam),
+                    b.where,
+                    str(b.n_train),
+                    fmt(b.observed),
+                    f"{fmt(b.predicted.value)} {fmt_ci(b.predicted)}",
+                    f"{fmt_pct(b.error.value)} [{fmt_pct(b.error.lo)}, {fmt_pct(b.error.hi)}]",
+                    "FLAGGED" if b.flagged else "no",
+                ]
+            )
     if rows:
         doc.table(BACKTEST_COLUMNS, rows)
     else:
@@ -766,6 +844,8 @@ def _summary(an: Analysis) -> dict[str, Any]:
     compute = {
         f: {
             "chinchilla": co.chinchilla.to_dict() if co.chinchilla else None,
+            "grid_law": resolve_law(an.options.grid_form).describe(),
+            "backtest": co.backtest.to_dict() if co.backtest else None,
             "allocation": co.allocation,
             "isoflop": {k: v.to_dict() for k, v in co.isoflop.exponents.items()} if co.isoflop else None,
             "notes": co.notes,
@@ -780,6 +860,17 @@ def _summary(an: Analysis) -> dict[str, Any]:
         "bootstrap": an.options.bootstrap,
         "axes": axes,
         "compute_optimal": compute,
+        "grid_rate": (
+            {
+                "exponent": an.grid_rate.exponent,
+                "relative": an.grid_rate.relative.to_dict(),
+                "significant": an.grid_rate.significant,
+                "identified": an.grid_rate.identified,
+                "verdict": an.grid_rate.verdict,
+            }
+            if an.grid_rate is not None
+            else None
+        ),
         "excluded": an.excluded.to_dict(orient="records"),
         "system2": an.system2.to_dict() if an.system2 is not None else None,
     }

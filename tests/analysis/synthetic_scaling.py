@@ -19,6 +19,36 @@ def chinchilla_loss(N: np.ndarray, D: np.ndarray, p: dict[str, float] = CHINCHIL
     return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
 
 
+# One exponent for N and D (the shared form), as over-training suites find it.
+SHARED = {"E": 1.8, "A": 500.0, "B": 700.0, "alpha": 0.3}
+
+
+def shared_loss(N: np.ndarray, D: np.ndarray, p: dict[str, float] = SHARED) -> np.ndarray:
+    return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["alpha"]
+
+
+def overtrain_truth(p: dict[str, float] = SHARED) -> dict[str, float]:
+    """The same surface as the over-training law E + C^-eta (A' M^eta + B' M^-eta), C = 6ND, M = D/N: its
+    first term is A' 6^-eta N^-2eta and its second B' 6^-eta D^-2eta, so eta = alpha/2, A' = A 6^eta."""
+    eta = p["alpha"] / 2
+    return {"E": p["E"], "A": p["A"] * 6**eta, "B": p["B"] * 6**eta, "eta": eta}
+
+
+def random_grid(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n (N, D) points log-uniform over 1e7-1e10 parameters and 1e9-1e12 tokens."""
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
+    D = np.exp(rng.uniform(np.log(1e9), np.log(1e12), n))
+    return N, D
+
+
+def four_sizes(noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An over-training suite of four model sizes (2e7-2e8, one decade), each at 6 tokens-per-parameter
+    ratios from 10 to 1280, loss from SHARED with log-normal noise: D pins the exponent, N alone does not."""
+    N = np.repeat(np.geomspace(2e7, 2e8, 4), 6)
+    D = N * np.tile(np.geomspace(10, 1280, 6), 4)
+    return N, D, shared_loss(N, D) * np.exp(noise * rng.standard_normal(N.size))
+
+
 def _row(family: str, axis: str, i: int, **values) -> dict:
     base = {
         "trial_id": f"{family}-{axis}-{i}",

@@ -1,6 +1,9 @@
-"""Backtests: a law that bends at the largest point is flagged, one that holds is not."""
+"""Backtests: a law that bends at the held-out points is flagged, one that holds is not; 1-D and (N, D),
+(C, M) laws; hold-outs by variable, key and mask; bad input is a FitError."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from analysis.backtest import backtest
 from analysis.compare import compare_axis
 from analysis.errors import FitError
 from analysis.options import AnalysisOptions
-from tests.analysis.synthetic_scaling import make_trials
+from tests.analysis.synthetic_scaling import make_trials, shared_loss
 
 X = np.geomspace(1e6, 1e9, 8)
 A, ALPHA = 40.0, 0.2
@@ -57,3 +60,88 @@ def test_held_out_seeds_are_held_out_together():
     bt = backtest(np.repeat(X, 3), y, groups=np.repeat(np.arange(X.size), 3), bootstrap=200, seed=0)
     assert bt.n_holdout == 3 and bt.n_train == 21
     assert not bt.flagged
+
+
+# ---------------------------------------------------------------------------------- laws of several variables
+
+
+def grid(noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """5 model sizes x 5 tokens-per-parameter ratios, loss from the shared-exponent law."""
+    N = np.repeat(np.geomspace(1e7, 1e9, 5), 5)
+    D = N * np.tile(np.geomspace(10, 500, 5), 5)
+    return N, D, shared_loss(N, D) * np.exp(noise * np.random.default_rng(seed).standard_normal(N.size))
+
+
+def test_an_n_d_law_is_backtested_on_its_largest_model():
+    N, D, y = grid(0.005, 0)
+    bt = backtest(np.column_stack([N, D]), y, "shared", holdout="N", bootstrap=200, seed=0)
+    assert bt.n_holdout == 5 and bt.n_train == 20 and len(bt.points) == 5
+    assert all(p.x[0] == N.max() for p in bt.points)
+    for p in bt.points:
+        truth = shared_loss(*p.x)
+        assert p.predicted.value == pytest.approx(truth, rel=0.03)
+        assert p.error.value == pytest.approx(p.observed / p.predicted.value - 1)
+        assert p.inside is not None
+    assert "the largest N" in bt.holdout
+
+
+def test_an_n_d_law_that_bends_at_the_largest_model_is_flagged_at_every_held_out_point():
+    N, D, y = grid(0.005, 1)
+    y = np.where(np.isclose(N, 1e9), y * 1.10, y)  # the largest model is 10% worse than the law says
+    bt = backtest(np.column_stack([N, D]), y, "shared", holdout="N", bootstrap=200, seed=1)
+    assert bt.flagged
+    assert all(p.inside is False and p.error.value == pytest.approx(0.10, abs=0.035) for p in bt.points)
+    assert "misses 5 of them" in bt.describe("EBT")
+
+
+def test_a_c_m_law_is_backtested_on_its_largest_budget():
+    """isoFLOP-like grid: 4 budgets x 5 model sizes, the over-training law in (C, M); hold out the top C."""
+    rows = []
+    for C in np.geomspace(1e18, 1e21, 4):
+        for N in np.sqrt(C / 6 / 20) * np.geomspace(0.2, 5, 5):
+            rows.append((C, (C / 6 / N) / N))
+    C, M = np.array(rows).T
+    N, D = np.sqrt(C / (6 * M)), np.sqrt(C * M / 6)
+    y = shared_loss(N, D) * np.exp(0.005 * np.random.default_rng(2).standard_normal(C.size))
+    bt = backtest({"C": C, "M": M}, y, "overtrain", holdout="C", bootstrap=200, seed=2)
+    assert bt.n_holdout == 5 and all(p.x[0] == pytest.approx(1e21) for p in bt.points)
+    assert max(abs(p.error.value) for p in bt.points) < 0.03
+    # the same rows chosen by a key per row (C = 6ND from an (N, D) law) or by a row mask
+    by_key = backtest(np.column_stack([N, D]), y, "shared", holdout=6 * N * D, bootstrap=0)
+    by_mask = backtest(np.column_stack([N, D]), y, "shared", holdout=C > 5e20, bootstrap=0)
+    assert by_key.n_holdout == by_mask.n_holdout == 5
+    assert by_key.error.value == pytest.approx(by_mask.error.value)
+    assert math.isnan(by_key.error.lo) and all(p.inside is None for p in by_key.points)
+
+
+def test_two_columns_given_to_a_one_variable_law_is_a_fit_error_not_an_index_error():
+    """The issue's crash: backtest() of (N, D) raised a raw IndexError (x was flattened)."""
+    N, D, y = grid(0.005, 3)
+    with pytest.raises(FitError, match=r"the power law takes 1 x column\(s\)"):
+        backtest(np.column_stack([N, D]), y)
+    assert backtest(np.column_stack([N, D]), y, "shared", bootstrap=0).n_train == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"holdout": "Q"}, "hold out by 'Q'"),
+        ({"holdout": np.zeros(25, dtype=bool)}, "selects no row"),
+        ({"holdout": np.ones(25, dtype=bool)}, "nothing is left to fit"),
+        ({"holdout": np.ones(3, dtype=bool)}, "one value per row"),
+        ({"holdout": np.full(25, "big")}, "must be numbers"),
+    ],
+)
+def test_bad_hold_outs_are_fit_errors(kwargs, message):
+    N, D, y = grid(0.005, 4)
+    with pytest.raises(FitError, match=message):
+        backtest(np.column_stack([N, D]), y, "shared", bootstrap=0, **kwargs)
+
+
+def test_bad_values_and_shapes_are_fit_errors():
+    with pytest.raises(FitError, match="3 row"):
+        backtest(X[:3], law(0.01, 0))
+    y = law(0.01, 0)
+    y[2] = -1.0
+    with pytest.raises(FitError, match="non-positive"):
+        backtest(X, y)

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from analysis.compare import compare_axis, compare_rates, crossover, extrapolate
-from analysis.fit import fit_power
+from analysis.errors import FitError
+from analysis.fit import fit_law, fit_power
 from analysis.options import AnalysisOptions
-from tests.analysis.synthetic_scaling import TRUE, make_trials
+from tests.analysis.synthetic_scaling import TRUE, make_trials, shared_loss
 
 X = np.geomspace(1e6, 1e9, 10)
 
@@ -110,3 +111,35 @@ def test_the_two_families_bootstrap_independently():
     assert cmp.rate.relative.lo < -1e-3 and cmp.rate.relative.hi > 1e-3
     assert not cmp.rate.significant
     assert math.isfinite(cmp.rate.relative.lo)
+
+
+def test_a_real_difference_resting_on_an_unidentified_fit_is_not_called_significant():
+    """The same clear exponent gap as above, fitted with a floor E the data do not show: E is flagged
+    (at its bound 0, or an interval over many decades) and the verdict refuses to call it."""
+    rng = np.random.default_rng(1)
+    fits = []
+    for A, alpha in ((60, 0.28), (40, 0.20)):
+        y = A * X**-alpha * np.exp(0.01 * rng.standard_normal(X.size))
+        fits.append(fit_law(X, y, "saturating", bootstrap=300, seed=int(100 * alpha)))
+    assert not all(f.identified for f in fits)
+    cmp = compare_rates(*fits, axis="data")
+    assert cmp.relative.lo > 0  # the interval alone would have said "faster"
+    assert not cmp.significant and not cmp.identified
+    assert cmp.verdict.startswith("No verdict on the data axis") and "not identified" in cmp.verdict
+    assert "add points at" in cmp.verdict
+
+
+def test_shared_exponent_laws_on_a_parameters_by_data_grid_are_compared():
+    """A shared-exponent L(N, D) per family: compare_rates reads the law's own exponent (alpha, shared)."""
+    N = np.repeat(np.geomspace(1e7, 1e9, 5), 5)
+    D = N * np.tile(np.geomspace(10, 500, 5), 5)
+    fits = {}
+    for fam, alpha, seed in (("ebt", 0.36, 1), ("transformer_pp", 0.30, 2)):
+        p = {"E": 1.8, "A": 500.0, "B": 700.0, "alpha": alpha}
+        y = shared_loss(N, D, p) * np.exp(0.005 * np.random.default_rng(seed).standard_normal(N.size))
+        fits[fam] = fit_law({"N": N, "D": D}, y, "shared", bootstrap=300, seed=seed)
+    cmp = compare_rates(fits["ebt"], fits["transformer_pp"], axis="grid")
+    assert cmp.exponent == "alpha" and cmp.identified
+    assert cmp.significant and cmp.relative.lo < 0.2 < cmp.relative.hi
+    with pytest.raises(FitError, match="no fitted exponent 'eta'"):
+        compare_rates(fits["ebt"], fits["transformer_pp"], exponent="eta")

@@ -115,3 +115,27 @@ def test_a_table_with_nothing_fittable_still_reports(tmp_path):
     md = paths["markdown"].read_text()
     assert "No axis has fits for both" in md
     assert np.all([n in md for n in trials["name"]])
+
+
+def test_a_grid_law_without_a_floor_is_flagged_and_gets_no_verdict(tmp_path):
+    """The flops grid with E = 0 (pure power terms): E is not identified for either family, the report says
+    so next to the parameter and in the grid verdict, which is not significant whatever the exponents."""
+    trials = make_trials(axes=("data",), n=6, noise=0.01, flops_axis=True)
+    flops = trials["axis"] == "flops"
+    N, D = trials.loc[flops, "n_params"], trials.loc[flops, "tokens"]
+    ebt = trials.loc[flops, "family"] == "ebt"
+    noise = np.exp(0.01 * np.random.default_rng(0).standard_normal(int(flops.sum())))
+    trials.loc[flops, "val_loss"] = (400 * N ** np.where(ebt, -0.4, -0.3) + 400 * D**-0.3) * noise
+    options = AnalysisOptions(bootstrap=200, seed=0, grid_form="shared")
+    paths = write_report(trials, tmp_path, {}, options=options)
+    md = paths["markdown"].read_text()
+    summary = json.loads(paths["summary"].read_text())
+    assert "Grid law L = E + A*N^-alpha + B*D^-alpha" in md
+    grid = summary["grid_rate"]
+    assert grid["identified"] is False and grid["significant"] is False
+    assert "not identified" in grid["verdict"] and "add points at" in grid["verdict"]
+    for fam in ("ebt", "transformer_pp"):
+        fit = summary["compute_optimal"][fam]["chinchilla"]
+        assert "E" in fit["flags"] and fit["identified"] is False
+        assert summary["compute_optimal"][fam]["backtest"]["holdout"].startswith("the largest budget")
+    assert re.search(r"\| EBT \| E \| [^|]+ \| [^|]+ \| no: E = ", md)
