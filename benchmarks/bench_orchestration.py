@@ -11,12 +11,13 @@ trials (both families, d_model 32/48, seeds to make up the count, 1 CPU each), e
                / (sweep wall time x concurrent slots)
 Sweep wall time runs from launching the CLI to its exit (plus, with --ray head, starting the Ray head).
 
-Ray: `--ray head` (default) starts a private Ray head (`ray start --head --block`, its own temp dir) with
-RAY_ADDRESS exported to its workers and runs the sweep with `--address`; `--ray embedded` lets the CLI start
-its own Ray, as `sweep run` does without a cluster. Why head is the default: on a machine where other Ray
-instances run (tests, other users), Ray Train's placement-group cleaner in an embedded sweep cannot pick its
-cluster ("Found multiple active Ray instances"), dies, and finished trials never release their CPUs: the
-sweep hangs (seen here; see NOTES.md). Only processes this script started are stopped.
+Ray: `--ray embedded` (default) lets the CLI start its own Ray, as `sweep run` does without a cluster;
+`--ray head` starts a private Ray head (`ray start --head --block`, its own temp dir) with RAY_ADDRESS
+exported to its workers and runs the sweep with `--address`. Head mode was the way round a hang seen here
+before commit 84dd374: with other Ray instances on the machine (tests, other users), Ray Train's
+placement-group cleaner in an embedded sweep could not pick its cluster ("Found multiple active Ray
+instances"), died, and finished trials never released their CPUs (NOTES.md). Only processes this script
+started are stopped.
 
 Per-trial fixed costs come from a timeline recorded by benchmark-only hooks (benchmarks/_hooks, put on the
 sweep processes' PYTHONPATH; see ebtscale_timeline.py): timestamps of the Tune trial, the Ray Train worker
@@ -581,6 +582,10 @@ def main() -> None:
     sweep_root = Path(spec["output_dir"]) / spec["name"]
     results = trial_results(sweep_root)
     events = load_events(timeline)
+    # a hook that no longer fits the code it wraps is skipped (the sweep must not break): its phases are
+    # then missing, so say so (once, not once per process) and fail rather than report them as measured
+    failed = {(e["module"], e["error"]) for e in events if e["event"] == "patch_failed"}
+    hook_failures = [{"module": module, "error": error} for module, error in sorted(failed)]
     slots = args.cpus  # 1 CPU per trial
     per_trial: dict[str, Any] = {}
     for tid, r in results.items():
@@ -622,6 +627,7 @@ def main() -> None:
         "per_trial": per_trial,
         "driver": driver_phases(events, cli_start) | exit_after_run_sweep(events, cli_start + cli["wall_s"]),
         "occupancy": occupancy(events, list(results), slots),
+        "hook_failures": hook_failures,
         "load": load_summary,
     }
     result["targets"] = [
@@ -643,7 +649,9 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     elif cli["returncode"] != 0:
         console().print(f"the sweep failed or timed out (rc {cli['returncode']}): files kept in {root}")
-    if cli["returncode"] != 0:
+    for failure in hook_failures:
+        console().print(f"[bold red]timeline hook not applied to {failure['module']}:[/] {failure['error']}")
+    if cli["returncode"] != 0 or hook_failures:
         raise SystemExit(1)
 
 
