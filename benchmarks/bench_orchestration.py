@@ -4,6 +4,7 @@ the rest of each trial's time goes (Ray start-up, imports, DeepSpeed init, MLflo
     .venv/bin/python benchmarks/bench_orchestration.py [--trials 16] [--json-out ...]
     .venv/bin/python benchmarks/bench_orchestration.py --trials 4            # quick run, ~1-2 min
     .venv/bin/python benchmarks/bench_orchestration.py --steps 640           # longer trials
+    .venv/bin/python benchmarks/bench_orchestration.py --smoke               # 2 trials x 4 steps (make test)
 
 What runs: the real CLI, `python -m orchestrator.cli sweep run SPEC`, on a generated spec of --trials tiny
 trials (both families, d_model 32/48, seeds to make up the count, 1 CPU each), exactly as a user runs it.
@@ -50,6 +51,7 @@ from _bench import (
     console,
     machine_info,
     median,
+    parse_bench_args,
     print_targets,
     sample_busy_cores,
     table,
@@ -61,6 +63,8 @@ from orchestrator.ports import free_port
 HOOKS = Path(__file__).resolve().parent / "_hooks"
 TARGET_EFFICIENCY = 0.85  # issue: >= 85% of slot time inside training steps on the 16-trial sweep
 TARGET_FIXED_COST_S = 10.0  # issue: per-trial fixed cost < 10 s on CPU
+# --smoke: one trial per family, 4 steps (an evaluation and a checkpoint on the way), short load samples
+SMOKE = {"trials": 2, "steps": 4, "load_sample": 0.5, "timeout": 300}
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -536,7 +540,7 @@ def main() -> None:
     parser.add_argument(
         "--load-sample", type=float, default=5.0, help="seconds of load sampling before/after"
     )
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
 
     root = Path(tempfile.mkdtemp(prefix="ebo-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     timeline = root / "timeline"
