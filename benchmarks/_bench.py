@@ -16,6 +16,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -79,11 +80,35 @@ def bench_trial_config(
 
 
 def bench_parser(doc: str | None, results_name: str) -> argparse.ArgumentParser:
-    """A benchmark's command line: its module docstring as help, and --json-out (default
-    benchmarks/results/<results_name>)."""
+    """A benchmark's command line: its module docstring as help, --json-out (default
+    benchmarks/results/<results_name>) and --smoke (see parse_bench_args)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json-out", type=Path, default=RESULTS / results_name)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, seconds: checks that every part of the script still runs (its numbers mean "
+        "nothing); JSON to a temp folder unless --json-out is given",
+    )
     return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, smoke: dict[str, Any]) -> argparse.Namespace:
+    """Parse the command line. With --smoke, `smoke` (dest -> value) replaces the defaults, so that flags
+    given explicitly still win, and the JSON goes to a fresh temp folder unless --json-out names a file:
+    `make test` runs every benchmark this way (tests/benchmarks/test_smoke.py) so that none rots unseen,
+    and a smoke run must never overwrite the measured results in benchmarks/results/."""
+    args = parser.parse_args()
+    if not args.smoke:
+        return args
+    unknown = set(smoke) - {action.dest for action in parser._actions}
+    assert not unknown, f"smoke settings for options the script does not have: {sorted(unknown)}"
+    name = Path(parser.get_default("json_out")).name
+    parser.set_defaults(**smoke, json_out=None)
+    args = parser.parse_args()
+    if args.json_out is None:
+        args.json_out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) / name
+    return args
 
 
 def cpu_environment() -> None:

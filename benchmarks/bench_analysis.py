@@ -1,6 +1,7 @@
 """Benchmark of the analysis fits: multi-start fit + 1000 bootstrap resamples, chinchilla and single-axis.
 
     .venv/bin/python benchmarks/bench_analysis.py [--json-out benchmarks/results/analysis.json]
+    .venv/bin/python benchmarks/bench_analysis.py --smoke    # every part at tiny sizes, seconds (make test)
 
 Also times two slower ways of bootstrapping in the same run, on fewer resamples, and states the ratio per
 resample extrapolated to the full count: one scipy L-BFGS-B per resample warm-started from the full fit
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy
-from _bench import bench_parser, table
+from _bench import bench_parser, parse_bench_args, table
 from rich.console import Console
 from scipy.optimize import minimize
 
@@ -28,6 +29,16 @@ from analysis.fit import DEFAULT_HUBER_DELTA, fit_law
 from analysis.laws import FORMS, Law
 
 DELTA = DEFAULT_HUBER_DELTA
+# --smoke: both cases, every way of bootstrapping, one round, a handful of resamples
+SMOKE = {
+    "bootstrap": 20,
+    "points": 40,
+    "single_points": 12,
+    "loop_boot": 2,
+    "naive_boot": 1,
+    "naive_boot_single": 1,
+    "repeat": 1,
+}
 
 
 def chinchilla_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +147,7 @@ def main() -> None:
     parser.add_argument("--naive-boot", type=int, default=2, help="chinchilla resamples for the naive loop")
     parser.add_argument("--naive-boot-single", type=int, default=50, help="single-axis naive-loop resamples")
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
 
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()
@@ -151,6 +162,7 @@ def main() -> None:
         ),
     ]
     result = {
+        "smoke": args.smoke,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

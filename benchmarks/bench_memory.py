@@ -5,6 +5,7 @@ bench_planner.py.)
     .venv/bin/python benchmarks/bench_memory.py [--json-out benchmarks/results/memory.json]
     .venv/bin/python benchmarks/bench_memory.py --sizes 128 --stages 1 --ebt-extra ""      # quick, ~40 s
     .venv/bin/python benchmarks/bench_memory.py --sizes 128,256,384 --stages 0,1,2,3 --workers 1,2
+    .venv/bin/python benchmarks/bench_memory.py --smoke     # every part at tiny sizes (make test)
 
 Memory. Each configuration (family x d_model x ZeRO stage x workers, and for the EBT x --ebt-variants:
 reuse_observed_kv false ("full") and true ("reuse"); --ebt-extra adds descent variations at the first size
@@ -44,6 +45,7 @@ from _bench import (
     console,
     cpu_environment,
     machine_info,
+    parse_bench_args,
     print_targets,
     run_child,
     table,
@@ -55,6 +57,19 @@ cpu_environment()
 DEFAULT_MICRO_BATCH = {128: 8, 256: 4, 384: 2}
 TARGET_ERROR = 0.25  # issue: planner estimates within 25%
 MIB = 1 << 20
+# --smoke: two runs (a process each) at d_model 32, context 32, one sequence, the fewest steps the
+# measurement allows, one ZeRO stage, one worker: the Transformer++ and, through --ebt-extra, the EBT variant
+# that sets every EBT field the variants touch. Left out: two-worker runs (--workers 2, the gloo path)
+SMOKE = {
+    "sizes": "32",
+    "stages": "1",
+    "workers": "1",
+    "ebt_variants": "",
+    "ebt_extra": "reuse-k3-trunc",
+    "context": 32,
+    "micro_batch": 1,
+    "steps": 2,
+}
 
 
 # ---------------------------------------------------------------------------------------------- child
@@ -398,7 +413,7 @@ def main() -> None:
     parser.add_argument("--no-saved", action="store_true", help="skip the saved-tensor count")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
     if args.child:
         child_main(args.child, args.steps, args.out)
         return

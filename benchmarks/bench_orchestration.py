@@ -4,6 +4,7 @@ the rest of each trial's time goes (Ray start-up, imports, DeepSpeed init, MLflo
     .venv/bin/python benchmarks/bench_orchestration.py [--trials 16] [--json-out ...]
     .venv/bin/python benchmarks/bench_orchestration.py --trials 4            # quick run, ~1-2 min
     .venv/bin/python benchmarks/bench_orchestration.py --steps 640           # longer trials
+    .venv/bin/python benchmarks/bench_orchestration.py --smoke               # 2 trials x 4 steps (make test)
 
 What runs: the real CLI, `python -m orchestrator.cli sweep run SPEC`, on a generated spec of --trials tiny
 trials (both families, d_model 32/48, seeds to make up the count, 1 CPU each), exactly as a user runs it.
@@ -11,12 +12,13 @@ trials (both families, d_model 32/48, seeds to make up the count, 1 CPU each), e
                / (sweep wall time x concurrent slots)
 Sweep wall time runs from launching the CLI to its exit (plus, with --ray head, starting the Ray head).
 
-Ray: `--ray head` (default) starts a private Ray head (`ray start --head --block`, its own temp dir) with
-RAY_ADDRESS exported to its workers and runs the sweep with `--address`; `--ray embedded` lets the CLI start
-its own Ray, as `sweep run` does without a cluster. Why head is the default: on a machine where other Ray
-instances run (tests, other users), Ray Train's placement-group cleaner in an embedded sweep cannot pick its
-cluster ("Found multiple active Ray instances"), dies, and finished trials never release their CPUs: the
-sweep hangs (seen here; see NOTES.md). Only processes this script started are stopped.
+Ray: `--ray embedded` (default) lets the CLI start its own Ray, as `sweep run` does without a cluster;
+`--ray head` starts a private Ray head (`ray start --head --block`, its own temp dir) with RAY_ADDRESS
+exported to its workers and runs the sweep with `--address`. Head mode was the way round a hang seen here
+before commit 84dd374: with other Ray instances on the machine (tests, other users), Ray Train's
+placement-group cleaner in an embedded sweep could not pick its cluster ("Found multiple active Ray
+instances"), died, and finished trials never released their CPUs (NOTES.md). Only processes this script
+started are stopped.
 
 Per-trial fixed costs come from a timeline recorded by benchmark-only hooks (benchmarks/_hooks, put on the
 sweep processes' PYTHONPATH; see ebtscale_timeline.py): timestamps of the Tune trial, the Ray Train worker
@@ -49,6 +51,7 @@ from _bench import (
     console,
     machine_info,
     median,
+    parse_bench_args,
     print_targets,
     sample_busy_cores,
     table,
@@ -60,6 +63,8 @@ from orchestrator.ports import free_port
 HOOKS = Path(__file__).resolve().parent / "_hooks"
 TARGET_EFFICIENCY = 0.85  # issue: >= 85% of slot time inside training steps on the 16-trial sweep
 TARGET_FIXED_COST_S = 10.0  # issue: per-trial fixed cost < 10 s on CPU
+# --smoke: one trial per family, 4 steps (an evaluation and a checkpoint on the way), short load samples
+SMOKE = {"trials": 2, "steps": 4, "load_sample": 0.5, "timeout": 300}
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -535,7 +540,7 @@ def main() -> None:
     parser.add_argument(
         "--load-sample", type=float, default=5.0, help="seconds of load sampling before/after"
     )
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
 
     root = Path(tempfile.mkdtemp(prefix="ebo-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     timeline = root / "timeline"
@@ -581,6 +586,10 @@ def main() -> None:
     sweep_root = Path(spec["output_dir"]) / spec["name"]
     results = trial_results(sweep_root)
     events = load_events(timeline)
+    # a hook that no longer fits the code it wraps is skipped (the sweep must not break): its phases are
+    # then missing, so say so (once, not once per process) and fail rather than report them as measured
+    failed = {(e["module"], e["error"]) for e in events if e["event"] == "patch_failed"}
+    hook_failures = [{"module": module, "error": error} for module, error in sorted(failed)]
     slots = args.cpus  # 1 CPU per trial
     per_trial: dict[str, Any] = {}
     for tid, r in results.items():
@@ -622,6 +631,7 @@ def main() -> None:
         "per_trial": per_trial,
         "driver": driver_phases(events, cli_start) | exit_after_run_sweep(events, cli_start + cli["wall_s"]),
         "occupancy": occupancy(events, list(results), slots),
+        "hook_failures": hook_failures,
         "load": load_summary,
     }
     result["targets"] = [
@@ -643,7 +653,9 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     elif cli["returncode"] != 0:
         console().print(f"the sweep failed or timed out (rc {cli['returncode']}): files kept in {root}")
-    if cli["returncode"] != 0:
+    for failure in hook_failures:
+        console().print(f"[bold red]timeline hook not applied to {failure['module']}:[/] {failure['error']}")
+    if cli["returncode"] != 0 or hook_failures:
         raise SystemExit(1)
 
 

@@ -4,6 +4,7 @@ sweeps.
     .venv/bin/python benchmarks/bench_planner.py [--json-out benchmarks/results/planner.json]
     .venv/bin/python benchmarks/bench_planner.py --specs sweeps/smoke-params.yaml --steps 20 --passes 1
     .venv/bin/python benchmarks/bench_planner.py --large        # + paper shapes d128/256, context 256
+    .venv/bin/python benchmarks/bench_planner.py --smoke        # 2 trials, 3 steps each (make test)
 
 Every distinct trial of the specs (default: smoke-params, smoke-depth, smoke-batch) is planned with
 `orchestrator.sweep.plan.plan` (throughput calibrated here, per spec, as `ebtscale sweep plan SPEC` does) and
@@ -47,6 +48,7 @@ from _bench import (
     console,
     cpu_environment,
     machine_info,
+    parse_bench_args,
     print_targets,
     run_child,
     sample_busy_cores,
@@ -59,6 +61,17 @@ cpu_environment()
 DEFAULT_SPECS = ("smoke-params", "smoke-depth", "smoke-batch")
 TARGET_ERROR = 0.25  # issue: planner estimates within 25%
 LARGE_SHAPES = {128: (2, 2, 8), 256: (4, 4, 4)}  # d_model -> n_layers, n_heads, micro-batch
+# --smoke: one EBT (reuse_observed_kv) and one Transformer++ trial of one spec, 3 steps each, one pass, no
+# waiting for quiet. Left out: the refit (it needs 5 rows, a process each) and --large (paper shapes: minutes)
+SMOKE = {
+    "specs": str(REPO / "sweeps" / "smoke-params.yaml"),
+    "d_models": "32",
+    "steps": 3,
+    "rounds": 1,
+    "ebt_reuse": "true",
+    "passes": 1,
+    "quiet_wait": 0,
+}
 
 
 # ---------------------------------------------------------------------------------------------- child
@@ -100,13 +113,16 @@ def with_reuse(t: Any, reuse: bool) -> Any:
     return dataclasses.replace(t, name=name, id=f"{t.id}-{int(reuse)}", config=new, costs=TrialCosts.of(new))
 
 
-def spec_trials(spec: Path, reuse: list[bool]) -> list[Any]:
-    """Distinct trials of a spec, EBT trials once per reuse_observed_kv setting."""
+def spec_trials(spec: Path, reuse: list[bool], d_models: set[int] | None = None) -> list[Any]:
+    """Distinct trials of a spec (those of `d_models` only, if given), EBT trials once per reuse_observed_kv
+    setting."""
     from orchestrator.sweep.expand import expand, unique_trials
     from orchestrator.sweep.spec import load_spec
 
     out = []
     for t in unique_trials(expand(load_spec(spec))):
+        if d_models is not None and t.config.model.d_model not in d_models:
+            continue
         out += [with_reuse(t, r) for r in reuse] if t.family == "ebt" else [t]
     return out
 
@@ -390,6 +406,11 @@ def main() -> None:
     )
     parser.add_argument("--large-steps", type=int, default=4)
     parser.add_argument(
+        "--d-models",
+        default="",
+        help="only the specs' trials of these d_model values, e.g. 32,48 (default: all)",
+    )
+    parser.add_argument(
         "--passes",
         type=int,
         default=2,
@@ -403,7 +424,7 @@ def main() -> None:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
     if args.child:
         child_main(args.child, args.steps, args.out)
         return
@@ -412,9 +433,10 @@ def main() -> None:
 
     load = LoadMonitor()
     reuse = [s.strip().lower() == "true" for s in args.ebt_reuse.split(",") if s.strip()]
+    d_models = {int(d) for d in args.d_models.split(",") if d.strip()} or None
     rows: list[dict[str, Any]] = []
     for spec in args.specs.split(","):
-        rows += planned_rows(spec_trials(Path(spec), reuse), Path(spec).stem)
+        rows += planned_rows(spec_trials(Path(spec), reuse, d_models), Path(spec).stem)
     with tempfile.TemporaryDirectory(prefix="bench-planner-") as tmp:
         root = Path(tmp)
         if args.large:

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_store.py [--json-out benchmarks/results/store.json]
     .venv/bin/python benchmarks/bench_store.py --trials 1000        # one small size, a quick look
+    .venv/bin/python benchmarks/bench_store.py --smoke              # 90 trials, no CLI runs (make test)
 
 The sweep: both families x all five axes (data, batch, params, depth, isoFLOP grid) of tiny models, with as
 many seeds as it takes to reach --trials distinct trials (45 per family and seed). Each size is measured in
@@ -52,6 +53,7 @@ from _bench import (
     console,
     cpu_environment,
     machine_info,
+    parse_bench_args,
     print_targets,
     table,
     write_json,
@@ -70,6 +72,10 @@ LAWS: dict[str, dict[str, float]] = {
 }
 PLAN_STAGES = ("validate", "expand", "plan", "render")
 TARGET_S = 60.0  # a stage slower than this at 10,000 trials is a problem to fix (issue, benchmark 4)
+# --smoke: one seed (90 trials), 20 bootstrap resamples, the store built afresh in a temp folder (its build
+# is code to check too). Left out: a second size (the scaling line) and the CLI runs (the report's ~20 plots
+# cost as much again each time, whatever the size)
+SMOKE = {"trials": "90", "bootstrap": 20, "no_cli": True, "cache_dir": None}
 
 
 def synthetic_spec(seeds: int, output_dir: Path) -> dict[str, Any]:
@@ -439,10 +445,11 @@ def main() -> None:
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "ebtscale-bench-store"
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached stores")
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
 
     sizes = sorted(int(t) for t in args.trials.split(","))
-    stores = {n: cached_store(seeds_for(n), args.cache_dir, args.rebuild) for n in sizes}  # set-up, untimed
+    cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="bench-store-"))  # None: --smoke's own
+    stores = {n: cached_store(seeds_for(n), cache_dir, args.rebuild) for n in sizes}  # set-up, untimed
     load = LoadMonitor()
     start = time.perf_counter()
     for module in (
@@ -500,6 +507,8 @@ def main() -> None:
     render(result)
     write_json(args.json_out, result)
     console().print(f"wrote {args.json_out}")
+    if args.cache_dir is None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ count.
     .venv/bin/python benchmarks/bench_throughput.py [--json-out benchmarks/results/throughput.json]
     .venv/bin/python benchmarks/bench_throughput.py --sizes 128 --rounds 1        # quick look, ~20 s
     .venv/bin/python benchmarks/bench_throughput.py --rounds 5 --micro-batch 4    # longer, steadier
+    .venv/bin/python benchmarks/bench_throughput.py --smoke [--plain]   # every part at tiny sizes (make test)
 
 What is measured, per model size (default: the paper's 4xs/3xs/xxs shapes at context 256):
 - one `orchestrator.train.trainer.Trial` per variant (Transformer++, EBT, EBT with reuse_observed_kv), built
@@ -53,6 +54,7 @@ from _bench import (
     gemm_peak,
     machine_info,
     median,
+    parse_bench_args,
     print_targets,
     quiet_deepspeed,
     si,
@@ -80,6 +82,16 @@ TARGET_TPP_MFU = 0.50  # issue: TPP at d_model >= 256 reaches 50% of the fp32 GE
 TARGET_EBT_OVERHEAD = 1.15  # issue: EBT step time within 1.15x of what its FLOP ratio predicts
 LOSS_TOLERANCE = 1e-6
 CLOCKS = ("wall", "cpu")  # wall-clock (primary) and the main thread's CPU time (see the module docstring)
+# --smoke: every variant, part and check at d_model 32 with one layer, 32 tokens, one round; a small GEMM peak
+SMOKE = {
+    "sizes": "32",
+    "layers": 1,
+    "context": 32,
+    "micro_batch": 1,
+    "rounds": 1,
+    "warmup": 1,
+    "gemm_size": 256,
+}
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -788,7 +800,7 @@ def plain_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     load = LoadMonitor()
     peak = gemm_peak(
-        args.threads, n=8192 if device == "cuda" else 2048, repeats=10, device=device, dtype=dtype
+        args.threads, n=8192 if device == "cuda" else args.gemm_size, repeats=10, device=device, dtype=dtype
     )
     sizes = [int(s) for s in args.sizes.split(",")]
     vocabs = [int(v) for v in (args.vocabs or str(args.vocab)).split(",")]
@@ -913,6 +925,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant (best is reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a sweep worker's cpus: 1)")
+    parser.add_argument(
+        "--gemm-size", type=int, default=2048, help="n of the n x n fp32 GEMMs that measure the CPU peak"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-mlflow", action="store_true", help="log without an MLflow tracker")
     parser.add_argument(
@@ -941,7 +956,7 @@ def main() -> None:
     parser.add_argument(
         "--authors-deps", type=Path, default=None, help="--plain: a pip --target folder with their imports"
     )
-    args = parser.parse_args()
+    args = parse_bench_args(parser, SMOKE)
     if args.plain:
         if args.variants == ",".join(VARIANTS):
             args.variants = ",".join(PLAIN_VARIANTS)
@@ -957,14 +972,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     use_thread_cpu_clock(args.threads == 1)
     load = LoadMonitor()
-    peaks = [gemm_peak(args.threads, repeats=10)]
+    peaks = [gemm_peak(args.threads, n=args.gemm_size, repeats=10)]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         root = Path(tmp)
         tracking = None if args.no_mlflow else Tracking(root)
         for d in sizes:
             results.append(measure_size(d, args, root, tracking))
-            peaks.append(gemm_peak(args.threads, repeats=10))
+            peaks.append(gemm_peak(args.threads, n=args.gemm_size, repeats=10))
         optimizer = None if args.no_optimizer_check else optimizer_check(max(sizes), args, root)
     peak = {clock: max(p[clock] for p in peaks) for clock in CLOCKS}
     summarise(results, peak)

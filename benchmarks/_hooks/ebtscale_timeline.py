@@ -116,16 +116,18 @@ def _job_fields(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _patch_sweep_runner(m: Any) -> None:
-    def worker_fields(job: dict[str, Any]) -> dict[str, Any]:
+    def worker_fields(job: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         _CONTEXT["trial"] = job["id"]
         return _job_fields(job)
 
     original_train = m._train  # the trial's training, in a Ray Train worker or in the Tune actor
 
+    # *args/**kwargs: whatever _train takes besides the job (now `in_actor`) passes through untouched, so
+    # that a change of its signature cannot break the benchmark's trials again
     @functools.wraps(original_train)
-    def train(job: dict[str, Any]) -> dict[str, Any]:
+    def train(job: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
-            return spanned(original_train, "worker_fn", worker_fields)(job)
+            return spanned(original_train, "worker_fn", worker_fields)(job, *args, **kwargs)
         finally:
             flush_totals("worker_totals")
 
