@@ -3,11 +3,12 @@ and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepS
 `ebtscale fit`, lives with the others in orchestrator/cli/.
 
     data.py      the tidy trials and thinking tables       options.py   AnalysisOptions: what to fit, how
-    laws.py      the law forms, their objective            fit.py       fits with bootstrap intervals
+    laws.py      laws as data, their parser and objective  fit.py       fits with bootstrap intervals
     optim.py     the batched L-BFGS under the fits         isoflop.py   compute-optimal allocation
     compare.py   EBT vs Transformer++ per axis             backtest.py  held-out extrapolation checks
     thinking.py  System-2 perplexity reduction             tuning.py    the tuning section
     report.py    the report (HTML, Markdown, JSON)         plots.py     its figures
+    identify.py  identifiability flags of a fit                intervals.py percentile intervals of draws
     errors.py    the user-facing exceptions
 
 Names are imported lazily (PEP 562), so the command line's `import analysis.options` (the defaults of

@@ -20,6 +20,7 @@ from scipy.optimize import minimize
 
 from analysis.errors import FitError
 from analysis.identify import Flag, advice, identifiability
+from analysis.intervals import percentile_interval
 from analysis.laws import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_HUBER_DELTA,
@@ -61,17 +62,6 @@ def spawn_seeds(seed: Seed, n: int) -> list[np.random.SeedSequence]:
     """n independent child seeds: independent fits (two families, several axes) must not share resamples."""
     parent = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return parent.spawn(n)
-
-
-def percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval of the finite draws along axis 0 ((nan, nan) when there are none)."""
-    draws = np.asarray(draws, float)
-    finite = draws[np.isfinite(draws)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    q = 100 * (1 - level) / 2
-    lo, hi = np.percentile(finite, [q, 100 - q])
-    return float(lo), float(hi)
 
 
 def _percentile_bands(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:

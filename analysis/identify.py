@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.intervals import percentile_interval
 from analysis.laws import Law
 
 BOUND_TOL = 1e-6  # relative distance to a stated bound that counts as "at" it
@@ -41,15 +42,6 @@ class Flag:
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "detail": self.detail}
-
-
-def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
-    finite = draws[np.isfinite(draws)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    q = 100 * (1 - level) / 2
-    lo, hi = np.percentile(finite, [q, 100 - q])
-    return float(lo), float(hi)
 
 
 def _span_flag(name: str, value: float, lo: float, hi: float, what: str) -> Flag | None:
@@ -111,9 +103,9 @@ def identifiability(
             if size < VANISHED * typical:
                 add(Flag(name, "at_bound", f"{what} is {size:.3g}, at its lower bound 0: the term vanished"))
             if a_draws is not None:
-                add(_span_flag(name, size, *_interval(np.exp(a_draws[:, k]), level), what))
+                add(_span_flag(name, size, *percentile_interval(np.exp(a_draws[:, k]), level), what))
         elif name in draws:
-            add(_span_flag(name, value, *_interval(draws[name], level), name))
+            add(_span_flag(name, value, *percentile_interval(draws[name], level), name))
     return {k: tuple(v) for k, v in flags.items()}
 
 
