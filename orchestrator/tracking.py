@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import fcntl
 import gc
+import importlib
 import logging
 import math
 import os
@@ -198,9 +199,64 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-SYSTEM_METRICS_EVERY_S = (
-    5  # a sample of CPU, memory, disk, network (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins)
-)
+SYSTEM_METRICS_EVERY_S = 5.0  # a trial run's system metrics: one sample every so many seconds
+
+
+class SystemSampler:
+    """The machine's system metrics on a run, as `system/<name>` (the names MLflow's UI groups): MLflow's own
+    monitors (CPU, memory, disk, network; an NVIDIA or AMD GPU where its library is installed), sampled on a
+    thread of ours every `every_s` and logged through the tracker's queue. MLflow's own monitor thread talks
+    to the store itself and stops for good at its first failed request (a busy sqlite file, an outage);
+    through the queue, samples ride out an outage like the training metrics. A resumed run continues its
+    steps."""
+
+    def __init__(self, tracker: RunTracker, every_s: float, resumed: bool) -> None:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+        self.monitors: list[Any] = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+        for module, name in (("gpu_monitor", "GPUMonitor"), ("rocm_monitor", "ROCMMonitor")):
+            try:  # raises without the GPU's library or a GPU
+                gpu = importlib.import_module(f"mlflow.system_metrics.metrics.{module}")
+                self.monitors.append(getattr(gpu, name)())
+                break
+            except Exception:
+                continue
+        self.tracker, self.every_s = tracker, every_s
+        self.step = self._next_step() if resumed else 0
+        self._stop = threading.Event()
+        name = f"system-metrics-{tracker.run_id[:8]}"
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _next_step(self) -> int:
+        key = "system/cpu_utilization_percentage"
+        try:
+            history = self.tracker.client.get_metric_history(self.tracker.run_id, key)
+        except Exception:
+            return 0
+        return 1 + max((m.step for m in history), default=-1)
+
+    def sample(self) -> None:
+        """One sample of every monitor, queued on the run at the next step."""
+        metrics: dict[str, float] = {}
+        for monitor in self.monitors:
+            monitor.collect_metrics()
+            metrics |= monitor.aggregate_metrics()
+            monitor.clear_metrics()
+        self.tracker.log_metrics({f"system/{k}": v for k, v in metrics.items()}, step=self.step, force=True)
+        self.step += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.sample()
+
+    def stop(self) -> None:
+        """End the thread, then take a last sample: even a run shorter than `every_s` has one."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.sample()
 
 
 class RunTracker:
@@ -228,7 +284,7 @@ class RunTracker:
         self.failed_flushes = 0  # send attempts that found the store unreachable (for reports and tests)
         self.max_buffered = 0  # the most metrics ever waiting in the queue
         self.last_logged_step = self._last_step()
-        self._monitor: Any = None  # MLflow's system-metrics monitor (`start(system_metrics=True)`)
+        self._monitor: SystemSampler | None = None  # `start(system_metrics=True)`
 
     @classmethod
     def start(
@@ -242,8 +298,8 @@ class RunTracker:
         system_metrics: bool = False,
     ) -> RunTracker:
         """Create a run, or continue `resume_run_id` (same run: no duplicate on resume). `system_metrics`:
-        MLflow's monitor logs this machine's CPU, memory, disk and network (and GPU where its library is
-        installed) to the run as system/* metrics until `end`."""
+        this machine's CPU, memory, disk and network (and GPU where its library is installed) as system/*
+        metrics every SYSTEM_METRICS_EVERY_S until `end` (`SystemSampler`)."""
         client = mlflow_client(uri)
         if resume_run_id:
             run = client.get_run(resume_run_id)
@@ -262,18 +318,9 @@ class RunTracker:
 
     def _start_system_metrics(self, resumed: bool) -> None:
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(
-                self.run_id,
-                sampling_interval=SYSTEM_METRICS_EVERY_S,
-                resume_logging=resumed,
-                tracking_uri=self.uri,
-            )
+            self._monitor = SystemSampler(self, SYSTEM_METRICS_EVERY_S, resumed)
         except Exception as err:  # e.g. psutil missing: training goes on without them
             log.warning("no system metrics for run %s: %s", self.run_id, err)
-            return
-        self._monitor.start()
 
     def _last_step(self) -> int:
         """Highest step already logged for train_loss (a resumed run skips steps it already has)."""
@@ -355,6 +402,9 @@ class RunTracker:
 
     def end(self, status: str = "FINISHED", retries: int = 30, wait_s: float = 2.0) -> None:
         """Send everything (waiting up to retries x wait_s while the store is down), then close the run."""
+        if self._monitor is not None:  # its last sample joins the queue first
+            self._monitor.stop()
+            self._monitor = None
         if not self.drain(retries * wait_s, wait_s):
             log.error(
                 "MLflow still unreachable after %.0f s: run %s closes without %d pending items",
@@ -363,9 +413,6 @@ class RunTracker:
                 self.pending,
             )
         self._stop_sender()
-        if self._monitor is not None:  # its last samples, while the store is known to answer
-            self._monitor.finish()
-            self._monitor = None
         self.client.set_terminated(self.run_id, status=status)
 
     # -- the sender thread -------------------------------------------------------------------------------

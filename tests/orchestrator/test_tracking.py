@@ -58,3 +58,32 @@ def test_a_broken_template_leaves_no_partial_copy(tmp_path: Path, monkeypatch: p
     run = client.create_run(get_or_create_experiment(uri, "sweep"))
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
     assert not list((tmp_path / "d").glob("*.tmp"))
+
+
+def test_system_metrics_sample_on_a_timer_and_a_resumed_run_continues_their_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started with system metrics gets samples on its timer and one more at its end (a run shorter
+    than the timer still has one); resumed, it continues their steps instead of writing step 0 again."""
+    import time
+
+    from orchestrator import tracking
+
+    monkeypatch.setattr(tracking, "SYSTEM_METRICS_EVERY_S", 0.1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tracking.RunTracker.start(uri, "system", "run", system_metrics=True)
+    time.sleep(0.5)
+    run.end()
+    client = mlflow_client(uri)
+    key = "system/cpu_utilization_percentage"
+    first = sorted(m.step for m in client.get_metric_history(run.run_id, key))
+    assert len(first) >= 3 and first == list(range(len(first)))  # the timer's samples, then the last one
+    assert "system/system_memory_usage_megabytes" in client.get_run(run.run_id).data.metrics
+
+    again = tracking.RunTracker.start(uri, "system", "run", resume_run_id=run.run_id, system_metrics=True)
+    again.end()
+    steps = sorted(m.step for m in client.get_metric_history(run.run_id, key))
+    assert steps[: len(first)] == first and steps[len(first) :] and min(steps[len(first) :]) == len(first)
+    assert len(steps) == len(set(steps))
+    kind = client.get_experiment_by_name("system").tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
