@@ -60,18 +60,17 @@ def training_ce_linear(
     return _LinearChunkedCE.apply(flat, weight, targets.flatten(), chunk_rows) / targets.numel()
 
 
-def _chunk_ce_sum(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """logits (n, V) in the loss dtype, targets (n,) -> (summed CE of the counted rows, log-sum-exp (n,))."""
-    lse = torch.logsumexp(logits, dim=-1)
-    counted = targets != IGNORE_INDEX
-    picked = logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
-    return torch.where(counted, lse - picked, 0).sum(), lse
+def _chunk_ce_sum(logits: Tensor, targets: Tensor) -> Tensor:
+    """Summed CE of one chunk's counted rows: logits (n, V) in the loss dtype, targets (n,). The same
+    log-softmax kernel as the plain CE (fast where the EBT's candidates make exp underflow)."""
+    picked = logits.log_softmax(-1).gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+    return -torch.where(targets != IGNORE_INDEX, picked, 0).sum()
 
 
-def _chunk_ce_grad(logits: Tensor, targets: Tensor, lse: Tensor, grad: Tensor) -> Tensor:
-    """d(summed CE)/d logits of one chunk, times grad, in place of `logits` (n, V): softmax minus one-hot of
-    the target, zero on ignored rows."""
-    g = logits.sub_(lse[:, None]).exp_()  # softmax
+def _chunk_ce_grad(logits: Tensor, targets: Tensor, grad: Tensor) -> Tensor:
+    """d(summed CE)/d logits of one chunk (n, V), times grad: softmax minus the one-hot target, zero on
+    ignored rows (a new (n, V) tensor in the loss dtype)."""
+    g = logits.softmax(-1)
     counted = targets != IGNORE_INDEX
     rows = counted.nonzero().squeeze(1)
     g[rows, targets[rows]] -= 1
@@ -79,68 +78,62 @@ def _chunk_ce_grad(logits: Tensor, targets: Tensor, lse: Tensor, grad: Tensor) -
 
 
 class _ChunkedCE(torch.autograd.Function):
-    """Summed CE of logits (N, V) against targets (N,), over chunks of rows. Saves the logits (the input,
-    no new storage) and the (N,) log-sum-exp; the backward recomputes each chunk's softmax."""
+    """Summed CE of logits (N, V) against targets (N,), over chunks of rows. Saves only the logits (the
+    input, no new storage); the backward recomputes each chunk's softmax."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, targets: Tensor, chunk: int) -> Tensor:
         dtype = loss_dtype(logits.dtype)
         total = torch.zeros((), dtype=dtype, device=logits.device)
-        lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)
         for start in range(0, logits.shape[0], chunk):
             part = slice(start, start + chunk)
-            ce, lse[part] = _chunk_ce_sum(logits[part].to(dtype), targets[part])
-            total += ce
-        ctx.save_for_backward(logits, targets, lse)
+            total += _chunk_ce_sum(logits[part].to(dtype), targets[part])
+        ctx.save_for_backward(logits, targets)
         ctx.chunk = chunk
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, targets, lse = ctx.saved_tensors
+        logits, targets = ctx.saved_tensors
         out = torch.empty_like(logits)
         for start in range(0, logits.shape[0], ctx.chunk):
             part = slice(start, start + ctx.chunk)
-            x = logits[part].to(lse.dtype, copy=True)
-            out[part] = _chunk_ce_grad(x, targets[part], lse[part], grad)
+            out[part] = _chunk_ce_grad(logits[part].to(grad.dtype), targets[part], grad)
         return out, None, None
 
 
 class _LinearChunkedCE(torch.autograd.Function):
     """Summed CE of the logits hidden @ weight.T against targets (N,), over chunks of rows: each chunk's
     logits (in hidden's dtype, as the head computes them, then in the loss dtype) are made, reduced and
-    dropped, and made again in the backward. Saves hidden (N, d), weight, the (N,) log-sum-exp."""
+    dropped, and made again in the backward. Saves hidden (N, d) and the weight."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
         dtype = loss_dtype(hidden.dtype)
         total = torch.zeros((), dtype=dtype, device=hidden.device)
-        lse = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             part = slice(start, start + chunk)
-            logits = F.linear(hidden[part], weight).to(dtype)
-            ce, lse[part] = _chunk_ce_sum(logits, targets[part])
-            total += ce
-        ctx.save_for_backward(hidden, weight, targets, lse)
+            total += _chunk_ce_sum(F.linear(hidden[part], weight).to(dtype), targets[part])
+        ctx.save_for_backward(hidden, weight, targets)
         ctx.chunk = chunk
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        hidden, weight, targets, lse = ctx.saved_tensors
+        hidden, weight, targets = ctx.saved_tensors
         d_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         # the weight's gradient summed over chunks in the loss dtype (float32 for bf16 weights)
-        d_weight = torch.zeros_like(weight, dtype=lse.dtype) if ctx.needs_input_grad[1] else None
+        d_weight = torch.zeros_like(weight, dtype=grad.dtype) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             part = slice(start, start + ctx.chunk)
-            logits = F.linear(hidden[part], weight).to(lse.dtype)
-            g = _chunk_ce_grad(logits, targets[part], lse[part], grad).to(hidden.dtype)  # (n, V)
+            logits = F.linear(hidden[part], weight).to(grad.dtype)
+            g = _chunk_ce_grad(logits, targets[part], grad).to(hidden.dtype)  # (n, V)
             if d_hidden is not None:
                 d_hidden[part] = g @ weight
             if d_weight is not None:
-                d_weight += (g.T @ hidden[part]).to(lse.dtype)
+                d_weight += (g.T @ hidden[part]).to(grad.dtype)
         return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None
 
 
