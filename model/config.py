@@ -92,6 +92,31 @@ class EBTConfig(FrozenModel):
         return self
 
 
+CHUNKED_CE_MIN_VOCAB = 16384  # 'auto' turns the chunked cross-entropy on on CUDA from this vocabulary size
+
+
+class KernelsConfig(FrozenModel):
+    """How the model computes, not what: options for speed and memory whose results equal the plain code's to
+    float rounding (docs/ebt.md §6). None is 'auto', resolved for the accelerator the trial trains on in one
+    place, `TrialConfig.kernels` (orchestrator/config.py, beside `TrialConfig.precision`): on CUDA compile
+    on and the chunked CE on from CHUNKED_CE_MIN_VOCAB, everything off elsewhere. A model built from a config
+    that is not resolved (None) runs the plain code, as on CPU."""
+
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the parts of the model outside any second-order graph: the Transformer++ "
+        "trunk (embedding to final norm), the EBT's observed stream (reuse_observed_kv); the EBT's candidate "
+        "stream and full recompute stay eager (inductor has no double backward). auto: on on CUDA",
+    )
+    chunked_ce: bool | None = Field(
+        None,
+        description="the training cross-entropy over chunks of ce_chunk_rows positions, recomputed in the "
+        "backward, so no float32 (B, S, V) tensor is materialised (Transformer++: nor the logits). auto: on "
+        f"on CUDA when vocab_size >= {CHUNKED_CE_MIN_VOCAB}",
+    )
+    ce_chunk_rows: int = Field(1024, ge=1, description="positions per chunk of the chunked cross-entropy")
+
+
 class ModelConfig(FrozenModel):
     """Architecture of one model. Both families share d_model/n_layers/n_heads/d_ff and the blocks."""
 
@@ -109,6 +134,7 @@ class ModelConfig(FrozenModel):
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
     ebt: EBTConfig = EBTConfig()
+    kernels: KernelsConfig = KernelsConfig()
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:

@@ -28,7 +28,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from model.blocks import Block, RMSNorm, init_weights, rotary_cos_sin, table_dtype
 from model.config import EBTConfig, ModelConfig
 from model.flops import candidate_blocks, tied_candidate_map
-from model.loss import training_ce
+from model.kernels import compiled
+from model.loss import ce_chunk_rows, training_ce
 from model.replay import ReplayBuffer
 
 
@@ -226,7 +227,14 @@ class EBT(nn.Module):
         S = tokens.shape[1]
         obs_pos, _ = positions(S, self.P, tokens.device)
         cos, sin = self._rotary(obs_pos)
-        x, kvs = self.observed_input(tokens, step), []
+        x = self.observed_input(tokens, step)
+        if self.cfg.kernels.compile:  # first-order only (no create_graph gradient runs through it)
+            return compiled(self, "observed_stream")(x, cos, sin)
+        return self.observed_stream(x, cos, sin)
+
+    def observed_stream(self, x: Tensor, cos: Tensor, sin: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The blocks of `observed_kv` on its input x (B, P+S, d): the part `kernels.compile` compiles."""
+        kvs = []
         for block in self.blocks[:-1]:
             x, kv = block.forward_kv(x, cos, sin)  # causal
             kvs.append(kv)
@@ -412,7 +420,7 @@ class EBT(nn.Module):
         losses = []
         for k, (candidate, _) in enumerate(descent):
             if not e.truncate_to_last_step or k == len(steps) - 1:
-                losses.append(training_ce(candidate, targets))
+                losses.append(training_ce(candidate, targets, ce_chunk_rows(self.cfg)))
         if replaying:
             self.replay.add(tokens[:B], targets[:B], candidate[:B], keys)
         return torch.stack(losses).mean()

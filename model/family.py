@@ -58,7 +58,9 @@ EBT_SAVED_ENDS = {False: 8, True: 7}  # x d_model per observed token per kept st
 # Transformer++ loss runs on .float() logits), per token: Transformer++ the log-softmax (1 value); EBT per
 # kept step the candidate's softmax p and the CE's log-softmax, and with the full recompute one more of the
 # candidate gradient's graph (bench_memory's saved-tensor walk, 2026-11-28: the reuse path takes the
-# candidate gradient at p M, so its graph keeps no (B, S, V) tensor).
+# candidate gradient at p M, so its graph keeps no (B, S, V) tensor). With the chunked CE
+# (kernels.chunked_ce, model/loss.py) the Transformer++ keeps none, and the EBT's CE keeps the candidate
+# logits in place of their log-softmax: the same count (tests/model/test_family.py).
 TPP_VOCAB_VALUES = 1
 EBT_VOCAB_VALUES_PER_STEP = {False: 3, True: 2}  # by reuse_observed_kv
 # Peak / saved: the backward creates gradient buffers before it frees what it consumed. Measured (peak RSS -
@@ -160,7 +162,8 @@ class TransformerPPFamily:
         m, B, e = cfg, micro_batch, value_bytes
         S, L, V = m.context_length, m.n_layers, m.vocab_size
         hidden = B * S * (L * _values(TPP_SAVED_PER_LAYER, m) + TPP_SAVED_ENDS * m.d_model) * e
-        vocabulary = B * S * V * 4 * TPP_VOCAB_VALUES
+        # the chunked CE (kernels.chunked_ce) keeps only the head's input, counted in hidden
+        vocabulary = 0 if m.kernels.chunked_ce else B * S * V * 4 * TPP_VOCAB_VALUES
         saved = hidden + vocabulary
         return _terms(hidden, 0.0, vocabulary, 0.0, TPP_TRANSIENT * saved)
 
@@ -306,7 +309,8 @@ def activation_terms(cfg: ModelConfig, micro_batch: int, value_bytes: int) -> di
     above).
 
     Transformer++ (one graph; fused attention keeps no T x T matrix):
-        hidden = B S (L (13d + 4f) + 3d) e,  vocabulary = B S V 4,  transient = TPP_TRANSIENT x saved.
+        hidden = B S (L (13d + 4f) + 3d) e,  vocabulary = B S V 4 (0 with kernels.chunked_ce),
+        transient = TPP_TRANSIENT x saved.
 
     EBT (model/ebt.py: K = the largest training step count; B grows by the replayed rows and vocabulary by
     the replay buffer's stored (S, V) fp32 candidates when it is on; the graph of every step is kept

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from model.config import FrozenModel, ModelConfig
+from model.config import CHUNKED_CE_MIN_VOCAB, FrozenModel, KernelsConfig, ModelConfig
 from model.data import DataConfig
+from model.family_ids import EBT
 from orchestrator.tracking import flatten
 from orchestrator.trial_dir import DEFAULT_OUTPUT_DIR, NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE, TrialDir
 
@@ -151,9 +152,38 @@ class TrialConfig(FrozenModel):
         it). That trial trains in bf16 on the GPU, as its accelerator says; its plan counts fp32 on CPU."""
         if self.deepspeed.precision != "auto":
             return self.deepspeed.precision
+        return "bf16" if self._accelerator(accelerator) == "cuda" else "fp32"
+
+    def _accelerator(self, accelerator: str | None) -> str:
+        """Where the trial trains: the given accelerator, else what the planner knows (see `precision`)."""
         if accelerator is None:
-            accelerator = "cuda" if self.resources.gpus_per_worker > 0 else "cpu"
-        return "bf16" if accelerator == "cuda" else "fp32"
+            return "cuda" if self.resources.gpus_per_worker > 0 else "cpu"
+        return accelerator
+
+    def kernels(self, accelerator: str | None = None) -> KernelsConfig:
+        """`model.kernels` with every 'auto' (None) resolved, the one resolution of those options, for the
+        same `accelerator` as `precision`: on 'cuda' torch.compile on, and the chunked cross-entropy on from
+        a vocabulary of CHUNKED_CE_MIN_VOCAB; on any other accelerator both off, so CPU trials compute what
+        they computed before the options existed. An explicit true/false is kept.
+
+        Except: no compile 'auto' for a Transformer++ under ZeRO-3. DeepSpeed hooks each of its modules to
+        gather the parameters, and dynamo traces into those hooks and recompiles until its limit of 8 (seen
+        on CPU: the same losses, then the hooks' frames run eager). The EBT runs on SecondOrderSafe's clones,
+        in a module tree DeepSpeed never hooked, and compiles at every stage (test_trainer_kernels.py)."""
+        k, cuda = self.model.kernels, self._accelerator(accelerator) == "cuda"
+        hooked = self.deepspeed.zero_stage == 3 and self.model.family != EBT.name
+        return k.model_copy(
+            update={
+                "compile": (cuda and not hooked) if k.compile is None else k.compile,
+                "chunked_ce": (cuda and self.model.vocab_size >= CHUNKED_CE_MIN_VOCAB)
+                if k.chunked_ce is None
+                else k.chunked_ce,
+            }
+        )
+
+    def resolved_model(self, accelerator: str | None = None) -> ModelConfig:
+        """The model config the trial builds (and the planner costs) on `accelerator`: `kernels` resolved."""
+        return self.model.model_copy(update={"kernels": self.kernels(accelerator)})
 
     @property
     def tokens_per_step(self) -> int:
@@ -172,6 +202,8 @@ class TrialConfig(FrozenModel):
         """Stable id of the resolved config (where it lives and its name excluded: they do not change
         results)."""
         payload = self.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
+        if self.model.kernels == KernelsConfig():  # all 'auto': the ids of trials planned before it existed
+            del payload["model"]["kernels"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def differences(self, other: TrialConfig) -> list[str]:

@@ -197,9 +197,10 @@ def implementation_bytes(n_params: int, zero_stage: int, num_workers: int) -> fl
 def activation_terms(cfg: TrialConfig) -> dict[str, float]:
     """Activation memory of one micro-batch, in bytes, by kind and its peak: the family's own count
     (model.family.activation_terms, where the coefficients and formulas are) at the trial's micro-batch and
-    precision (`TrialConfig.precision`, as its resources plan it)."""
+    precision (`TrialConfig.precision`, as its resources plan it) and kernels (`TrialConfig.kernels`: the
+    chunked cross-entropy keeps no vocabulary-sized tensor)."""
     e = 4 if cfg.precision() == "fp32" else 2
-    return family_activation_terms(cfg.model, cfg.train.micro_batch_size, e)
+    return family_activation_terms(cfg.resolved_model(), cfg.train.micro_batch_size, e)
 
 
 def activation_bytes(cfg: TrialConfig) -> float:

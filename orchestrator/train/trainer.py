@@ -193,7 +193,8 @@ class Trial:
                 f"vocabulary ({self.data.vocab_size}); set model.vocab_size >= {self.data.vocab_size}"
             )
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model)
+        # kernels 'auto' resolved for this accelerator: compile and the chunked CE on CUDA, off on CPU
+        self.model = build_model(cfg.resolved_model(self.accelerator))
         if self.device is not None:
             self.model.to(self.device)
         import deepspeed
@@ -241,6 +242,7 @@ class Trial:
                 "total_steps": self.cfg.total_steps,
                 "trial_id": self.cfg.config_hash(),
                 "data_fingerprint": self.data.fingerprint,
+                "kernels_resolved": self.cfg.kernels(self.accelerator).model_dump(mode="json"),
             }
         )
         self.tracker.set_tags({tags.STATUS: TrialStatus.RUNNING, tags.TRIAL_ID: self.cfg.config_hash()})

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import ModelInterface, build_model
-from model.config import EBTConfig, ModelConfig
+from model.config import EBTConfig, KernelsConfig, ModelConfig
 from model.family import FAMILIES, count_params, family
 from model.family_ids import FAMILY_IDS, FAMILY_NAMES
 from tests.helpers import benchmark_module
@@ -73,3 +73,29 @@ def test_the_planned_activation_terms_are_what_autograd_keeps(
     terms = family(cfg).activation_terms(cfg, B, value_bytes=4)
     planned = terms["hidden"] + terms["attention"] + terms["vocabulary"]
     assert kept == pytest.approx(planned, rel=0.03)
+
+
+@pytest.mark.parametrize("family_name", ["transformer_pp", "ebt"])
+def test_the_planned_activation_terms_with_the_chunked_ce_are_what_autograd_keeps(
+    family_name: str, reachable_saved: Any
+) -> None:
+    """`kernels.chunked_ce`: the Transformer++ keeps no vocabulary-sized tensor (its chunks' logits are made
+    again in the backward), the EBT the same count as the plain CE's (the CE keeps the candidate logits in
+    place of their log-softmax); the planner counts that."""
+    shape = dict(d_model=64, n_layers=2, n_heads=2, vocab_size=200, context_length=48)
+    cfg = ModelConfig(family=family_name, **shape, kernels=KernelsConfig(chunked_ce=True, ce_chunk_rows=40))
+    B = 3
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    x = torch.randint(0, cfg.vocab_size, (B, cfg.context_length))
+    loss = model(x, x, sample_ids=torch.arange(B))
+    kept = sum(nbytes for _, nbytes in reachable_saved(loss, params).values())
+    terms = family(cfg).activation_terms(cfg, B, value_bytes=4)
+    plain_cfg = cfg.model_copy(update={"kernels": KernelsConfig()})
+    plain = family(cfg).activation_terms(plain_cfg, B, value_bytes=4)
+    assert kept == pytest.approx(terms["hidden"] + terms["attention"] + terms["vocabulary"], rel=0.03)
+    if family_name == "transformer_pp":
+        assert terms["vocabulary"] == 0 < plain["vocabulary"]
+    else:
+        assert terms["vocabulary"] == plain["vocabulary"]

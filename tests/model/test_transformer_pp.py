@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import build_model
@@ -111,3 +112,31 @@ def test_overfits_a_tiny_batch() -> None:
         loss.backward()
         opt.step()
     assert float(model.eval_loss(tokens, targets)) < 0.5 * initial
+
+
+class AtenOps(TorchDispatchMode):
+    """The names of the aten ops that run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", ["transformer_pp", "ebt"])
+def test_causal_attention_takes_the_fused_sdpa_kernel(family: str) -> None:
+    """A training step's causal attention (the Transformer++'s, the EBT's observed stream) runs SDPA's flash
+    kernel, forward and backward (CPU's here, CUDA's flash kernel in bf16 on a GPU), never the MATH one that
+    materialises the T x T scores; the EBT's candidate attention is its own matmuls and softmax."""
+    model = make(tiny(family=family))
+    tokens, targets = batch(2)
+    with AtenOps() as seen:
+        model(tokens, targets, sample_ids=torch.arange(2)).backward()
+    attention = {op for op in seen.ops if "scaled_dot_product" in op}
+    assert attention == {
+        "aten._scaled_dot_product_flash_attention_for_cpu.default",
+        "aten._scaled_dot_product_flash_attention_for_cpu_backward.default",
+    }

@@ -100,6 +100,47 @@ def test_the_plan_and_the_trainer_resolve_precision_in_one_place(
     assert deepspeed_config(cfg, accelerator)["bf16"]["enabled"] is (trained == "bf16")
 
 
+@pytest.mark.parametrize(
+    ("kernels", "vocab", "accelerator", "resolved"),
+    [
+        ({}, 512, "cpu", (False, False)),  # CPU trials compute what they did before the options
+        ({}, 50_277, "cpu", (False, False)),
+        ({}, 512, "cuda", (True, False)),  # a small vocabulary: the plain CE
+        ({}, 50_277, "cuda", (True, True)),  # GPT-NeoX's vocabulary: no (B, S, V) float32 tensor
+        ({"compile": False, "chunked_ce": True}, 512, "cuda", (False, True)),  # a set value wins
+        ({"compile": True}, 512, "cpu", (True, False)),
+    ],
+)
+@pytest.mark.parametrize("family", ["transformer_pp", "ebt"])
+@pytest.mark.parametrize("stage", [1, 3])
+def test_the_plan_and_the_trainer_resolve_kernels_in_one_place(
+    kernels: dict, vocab: int, accelerator: str, resolved: tuple[bool, bool], family: str, stage: int
+) -> None:
+    """TrialConfig.kernels resolves model.kernels' 'auto' (None) for an accelerator as `precision` does; the
+    trainer builds `resolved_model(accelerator)`, the planner costs `resolved_model()`. A trial whose
+    kernels are all 'auto' keeps the id it had before the options existed."""
+    from orchestrator.config import deep_merge
+    from orchestrator.sweep.plan import activation_terms
+
+    patch = {
+        "model": {"family": family, "vocab_size": vocab, "kernels": kernels},
+        "deepspeed": {"zero_stage": stage},
+    }
+    cfg = parse_trial_config(deep_merge(GOOD, patch))
+    k = cfg.kernels(accelerator)
+    if family == "transformer_pp" and stage == 3 and "compile" not in kernels:
+        resolved = (False, resolved[1])  # DeepSpeed hooks its modules: compiled, they recompile each step
+    assert (k.compile, k.chunked_ce) == resolved
+    assert cfg.resolved_model(accelerator).kernels == k
+    assert cfg.model.kernels.compile == kernels.get("compile")  # the config keeps 'auto'
+    on_gpus = parse_trial_config(deep_merge(GOOD, {**patch, "resources": {"gpus_per_worker": 1}}))
+    if family == "transformer_pp":  # the plan counts what the chunked CE keeps: no (B, S, V) tensor
+        assert (activation_terms(on_gpus)["vocabulary"] == 0) is on_gpus.kernels().chunked_ce
+    if family == "transformer_pp" and stage == 1:
+        before = {512: "aaacd8075d80", 50_277: "e815c4876cd1"}  # config_hash at commit 2e991cf
+        assert (cfg.config_hash() == before[vocab]) is (kernels == {})
+
+
 def test_cli_overrides_parse_yaml_scalars() -> None:
     assert parse_overrides(["model.d_model=128", "optim.lr=3e-4", "model.family=ebt"]) == {
         "model": {"d_model": 128, "family": "ebt"},
