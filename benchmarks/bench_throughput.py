@@ -7,6 +7,12 @@ count.
     .venv/bin/python benchmarks/bench_throughput.py --sizes 128 --rounds 1        # quick look, ~20 s
     .venv/bin/python benchmarks/bench_throughput.py --rounds 5 --micro-batch 4    # longer, steadier
     .venv/bin/python benchmarks/bench_throughput.py --smoke [--plain]   # every part at tiny sizes (make test)
+    .venv/bin/python benchmarks/bench_throughput.py --plain --device cuda --sizes 1024x24,768x12 \
+        --micro-batch auto --eager-too [--authors-repo DIR]    # models alone, bf16, kernels auto (gpu.sh)
+    .venv/bin/python benchmarks/bench_throughput.py --summary DIR/throughput-plain.json  # its targets again
+
+--plain (the models alone, no trainer) is described above its code (`plain_main`), its summary in
+benchmarks/README.md.
 
 What is measured, per model size (default: the paper's 4xs/3xs/xxs shapes at context 256):
 - one `orchestrator.train.trainer.Trial` per variant (Transformer++, EBT, EBT with reuse_observed_kv), built
@@ -34,7 +40,9 @@ checked against torch's FlopCounterMode on the smallest size.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +60,7 @@ from _bench import (
     console,
     cpu_environment,
     gemm_peak,
+    load_text,
     machine_info,
     median,
     parse_bench_args,
@@ -634,12 +643,37 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ plain PyTorch, side by side
 # The models alone (no trainer, no DeepSpeed): forward + loss + backward + AdamW step, on CPU in fp32 or on
 # CUDA in bf16 autocast, with the authors' EBT beside ours when --authors-repo names a checkout of their code.
+# Our models' kernels (--compile, --chunked-ce) are resolved by TrialConfig.kernels, the trainer's own
+# resolution; --eager-too times each of ours a second time with both off. On CUDA each variant runs alone
+# (built, warmed up, timed, freed: its peak memory is its own); on CPU they are stepped round-robin (the same
+# machine load for all) and the memory reported is the process's peak RSS.
 
 PLAIN_VARIANTS = ("transformer_pp", "ebt_reuse", "ebt", "authors")  # ebt: the full recompute
-TARGET_AUTHORS_RATIO = 0.6  # issue: our EBT step at most 0.6x the authors' at equal config
-TARGET_GPU_TPP_MFU = 0.40  # issue: Transformer++ >= 40% MFU in bf16 at d_model >= 1024
-TARGET_GPU_EBT_OVERHEAD = 1.3  # issue: EBT step within 1.3x of its FLOP ratio to Transformer++ on GPU
-RATIOS = (("ebt_reuse", "authors"), ("ebt", "authors"), ("ebt_reuse", "ebt"), ("ebt_reuse", "transformer_pp"))
+EAGER = "_eager"  # suffix of an eager twin (--eager-too): compile and chunked CE off
+EAGER_TWINS = ("transformer_pp", "ebt_reuse")
+KERNEL_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}  # None: TrialConfig.kernels
+MICRO_BATCH_CAP = 64  # --micro-batch auto: the largest power of two up to this that the memory model fits
+# issue #29 item 4, on one H100 or H200 in bf16, judged at the paper's 768/12 and 1024/24 (context 256)
+TARGET_SHAPES = ((768, 12), (1024, 24))
+TARGET_GPU_TPP_MFU = 0.45  # Transformer++ MFU against the bf16 GEMM peak measured in the same run
+TARGET_GPU_EBT_OVERHEAD = 1.05  # EBT / T++ time per token within 1.05x of their executed FLOP ratio
+TARGET_AUTHORS_RATIO = 0.5  # our EBT's step at most 0.5x the authors' (same shape and micro-batch)
+RATIOS = (
+    ("ebt_reuse", "authors"),
+    ("ebt", "authors"),
+    ("ebt_reuse", "ebt"),
+    ("ebt_reuse", "transformer_pp"),
+    ("transformer_pp", "transformer_pp" + EAGER),
+    ("ebt_reuse", "ebt_reuse" + EAGER),
+)
+MET, NOT_MET, NOT_MEASURABLE = "met", "NOT met", "not measurable"
+SHORT = {  # column names of the plain table
+    "transformer_pp": "T++",
+    "ebt_reuse": "EBT",
+    "ebt": "full",
+    "transformer_pp" + EAGER: "T++ eager",
+    "ebt_reuse" + EAGER: "EBT eager",
+}
 
 
 def pick_device(requested: str) -> tuple[str, torch.dtype]:
@@ -681,63 +715,176 @@ def sdpa_double_backward(device: str, dtype: torch.dtype) -> dict[str, str]:
     return out
 
 
-def plain_configs(d: int, vocab: int, args: argparse.Namespace) -> dict[str, ModelConfig]:
-    """Model configs of the plain variants at the paper's shape for d (the authors' EBT takes the EBTs')."""
+def parse_sizes(spec: str, layers: int | None = None) -> list[tuple[int, int]]:
+    """'1024x24,768x12,384' -> [(1024, 24), (768, 12), (384, 6)]: d_model x n_layers, in the order given
+    (the order they run in). A bare d_model takes `layers` (--layers), else the paper's depth for it
+    (PAPER_SHAPES), else 4. Heads: the paper's, else d_model / 64."""
     from _bench import PAPER_SHAPES
 
-    layers, heads = PAPER_SHAPES.get(d, (4, max(1, d // 64)))
-    shape = dict(d_model=d, n_layers=args.layers or layers, n_heads=heads, vocab_size=vocab)
-    shape |= dict(context_length=args.context)
-    return {
-        "transformer_pp": ModelConfig(family="transformer_pp", **shape),
-        "ebt_reuse": ModelConfig(family="ebt", **shape),  # the default path
-        "ebt": ModelConfig(family="ebt", **shape, ebt={"reuse_observed_kv": False}),
-    }
+    sizes = []
+    for item in spec.split(","):
+        d, sep, n = item.strip().lower().partition("x")
+        try:
+            size = (int(d), int(n) if sep else layers or PAPER_SHAPES.get(int(d), (4, 0))[0])
+        except ValueError:
+            raise ValueError(
+                f"size {item.strip()!r}: expected D or DxL (d_model x layers), e.g. 768x12"
+            ) from None
+        if min(size) < 1:
+            raise ValueError(f"size {item.strip()!r}: d_model and layers must be >= 1")
+        sizes.append(size)
+    return sizes
 
 
-def plain_step_fns(
-    d: int, vocab: int, micro: int, args: argparse.Namespace, device: str, dtype: torch.dtype, workdir: Path
-) -> dict[str, Callable[[], float]]:
-    """variant -> one training step (returns its loss), models and AdamW built, on one fixed batch."""
+def plain_variants(args: argparse.Namespace) -> list[str]:
+    """The variants timed, in order: --variants (the authors' only with --authors-repo), then the eager twins
+    of ours (--eager-too)."""
+    variants = [v for v in PLAIN_VARIANTS if v in args.variants and (v != "authors" or args.authors_repo)]
+    return variants + [v + EAGER for v in EAGER_TWINS if args.eager_too and v in variants]
+
+
+def plain_trial(
+    variant: str, d: int, layers: int, vocab: int, micro: int, args: argparse.Namespace, device: str
+) -> Any:
+    """The TrialConfig a variant's model is built from, as the trainer would see that trial on `device`: the
+    benchmark trial of this shape (bench_trial_config), `--compile`/`--chunked-ce`/`--ce-chunk-rows` as
+    model.kernels (an eager twin: compile and chunked CE off) resolved by TrialConfig.kernels for `device`
+    (the trainer's one resolution: auto on CUDA is compile on, chunked CE on from a 16,384 vocabulary), and
+    on CUDA what a GPU trial asks for (a GPU, precision 'auto': bf16), so that the planner's memory model
+    counts it as one. The authors' EBT takes our default EBT's config (their model gets its shape)."""
+    from model.config import KernelsConfig
+
+    base = "ebt_reuse" if variant == "authors" else variant.removesuffix(EAGER)
+    family = "transformer_pp" if base == "transformer_pp" else "ebt"
+    cfg = bench_trial_config(
+        f"plain-{variant}-d{d}-l{layers}",
+        family,
+        d,
+        vocab=max(vocab, 256),  # the data section's BPE needs 256; no data is read here
+        context=args.context,
+        micro_batch=micro,
+        steps=1,
+        output_dir=Path(tempfile.gettempdir()),
+        zero_stage=args.zero_stage,
+        layers=layers,
+        ebt={"reuse_observed_kv": base == "ebt_reuse"} if family == "ebt" else None,
+    )
+    eager = variant.endswith(EAGER)
+    kernels = KernelsConfig(
+        compile=False if eager else KERNEL_CHOICES[args.compile],
+        chunked_ce=False if eager else KERNEL_CHOICES[args.chunked_ce],
+        ce_chunk_rows=args.ce_chunk_rows,
+    )
+    update: dict[str, Any] = {"model": cfg.model.model_copy(update={"kernels": kernels, "vocab_size": vocab})}
+    if device == "cuda":
+        update["resources"] = cfg.resources.model_copy(update={"gpus_per_worker": 1.0})
+        update["deepspeed"] = cfg.deepspeed.model_copy(update={"precision": "auto"})
+    cfg = cfg.model_copy(update=update)
+    return cfg.model_copy(update={"model": cfg.resolved_model(device)})
+
+
+def planned_bytes(cfg: Any) -> float:
+    """The planner's memory model (orchestrator/sweep/plan.py memory_terms) of one variant alone: runtime,
+    model states (params, grads, AdamW moments) and the activations' peak; its DeepSpeed term is left out
+    (no DeepSpeed here). The authors' EBT is counted as our full recompute, which keeps the same graph."""
+    from orchestrator.sweep.plan import memory_terms
+
+    terms = memory_terms(cfg)
+    return terms["total"] - terms["implementation"]
+
+
+def memory_budget(device: str, fraction: float) -> float:
+    """Bytes the auto micro-batch may plan for: `fraction` of the GPU's memory, or of the host's on CPU."""
+    if device == "cuda":
+        return fraction * torch.cuda.mem_get_info()[1]
+    return fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def largest_fitting(fits: Callable[[int], bool], cap: int) -> int:
+    """The largest power of two <= cap for which fits(micro_batch) holds (1 if none: it will show as OOM)."""
+    mb = 1 << (max(1, cap).bit_length() - 1)
+    while mb > 1 and not fits(mb):
+        mb //= 2
+    return mb
+
+
+def micro_batches(
+    variants: list[str], d: int, layers: int, vocab: int, args: argparse.Namespace, device: str
+) -> tuple[dict[str, int], dict[str, float]]:
+    """(sequences per step of each variant, the planner's bytes for each at it). --micro-batch N: N for all;
+    'auto': per family, the largest power of two up to --max-micro-batch at which every variant of the family
+    fits alone in --memory-fraction of the device's memory by the planner's memory model (planned_bytes). The
+    EBTs (ours, its twin, the full recompute, the authors') share one micro-batch, so that their step times
+    compare as they are; the Transformer++ takes its own (it fits a larger one, which its MFU needs), so the
+    EBT/T++ ratio is taken per token. Not given: the old CPU defaults (DEFAULT_MICRO_BATCH, else 1)."""
+
+    def family_of(v: str) -> str:
+        return "transformer_pp" if v.startswith("transformer_pp") else "ebt"
+
+    def planned(v: str, mb: int) -> float:
+        model = "ebt" if v == "authors" else v
+        return planned_bytes(plain_trial(model, d, layers, vocab, mb, args, device))
+
+    if args.micro_batch == "auto":
+        budget = memory_budget(device, args.memory_fraction)
+        chosen = {}
+        for fam in {family_of(v) for v in variants}:
+            group = [v for v in variants if family_of(v) == fam]
+            chosen[fam] = largest_fitting(
+                lambda mb, g=group: all(planned(v, mb) <= budget for v in g), args.max_micro_batch
+            )
+        micro = {v: chosen[family_of(v)] for v in variants}
+    else:
+        fixed = int(args.micro_batch) if args.micro_batch else DEFAULT_MICRO_BATCH.get(d, 1)
+        micro = dict.fromkeys(variants, fixed)
+    return micro, {v: planned(v, micro[v]) for v in variants}
+
+
+def plain_step_fn(
+    variant: str,
+    cfg: Any,
+    micro: int,
+    args: argparse.Namespace,
+    device: str,
+    dtype: torch.dtype,
+    workdir: Path,
+) -> Callable[[], float]:
+    """One training step of the variant (returns its loss), its model and AdamW built, on one fixed batch."""
     from _authors import authors_loss, load_authors_ebt
 
     from model import build_model
 
-    cfgs = plain_configs(d, vocab, args)
+    vocab = cfg.model.vocab_size
     seq = torch.randint(1, vocab, (micro, args.context + 1), generator=torch.Generator().manual_seed(0))
     seq = seq.to(device)  # token 0 avoided: the authors' loss ignores it (their EOS/pad id)
     x, y, ids = seq[:, :-1], seq[:, 1:], torch.arange(micro, device=device)
-    steps = {}
-    for v in (v for v in PLAIN_VARIANTS if v in args.variants):
-        torch.manual_seed(0)
-        if v == "authors":
-            if args.authors_repo is None:
-                continue
-            model = load_authors_ebt(args.authors_repo, args.authors_deps, cfgs["ebt"], micro, workdir)
-            loss_fn = lambda m=model: authors_loss(m, seq)  # noqa: E731
-        else:
-            model = build_model(cfgs[v])
-            loss_fn = lambda m=model: m(x, y, sample_ids=ids, step_seed=0)  # noqa: E731
-        model.to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.manual_seed(0)
+    if variant == "authors":
+        model = load_authors_ebt(args.authors_repo, args.authors_deps, cfg.model, micro, workdir)
+        loss_fn = lambda m=model: authors_loss(m, seq)  # noqa: E731
+    else:
+        model = build_model(cfg.model)
+        loss_fn = lambda m=model: m(x, y, sample_ids=ids, step_seed=0)  # noqa: E731
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def step(loss_fn: Callable[[], Tensor] = loss_fn, opt: torch.optim.Optimizer = opt) -> float:
-            with torch.autocast(device, dtype, enabled=dtype != torch.float32):
-                loss = loss_fn()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()  # synchronises a GPU
+    def step(loss_fn: Callable[[], Tensor] = loss_fn, opt: torch.optim.Optimizer = opt) -> float:
+        with torch.autocast(device, dtype, enabled=dtype != torch.float32):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()  # synchronises a GPU
 
-        steps[v] = step
-    return steps
+    return step
 
 
 def counted_step_flops(step: Callable[[], float]) -> float:
     """Matmul FLOPs of one training step as torch's FlopCounterMode counts them, every attention under the
     MATH kernel (which it counts as matmuls; a fused causal kernel would be left out): the same yardstick for
     our code and the authors'. Their ratio is the time ratio an equally efficient implementation would get:
-    our step cannot be much under ours/authors' counted FLOPs unless it runs faster per FLOP."""
+    our step cannot be much under ours/authors' counted FLOPs unless it runs faster per FLOP. Counted on eager
+    code only (a compiled variant takes its eager twin's count)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -747,14 +894,44 @@ def counted_step_flops(step: Callable[[], float]) -> float:
     return float(counter.get_total_flops())
 
 
-def plain_size(
-    d: int, vocab: int, args: argparse.Namespace, device: str, dtype: torch.dtype, workdir: Path
-) -> dict[str, Any]:
-    """Best-of-rounds step time of every variant, stepped round-robin (same load), and their ratios."""
-    micro = args.micro_batch or DEFAULT_MICRO_BATCH.get(d, 1)
-    steps = plain_step_fns(d, vocab, micro, args, device, dtype, workdir)
-    for step in steps.values():
-        for _ in range(args.warmup):
+def runs_compiled(cfg: ModelConfig) -> bool:
+    """Whether the model runs compiled code: `kernels.compile`, except the EBT's full recompute, whose
+    every part is in the second-order graph (only the default path's observed stream is compiled)."""
+    return bool(cfg.kernels.compile) and (cfg.family != "ebt" or cfg.ebt.reuse_observed_kv)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_group(
+    group: list[str],
+    trials: dict[str, Any],
+    out: dict[str, Any],
+    args: argparse.Namespace,
+    device: str,
+    dtype: torch.dtype,
+    workdir: Path,
+) -> None:
+    """Build the group's variants, time them round-robin (first step apart: it compiles), count the FLOPs of
+    the eager ones, record their memory (CUDA: each variant's peak allocation above what was there before it;
+    CPU: the process's peak RSS). Fills `out` in place."""
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    steps = {
+        v: plain_step_fn(v, trials[v], out["micro_batch"][v], args, device, dtype, workdir) for v in group
+    }
+    for v, step in steps.items():
+        start = time.perf_counter()
+        step()
+        out["first_step_s"][v] = time.perf_counter() - start
+        for _ in range(args.warmup - 1):
             step()
     times: dict[str, list[float]] = {v: [] for v in steps}
     for _ in range(args.rounds):
@@ -762,130 +939,375 @@ def plain_size(
             start = time.perf_counter()
             step()
             times[v].append(time.perf_counter() - start)
-    best = {v: min(t) for v, t in times.items()}
-    cfgs = plain_configs(d, vocab, args)
-    tokens = micro * args.context
-    counted = {}  # FLOPs per token each variant's step executes, counted the same way for all
+    for v in steps:
+        out["step_s"][v], out["step_s_best"][v] = times[v], min(times[v])
+    if cuda:
+        (v,) = group  # one variant at a time on CUDA
+        out["peak_memory_bytes"][v] = torch.cuda.max_memory_allocated() - base
+    else:
+        out["peak_rss_bytes"] = peak_rss_bytes()
     if not args.no_flop_count:
-        counted = {v: counted_step_flops(step) / tokens for v, step in steps.items()}
+        for v, step in steps.items():
+            if v == "authors" or not runs_compiled(trials[v].model):
+                tokens = out["micro_batch"][v] * args.context
+                out["counted_flops_per_token"][v] = counted_step_flops(step) / tokens
+
+
+def plain_size(
+    d: int,
+    layers: int,
+    vocab: int,
+    args: argparse.Namespace,
+    device: str,
+    dtype: torch.dtype,
+    workdir: Path,
+    save: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Every variant at one shape: best-of-rounds step times, first steps, memory, counted FLOPs and the
+    ratios. A variant that fails (out of memory, say) is recorded under 'errors' and the others go on;
+    `save` is called with the partial record after each group, so that a run cut short keeps what it has."""
+    import gc
+    import traceback
+
+    variants = plain_variants(args)
+    micro, planned = micro_batches(variants, d, layers, vocab, args, device)
+    trials = {v: plain_trial(v, d, layers, vocab, micro[v], args, device) for v in variants}
     out: dict[str, Any] = {
         "d_model": d,
+        "n_layers": layers,
+        "n_heads": trials[variants[0]].model.n_heads,
         "vocab": vocab,
         "micro_batch": micro,
-        "n_layers": cfgs["ebt"].n_layers,
+        "micro_batch_rule": "auto (planner memory model)" if args.micro_batch == "auto" else "fixed",
+        "planned_bytes": planned,
+        "kernels": {v: trials[v].model.kernels.model_dump() for v in variants if v != "authors"},
+        "step_s": {},
+        "step_s_best": {},
+        "first_step_s": {},
+        "peak_memory_bytes": {},
+        "counted_flops_per_token": {},
+        "errors": {},
     }
-    out["step_s"], out["step_s_best"] = times, best
-    out["model_flops_per_token"] = {v: train_flops_per_token(cfgs[v]) for v in best if v in cfgs}
-    out["computed_flops_per_token"] = {v: executed_train_flops_per_token(cfgs[v]) for v in best if v in cfgs}
-    out["counted_flops_per_token"] = counted
+    for group in [[v] for v in variants] if device == "cuda" else [variants]:
+        error = None
+        try:
+            run_group(group, trials, out, args, device, dtype, workdir)
+        except Exception as e:  # one failed variant (an OOM, a compile error) must not lose the others
+            traceback.print_exc()
+            oom = isinstance(e, torch.cuda.OutOfMemoryError)
+            error = f"OOM at micro-batch {micro[group[0]]}" if oom else f"{type(e).__name__}: {e}"[:300]
+        if error is not None:
+            for v in group:
+                out["errors"][v] = error
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        plain_ratios(out, args.context)
+        save(out)
+    return out
+
+
+def plain_ratios(out: dict[str, Any], context: int) -> None:
+    """FLOPs per token and the variants' ratios (time per token: the families may differ in micro-batch)."""
+    from model.config import ModelConfig
+
+    best = out["step_s_best"]
+    shape = {"d_model": out["d_model"], "n_layers": out["n_layers"], "n_heads": out["n_heads"]}
+    shape |= {"vocab_size": out["vocab"], "context_length": context}
+    cfgs = {
+        v: ModelConfig(family="transformer_pp" if v.startswith("transformer_pp") else "ebt", **shape)
+        for v in best
+        if v != "authors"
+    }
+    for v in cfgs:
+        if v.startswith("ebt"):
+            reuse = v != "ebt"
+            cfgs[v] = cfgs[v].model_copy(
+                update={"ebt": cfgs[v].ebt.model_copy(update={"reuse_observed_kv": reuse})}
+            )
+    out["model_flops_per_token"] = {v: train_flops_per_token(c) for v, c in cfgs.items()}
+    out["computed_flops_per_token"] = {v: executed_train_flops_per_token(c) for v, c in cfgs.items()}
+    out["tokens_per_s"] = {v: out["micro_batch"][v] * context / t for v, t in best.items()}
+    per_token = {v: 1 / r for v, r in out["tokens_per_s"].items()}
+    counted = dict(out["counted_flops_per_token"])
+    for v in EAGER_TWINS:  # a compiled variant's count: its eager twin's (the same arithmetic)
+        if v not in counted and v + EAGER in counted:
+            counted[v] = counted[v + EAGER]
     ratios = {}
     for a, b in RATIOS:
-        if a in best and b in best:
-            ratios[f"{a}/{b}"] = best[a] / best[b]
-        if a in counted and b in counted:
+        if a in per_token and b in per_token:
+            ratios[f"{a}/{b}"] = per_token[a] / per_token[b]
+        if a in counted and b in counted and not b.endswith(EAGER):
             ratios[f"{a}/{b} counted FLOPs"] = counted[a] / counted[b]
     if "ebt_reuse/transformer_pp" in ratios:
         flops = out["computed_flops_per_token"]
         ratios["ebt_reuse/transformer_pp FLOP ratio"] = flops["ebt_reuse"] / flops["transformer_pp"]
         ratios["ebt_reuse overhead"] = (
-            ratios["ebt_reuse/transformer_pp"] * flops["transformer_pp"] / flops["ebt_reuse"]
+            ratios["ebt_reuse/transformer_pp"] / ratios["ebt_reuse/transformer_pp FLOP ratio"]
         )
     out["ratios"] = ratios
-    out["tokens_per_s"] = {v: tokens / t for v, t in best.items()}
-    return out
+
+
+def finish_plain(result: dict[str, Any]) -> dict[str, Any]:
+    """MFU of every variant against the run's GEMM peak, and the targets (in place; returns `result`).
+    MFU counts the FLOPs each variant computes (the EBT's default path: its own count)."""
+    peak = result["gemm_peak_flops"]["wall"]
+    for s in result["sizes"]:
+        s["mfu"] = {v: f * s["tokens_per_s"][v] / peak for v, f in s["computed_flops_per_token"].items()}
+    result["targets"] = plain_targets(result)
+    return result
 
 
 def plain_main(args: argparse.Namespace) -> None:
     device, dtype = pick_device(args.device)
     torch.set_num_threads(args.threads)
+    assert args.rounds >= 1 and args.warmup >= 1, "--rounds and --warmup must be >= 1"
     load = LoadMonitor()
-    peak = gemm_peak(
-        args.threads, n=8192 if device == "cuda" else args.gemm_size, repeats=10, device=device, dtype=dtype
-    )
-    sizes = [int(s) for s in args.sizes.split(",")]
+    gemm_n = 8192 if device == "cuda" else args.gemm_size
+    peaks = [gemm_peak(args.threads, n=gemm_n, repeats=10, device=device, dtype=dtype)]
+    sizes = parse_sizes(args.sizes, args.layers)
     vocabs = [int(v) for v in (args.vocabs or str(args.vocab)).split(",")]
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-plain-") as tmp:
-        for vocab in vocabs:
-            for d in sizes:
-                r = plain_size(d, vocab, args, device, dtype, Path(tmp))
-                r["mfu"] = {  # of the FLOPs each variant computes (the default EBT path: its own count)
-                    v: r["computed_flops_per_token"][v] * r["tokens_per_s"][v] / peak["wall"]
-                    for v in r["computed_flops_per_token"]
-                }
-                results.append(r)
     result: dict[str, Any] = {
         "benchmark": "throughput-plain",
         "machine": machine_info() | ({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "threads": args.threads,
-        "gemm_peak_flops": peak,
+        "gemm_peak_flops": peaks[0],
+        "gemm_peaks_measured": peaks,
         "sdpa_double_backward": sdpa_double_backward(device, dtype),
         "args": {k: str(v) for k, v in vars(args).items() if k != "json_out"},
-        "sizes": results,
-        "load": load.summary(),
+        "sizes": [],
+        "complete": False,
     }
-    result["targets"] = plain_targets(result)
+
+    def save(partial: dict[str, Any] | None = None) -> None:
+        done = result["sizes"] + ([partial] if partial is not None else [])
+        write_json(args.json_out, finish_plain(result | {"sizes": done, "load": load.summary()}))
+
+    with tempfile.TemporaryDirectory(prefix="bench-plain-") as tmp:
+        for vocab in vocabs:
+            for d, layers in sizes:
+                result["sizes"].append(plain_size(d, layers, vocab, args, device, dtype, Path(tmp), save))
+    peaks.append(gemm_peak(args.threads, n=gemm_n, repeats=10, device=device, dtype=dtype))
+    result["gemm_peak_flops"] = {clock: max(p[clock] for p in peaks) for clock in CLOCKS}
+    result["load"], result["complete"] = load.summary(), True
+    finish_plain(result)
     render_plain(result)
+    render_summary(result)
     write_json(args.json_out, result)
     console().print(f"wrote {args.json_out}")
+    if any(s["errors"] for s in result["sizes"]):
+        raise SystemExit(1)
+
+
+def judge(measured: dict[str, float | str], ok: Callable[[float], bool]) -> str:
+    """A target's verdict over its shapes (label -> value, or why there is none): NOT met when a measured
+    value misses it, met when every shape is measured and meets it, else not measurable."""
+    values = [v for v in measured.values() if not isinstance(v, str)]
+    if any(not ok(v) for v in values):
+        return NOT_MET
+    return MET if measured and len(values) == len(measured) else NOT_MEASURABLE
+
+
+def target_values(
+    result: dict[str, Any], value: Callable[[dict[str, Any]], float | None], missing: str
+) -> dict[str, float | str]:
+    """label -> the value at each target shape's rows (every vocabulary run), or why there is none: the size
+    was not run, the variant failed (its error), or `missing` (what the value needs)."""
+    out: dict[str, float | str] = {}
+    for d, layers in TARGET_SHAPES:
+        rows = [s for s in result["sizes"] if (s["d_model"], s["n_layers"]) == (d, layers)]
+        if not rows:
+            out[f"{d}/{layers}"] = "not run"
+        for s in rows:
+            label = f"{d}/{layers}" + (
+                f" V{s['vocab']}" if len({r["vocab"] for r in result["sizes"]}) > 1 else ""
+            )
+            v = value(s)
+            out[label] = v if v is not None else next(iter(s["errors"].values()), missing)
+    return out
 
 
 def plain_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #29 item 4's three targets with their verdicts (met / NOT met / not measurable). They are stated
+    for one H100 or H200 in bf16: a run elsewhere shows its values but measures none of them."""
+    specs = [
+        (
+            f"Transformer++ MFU >= {TARGET_GPU_TPP_MFU:.0%} (bf16 GEMM peak of this run)",
+            lambda s: s.get("mfu", {}).get("transformer_pp"),
+            "Transformer++ not run",
+            lambda v: v >= TARGET_GPU_TPP_MFU,
+            lambda v: f"{v:.1%}",
+        ),
+        (
+            f"EBT/T++ time per token <= {TARGET_GPU_EBT_OVERHEAD}x their FLOP ratio",
+            lambda s: s["ratios"].get("ebt_reuse overhead"),
+            "EBT or Transformer++ not run",
+            lambda v: v <= TARGET_GPU_EBT_OVERHEAD,
+            lambda v: f"{v:.2f}x",
+        ),
+        (
+            f"our EBT step <= {TARGET_AUTHORS_RATIO}x the authors'",
+            lambda s: s["ratios"].get("ebt_reuse/authors"),
+            "no --authors-repo"
+            if result["args"].get("authors_repo") in (None, "None")
+            else "authors' not run",
+            lambda v: v <= TARGET_AUTHORS_RATIO,
+            lambda v: f"{v:.2f}",
+        ),
+    ]
     out = []
-    vs_authors = [s for s in result["sizes"] if "ebt_reuse/authors" in s["ratios"]]
-    if vs_authors:
-        out.append(
+    for name, value, missing, ok, fmt in specs:
+        measured = target_values(result, value, missing)
+        verdict = judge(measured, ok) if result["device"] == "cuda" else NOT_MEASURABLE
+        text = ", ".join(f"{k}: {v if isinstance(v, str) else fmt(v)}" for k, v in measured.items())
+        if result["device"] != "cuda":
+            text += f" ({result['device']} run: the targets are for one H100/H200 in bf16)"
+        shapes = ", ".join(f"{d}/{n}" for d, n in TARGET_SHAPES)
+        out.append({"name": f"{name} at {shapes}", "value": text, "verdict": verdict, "met": verdict == MET})
+    return out
+
+
+def gib(x: float | None) -> str:
+    return "-" if x is None else f"{x / 2**30:.1f}"
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per size (sorted by shape), every column of the summary as text ('-': not run; 'OOM' or
+    'error': it failed). Memory: CUDA, each variant's peak allocation (GiB); CPU, the process's peak RSS."""
+
+    def get(s: dict[str, Any], table: str, v: str, fmt: str) -> str:
+        if v in s.get(table, {}):
+            return format(s[table][v], fmt)
+        err = s["errors"].get(v)
+        return "-" if err is None else ("OOM" if err.startswith("OOM") else "error")
+
+    def times_vs_eager(s: dict[str, Any], v: str) -> str:
+        eager, ratio = get(s, "step_s_best", v + EAGER, ".3f"), s["ratios"].get(f"{v}/{v}{EAGER}")
+        return eager if ratio is None else f"{eager} ({1 / ratio:.2f}x)"
+
+    rows = []
+    for s in sorted(result["sizes"], key=lambda s: (s["d_model"], s["n_layers"], s["vocab"])):
+        mb, r = s["micro_batch"], s["ratios"]
+        mem = s["peak_memory_bytes"]
+        memory = (
+            " / ".join(gib(mem.get(v)) for v in ("transformer_pp", "ebt_reuse", "authors"))
+            if result["device"] == "cuda"
+            else f"RSS {gib(s.get('peak_rss_bytes'))}"
+        )
+        rows.append(
             {
-                "name": f"EBT step <= {TARGET_AUTHORS_RATIO}x the authors' ({result['dtype']})",
-                "value": ", ".join(
-                    f"V{s['vocab']} d{s['d_model']}: {s['ratios']['ebt_reuse/authors']:.2f}"
-                    for s in vs_authors
+                "V": str(s["vocab"]),
+                "d/L": f"{s['d_model']}/{s['n_layers']}",
+                "batch T++/EBT": f"{mb.get('transformer_pp', '-')}/{mb.get('ebt_reuse', '-')}",
+                "T++ s": get(s, "step_s_best", "transformer_pp", ".4f"),
+                "T++ MFU": get(s, "mfu", "transformer_pp", ".1%"),
+                "EBT s": get(s, "step_s_best", "ebt_reuse", ".4f"),
+                "EBT MFU": get(s, "mfu", "ebt_reuse", ".1%"),
+                "EBT/T++ per token": f"{r['ebt_reuse/transformer_pp']:.2f}"
+                if "ebt_reuse/transformer_pp" in r
+                else "-",
+                "FLOP ratio": f"{r['ebt_reuse/transformer_pp FLOP ratio']:.2f}"
+                if "ebt_reuse/transformer_pp FLOP ratio" in r
+                else "-",
+                f"overhead <= {TARGET_GPU_EBT_OVERHEAD}": f"{r['ebt_reuse overhead']:.2f}x"
+                if "ebt_reuse overhead" in r
+                else "-",
+                "authors s": get(s, "step_s_best", "authors", ".4f"),
+                f"ours/authors <= {TARGET_AUTHORS_RATIO}": f"{r['ebt_reuse/authors']:.2f}"
+                if "ebt_reuse/authors" in r
+                else "-",
+                "peak GiB T++/EBT/authors": memory,
+                "eager T++ s (x)": times_vs_eager(s, "transformer_pp"),
+                "eager EBT s (x)": times_vs_eager(s, "ebt_reuse"),
+                "1st step s T++/EBT": "/".join(
+                    get(s, "first_step_s", v, ".1f") for v in ("transformer_pp", "ebt_reuse")
                 ),
-                "met": all(s["ratios"]["ebt_reuse/authors"] <= TARGET_AUTHORS_RATIO for s in vs_authors),
             }
         )
-    if result["device"] == "cuda":
-        big = [s for s in result["sizes"] if s["d_model"] >= 1024 and "transformer_pp" in s["mfu"]]
-        if big:
-            out.append(
-                {
-                    "name": f"TPP MFU >= {TARGET_GPU_TPP_MFU:.0%} in bf16 at d_model >= 1024",
-                    "value": ", ".join(f"d{s['d_model']}: {s['mfu']['transformer_pp']:.0%}" for s in big),
-                    "met": all(s["mfu"]["transformer_pp"] >= TARGET_GPU_TPP_MFU for s in big),
-                }
-            )
-        cost = [s for s in result["sizes"] if "ebt_reuse overhead" in s["ratios"]]
-        if cost:
-            out.append(
-                {
-                    "name": f"EBT step within {TARGET_GPU_EBT_OVERHEAD}x of its FLOP ratio to TPP",
-                    "value": ", ".join(
-                        f"d{s['d_model']}: {s['ratios']['ebt_reuse overhead']:.2f}x" for s in cost
-                    ),
-                    "met": all(s["ratios"]["ebt_reuse overhead"] <= TARGET_GPU_EBT_OVERHEAD for s in cost),
-                }
-            )
-    return out
+    return rows
+
+
+SUMMARY_COLUMNS = (
+    "V",
+    "d/L",
+    "batch T++/EBT",
+    "T++ s",
+    "T++ MFU",
+    "EBT s",
+    "EBT MFU",
+    "EBT/T++ per token",
+    "FLOP ratio",
+    f"overhead <= {TARGET_GPU_EBT_OVERHEAD}",
+    "authors s",
+    f"ours/authors <= {TARGET_AUTHORS_RATIO}",
+    "peak GiB T++/EBT/authors",
+    "eager T++ s (x)",
+    "eager EBT s (x)",
+    "1st step s T++/EBT",
+)
+
+
+def markdown_table(columns: tuple[str, ...], rows: list[dict[str, str]]) -> str:
+    """A Markdown table, columns padded to their widest cell (never cut, whatever the terminal's width)."""
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return "\n".join(
+        [
+            line(c.ljust(width[c]) for c in columns),
+            line("-" * width[c] for c in columns),
+            *(line(r[c].rjust(width[c]) for c in columns) for r in rows),
+        ]
+    )
+
+
+def render_summary(result: dict[str, Any]) -> None:
+    """The summary against issue #29's targets: a Markdown table, one row per size, then each target's
+    verdict (plain print: a log or a note takes it as it is)."""
+    ours = next(
+        (s["kernels"].get("transformer_pp") or s["kernels"].get("ebt_reuse") for s in result["sizes"]), None
+    )
+    kernels = "" if not ours else f"; ours: compile={ours['compile']}, chunked_ce={ours['chunked_ce']}"
+    where = result["machine"].get("gpu", result["machine"]["cpu"])
+    print(
+        f"summary: {result['device']} {result['dtype']} ({where}), bf16/fp32 GEMM peak of this run "
+        f"{si(result['gemm_peak_flops']['wall'], 'FLOP/s')}{kernels}"
+        + ("" if result.get("complete", True) else "; INCOMPLETE: cut short, the sizes done so far")
+    )
+    print(markdown_table(SUMMARY_COLUMNS, summary_rows(result)))
+    print(
+        "EBT: our default path (reuse_observed_kv). Ratios are per token (T++ and EBT may differ in "
+        "micro-batch). (x): speed-up over the eager twin. 1st step: includes compilation. Peak: CUDA, each "
+        "variant's own peak allocation; CPU, the process's peak RSS."
+    )
+    for s in result["sizes"]:
+        for v, err in s["errors"].items():
+            print(f"failed: {s['d_model']}/{s['n_layers']} V{s['vocab']} {v}: {err}")
+    for target in result["targets"]:
+        print(f"target: {target['name']}: {target['value']} -> {target['verdict']}")
 
 
 def render_plain(result: dict[str, Any]) -> None:
     out = console()
-    variants = [v for v in PLAIN_VARIANTS if any(v in s["step_s_best"] for s in result["sizes"])]
-    ratio_cols = tuple(f"{a}/{b}" for a, b in RATIOS)
+    variants = [
+        v
+        for v in (*PLAIN_VARIANTS, *(t + EAGER for t in EAGER_TWINS))
+        if any(v in s["step_s_best"] for s in result["sizes"])
+    ]
+    ratio_cols = tuple(f"{a}/{b}" for a, b in RATIOS if a in variants and b in variants)
+    short = lambda name: "/".join(SHORT.get(part, part) for part in name.split("/"))  # noqa: E731
     t = table(
         f"plain PyTorch training step (forward + loss + backward + AdamW), {result['device']} "
-        f"{result['dtype']}, {result['threads']} thread(s), best of {result['args']['rounds']} rounds",
+        f"{result['dtype']}, {result['threads']} thread(s), best of {result['args']['rounds']} rounds; "
+        "s per step, ratios per token",
         (
             "V",
             "d/L",
             "batch",
-            *(f"{v} s" for v in variants),
-            *ratio_cols,
-            "ebt_reuse/authors counted FLOPs",
-            "MFU ebt",
-            "MFU tpp",
+            *(f"{short(v)} s" for v in variants),
+            *map(short, ratio_cols),
+            "EBT/authors FLOPs",
         ),
     )
     flop_ratio = "ebt_reuse/authors counted FLOPs"
@@ -893,33 +1315,42 @@ def render_plain(result: dict[str, Any]) -> None:
         t.add_row(
             str(s["vocab"]),
             f"{s['d_model']}/{s['n_layers']}",
-            str(s["micro_batch"]),
+            "/".join(str(b) for b in dict.fromkeys(s["micro_batch"].values())),
             *(f"{s['step_s_best'][v]:.3f}" if v in s["step_s_best"] else "-" for v in variants),
             *(f"{s['ratios'][c]:.2f}" if c in s["ratios"] else "-" for c in ratio_cols),
             f"{s['ratios'][flop_ratio]:.3f}" if flop_ratio in s["ratios"] else "-",
-            *(f"{s['mfu'][v]:.0%}" if v in s["mfu"] else "-" for v in ("ebt_reuse", "transformer_pp")),
         )
     out.print(t)
     out.print(
         "SDPA backends, double backward: "
         + ", ".join(f"{k}: {v}" for k, v in result["sdpa_double_backward"].items())
     )
-    print_targets(out, result)
+    out.print(load_text(result["load"]))
 
 
 def main() -> None:
     parser = bench_parser(__doc__, "throughput.json")
-    parser.add_argument("--sizes", default="128,256,384", help="d_model values (paper shapes: 128, 256, 384)")
-    parser.add_argument("--layers", type=int, default=None, help="n_layers for every size (default: paper's)")
+    parser.add_argument(
+        "--sizes",
+        default="128,256,384",
+        help="d_model values (paper shapes: 128, 256, 384); --plain also DxL, e.g. 1024x24,768x12,384x6 "
+        "(d_model x layers; run in this order)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="n_layers for a size given as d_model alone (default: paper's)",
+    )
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument(
         "--vocab", type=int, default=512, help="BPE vocabulary (512: the smoke sweeps' cache)"
     )
     parser.add_argument(
         "--micro-batch",
-        type=int,
         default=None,
-        help="sequences per step (default: 4, 2, 1 for 128, 256, 384)",
+        help="sequences per step (default: 4, 2, 1 for 128, 256, 384, else 1); --plain also 'auto': per "
+        "family the largest power of two up to --max-micro-batch that the planner's memory model fits",
     )
     parser.add_argument("--zero-stage", type=int, default=1, choices=(0, 1, 2, 3))
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant (best is reported)")
@@ -956,7 +1387,49 @@ def main() -> None:
     parser.add_argument(
         "--authors-deps", type=Path, default=None, help="--plain: a pip --target folder with their imports"
     )
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        choices=tuple(KERNEL_CHOICES),
+        help="--plain: model.kernels.compile of our models, resolved by TrialConfig.kernels as the trainer "
+        "does (auto: on on CUDA, off on CPU)",
+    )
+    parser.add_argument(
+        "--chunked-ce",
+        default="auto",
+        choices=tuple(KERNEL_CHOICES),
+        help="--plain: model.kernels.chunked_ce, resolved likewise (auto: on on CUDA from vocabulary 16,384)",
+    )
+    parser.add_argument(
+        "--ce-chunk-rows",
+        type=int,
+        default=1024,
+        help="--plain: model.kernels.ce_chunk_rows (positions per chunk)",
+    )
+    parser.add_argument(
+        "--eager-too",
+        action="store_true",
+        help="--plain: also time our Transformer++ and EBT with compile and chunked CE off (the eager twins)",
+    )
+    parser.add_argument(
+        "--max-micro-batch", type=int, default=MICRO_BATCH_CAP, help="--plain --micro-batch auto: the cap"
+    )
+    parser.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.85,
+        help="--plain --micro-batch auto: the share of the device's memory the planned bytes may take",
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the summary against the targets from a --plain JSON (complete or cut short) and exit",
+    )
     args = parse_bench_args(parser, SMOKE)
+    if args.summary is not None:
+        return render_summary(finish_plain(json.loads(args.summary.read_text())))
     if args.plain:
         if args.variants == ",".join(VARIANTS):
             args.variants = ",".join(PLAIN_VARIANTS)
@@ -964,7 +1437,12 @@ def main() -> None:
             args.json_out = RESULTS / "throughput-plain.json"
     args.variants = tuple(args.variants.split(","))
     if args.plain:
+        if args.micro_batch not in (None, "auto"):
+            args.micro_batch = int(args.micro_batch)
         return plain_main(args)
+    if "x" in args.sizes.lower() or args.micro_batch == "auto":
+        parser.error("--sizes DxL and --micro-batch auto are --plain options")
+    args.micro_batch = int(args.micro_batch) if args.micro_batch else None
     sizes = [int(s) for s in args.sizes.split(",")]
     assert args.rounds >= 1 and args.warmup >= 1, "--rounds and --warmup must be >= 1"
 

@@ -4,6 +4,7 @@ plan). GPU figures themselves are measured only where a GPU is (benchmarks/NOTES
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,8 +57,6 @@ def test_gpu_sh_dry_run_runs_the_cpu_side_into_one_folder(tmp_path: Path) -> Non
     result = run_gpu_sh("--dry-run", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--device cuda" in result.stdout and "sweep run" in result.stdout  # what a GPU run would do
-    import json
-
     plain = json.loads((out / "throughput-plain.json").read_text())
     assert plain["device"] == "cpu" and plain["dtype"] == "float32"
     assert {"transformer_pp", "ebt_reuse", "ebt"} <= set(plain["sizes"][0]["step_s_best"])
@@ -68,3 +67,135 @@ def test_gpu_sh_dry_run_runs_the_cpu_side_into_one_folder(tmp_path: Path) -> Non
     assert "gpus_per_worker: 0.5" in spec and f"output_dir: {out}/sweep" in spec
     plan = (out / "sweep-plan.txt").read_text()
     assert "total: 2 trials" in plan
+
+
+def test_size_spec(bench: Any) -> None:
+    assert bench.parse_sizes("1024x24,768X12, 384") == [(1024, 24), (768, 12), (384, 6)]
+    assert bench.parse_sizes("128,512") == [(128, 2), (512, 4)]  # the paper's depth, else 4
+    assert bench.parse_sizes("128,512x2", layers=3) == [(128, 3), (512, 2)]  # --layers for a bare d_model
+    for bad in ("768x", "x12", "big", "0x4", "768x0", "768,"):
+        with pytest.raises(ValueError, match="size"):
+            bench.parse_sizes(bad)
+
+
+def plain_args(bench: Any, **kw: Any) -> Any:
+    import argparse
+
+    defaults = dict(
+        context=256, zero_stage=1, compile="auto", chunked_ce="auto", ce_chunk_rows=1024, micro_batch="auto"
+    )
+    defaults |= dict(max_micro_batch=64, memory_fraction=0.85, eager_too=True, authors_repo=Path("theirs"))
+    defaults |= dict(variants=bench.PLAIN_VARIANTS)
+    return argparse.Namespace(**(defaults | kw))
+
+
+@pytest.mark.parametrize(
+    ("device", "vocab", "flags", "expected"),
+    [
+        ("cuda", 50277, {}, (True, True)),  # auto on CUDA: compile, and the chunked CE from V 16,384
+        ("cuda", 512, {}, (True, False)),
+        ("cpu", 50277, {}, (False, False)),  # auto elsewhere: the plain code
+        ("cpu", 512, {"compile": "on", "chunked_ce": "on"}, (True, True)),
+        ("cuda", 50277, {"compile": "off"}, (False, True)),
+    ],
+)
+def test_kernels_resolved_as_the_trainer_resolves_them(
+    bench: Any, device: str, vocab: int, flags: dict[str, str], expected: tuple[bool, bool]
+) -> None:
+    args = plain_args(bench, **flags)
+    for v in ("transformer_pp", "ebt_reuse"):
+        cfg = bench.plain_trial(v, 256, 4, vocab, 8, args, device)
+        assert (cfg.model.kernels.compile, cfg.model.kernels.chunked_ce) == expected
+        assert cfg.model.kernels == cfg.kernels(device)  # TrialConfig.kernels: already resolved, kept
+        twin = bench.plain_trial(v + bench.EAGER, 256, 4, vocab, 8, args, device).model.kernels
+        assert (twin.compile, twin.chunked_ce) == (False, False)
+    assert cfg.precision() == ("bf16" if device == "cuda" else "fp32")  # what the memory model counts in
+
+
+def test_auto_micro_batch_from_the_planner_memory_model(bench: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--micro-batch auto at 1024/24 on an 80 GB GPU: per family the largest power of two whose planned bytes
+    fit; the EBTs share one, the authors' counted as our full recompute (it keeps the same graph)."""
+    monkeypatch.setattr(bench, "memory_budget", lambda device, fraction: fraction * 80e9)
+    args = plain_args(bench, variants=("transformer_pp", "ebt_reuse", "authors"))
+    variants = bench.plain_variants(args)
+    assert variants == ["transformer_pp", "ebt_reuse", "authors", "transformer_pp_eager", "ebt_reuse_eager"]
+    micro, planned = bench.micro_batches(variants, 1024, 24, 50277, args, "cuda")
+    assert micro["transformer_pp"] == micro["transformer_pp_eager"] > micro["ebt_reuse"]
+    assert micro["ebt_reuse"] == micro["ebt_reuse_eager"] == micro["authors"]
+    assert max(planned.values()) <= 0.85 * 80e9
+    assert planned["authors"] > planned["ebt_reuse"]
+    bigger = bench.micro_batches(["ebt_reuse", "authors"], 1024, 24, 50277, args, "cuda")[1]
+    monkeypatch.setattr(bench, "memory_budget", lambda device, fraction: 1e30)
+    assert bench.micro_batches(variants, 1024, 24, 50277, args, "cuda")[0]["authors"] == 64  # the cap
+    assert (
+        bench.largest_fitting(lambda mb: mb <= 20, 64) == 16
+        and bench.largest_fitting(lambda mb: False, 48) == 1
+    )
+    assert bigger["authors"] == planned["authors"]
+    fixed = bench.micro_batches(variants, 1024, 24, 50277, plain_args(bench, micro_batch=4), "cuda")[0]
+    assert set(fixed.values()) == {4}
+
+
+def synthetic(device: str = "cuda", authors: bool = True, **per_shape: dict[str, Any]) -> dict[str, Any]:
+    """A plain result at the target shapes that meets every target, with per-shape overrides."""
+    sizes = []
+    for d, layers in ((768, 12), (1024, 24)):
+        s = {"d_model": d, "n_layers": layers, "vocab": 50277, "errors": {}}
+        s |= {"mfu": {"transformer_pp": 0.5}, "ratios": {"ebt_reuse overhead": 1.0, "ebt_reuse/authors": 0.4}}
+        over = per_shape.get(f"d{d}", {})
+        if over.get("skip"):
+            continue
+        s["mfu"] |= over.get("mfu", {})
+        s["ratios"] |= over.get("ratios", {})
+        s["errors"] |= over.get("errors", {})
+        for key in over.get("drop", ()):
+            s["ratios"].pop(key)
+        sizes.append(s)
+    args = {"authors_repo": "theirs" if authors else "None"}
+    return {"device": device, "args": args, "sizes": sizes}
+
+
+@pytest.mark.parametrize(
+    ("result", "verdicts", "says"),
+    [
+        (synthetic(), ("met", "met", "met"), "1024/24: 50.0%"),
+        (synthetic(d1024={"mfu": {"transformer_pp": 0.44}}), ("NOT met", "met", "met"), "1024/24: 44.0%"),
+        (synthetic(d768={"ratios": {"ebt_reuse overhead": 1.06}}), ("met", "NOT met", "met"), "1.06x"),
+        (synthetic(d1024={"skip": True}), ("not measurable",) * 3, "1024/24: not run"),
+        (
+            synthetic(d1024={"drop": ["ebt_reuse/authors"], "errors": {"authors": "OOM at micro-batch 8"}}),
+            ("met", "met", "not measurable"),
+            "1024/24: OOM at micro-batch 8",
+        ),
+        (  # a miss at one shape is a miss, whatever the other could not measure
+            synthetic(
+                d768={"ratios": {"ebt_reuse/authors": 0.7}},
+                d1024={"drop": ["ebt_reuse/authors"], "errors": {"authors": "OOM at micro-batch 8"}},
+            ),
+            ("met", "met", "NOT met"),
+            "768/12: 0.70",
+        ),
+        (
+            synthetic(
+                authors=False, d768={"drop": ["ebt_reuse/authors"]}, d1024={"drop": ["ebt_reuse/authors"]}
+            ),
+            ("met", "met", "not measurable"),
+            "no --authors-repo",
+        ),
+        (synthetic(device="cpu"), ("not measurable",) * 3, "cpu run"),
+    ],
+)
+def test_target_verdicts(bench: Any, result: dict[str, Any], verdicts: tuple[str, ...], says: str) -> None:
+    targets = bench.plain_targets(result)
+    assert tuple(t["verdict"] for t in targets) == verdicts
+    assert [t["met"] for t in targets] == [v == "met" for v in verdicts]
+    assert any(says in t["value"] for t in targets)
+
+
+def test_judge(bench: Any) -> None:
+    ok = lambda v: v <= 1.0  # noqa: E731
+    assert bench.judge({"a": 0.5, "b": 1.0}, ok) == "met"
+    assert bench.judge({"a": 0.5, "b": 1.5}, ok) == "NOT met"
+    assert bench.judge({"a": 1.5, "b": "OOM"}, ok) == "NOT met"
+    assert bench.judge({"a": 0.5, "b": "not run"}, ok) == "not measurable"
+    assert bench.judge({}, ok) == "not measurable"
