@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# One GPU, under 8 minutes: the throughput benchmark (the models alone in bf16: Transformer++ with the fused
-# causal kernel, the EBT's default path and its full-recompute reference, and the authors' EBT when
-# --authors-repo names a checkout of their code; MFU against a bf16 GEMM peak measured in the same run) and two
-# real trials (both families, one size, DeepSpeed bf16), results in one folder.
+# One GPU, under 8 minutes (issue #29 item 4): the throughput benchmark, then two real trials, then a summary
+# against the targets, results in one folder.
 #
 #   bash benchmarks/gpu.sh [--out DIR] [--authors-repo DIR] [--dry-run]
 #
+# The benchmark (bench_throughput.py --plain): each model alone in bf16 (forward, loss, backward, AdamW), at
+#   1024/24 and 768/12 (the paper's shapes; the targets are judged there) and 384/6, context 256, vocabulary
+#   50,277: Transformer++ and our EBT with the kernels the trainer would use (compile and chunked CE 'auto',
+#   resolved by TrialConfig.kernels: both on here), each again eager (compile and chunked CE off), and the
+#   authors' EBT when --authors-repo names a checkout of their code; micro-batch per family from the
+#   planner's memory model; MFU against a bf16 GEMM peak measured in the same run; peak memory per model.
+# The trials: one EBT and one Transformer++ of 256/4/4 (DeepSpeed bf16, kernels auto), half the GPU each: a
+#   2-trial sweep (Ray Tune + MLflow) when PYTHON can import ray and mlflow, else `ebtscale train --no-track`.
+# The summary (bench_throughput.py --summary): per size, MFU of each family, EBT/T++ time ratio beside the
+#   FLOP ratio, ours against the authors', peak memory, compiled against eager; each target met, NOT met or
+#   not measurable. Printed last, also into summary.txt; it reads the JSON, which the benchmark rewrites
+#   after every model, so a benchmark cut short by its timeout still leaves the sizes it finished.
+#
 # --out: the results folder (default benchmarks/results/gpu-<date>-<time>); it gets throughput-plain.json/.txt,
-#   gpu-trial.yaml, gpu-sweep.yaml, sweep.txt and the trials' own outputs under sweep/.
+#   summary.txt, gpu-trial.yaml, gpu-sweep.yaml, sweep.txt and the trials' own outputs under sweep/.
 # --authors-repo: a checkout of github.com/alexiglad/EBT (never vendored), timed beside ours.
 # --dry-run: no GPU needed. Prints what a GPU run would do, then runs its CPU-side parts at a tiny size: the
-#   benchmark on CPU (fp32) and the sweep's plan (validation and dry-run plan, no training).
-# The trials: a 2-trial sweep (Ray Tune + MLflow) when PYTHON can import ray and mlflow; otherwise (a GPU
-#   image without them) the same two trials through `ebtscale train --no-track`: DeepSpeed alone.
-# Environment: PYTHON (default .venv/bin/python, else python3), BENCH_TIMEOUT (default 300 s), SWEEP_TIMEOUT
-#   (180 s).
+#   benchmark on CPU (fp32; compile and chunked CE forced on, the eager twins beside), its summary, and the
+#   sweep's plan (validation and dry-run plan, no training).
+# Time (estimate, not yet measured; benchmarks/NOTES.md "To run on a GPU"): benchmark ~4.5 min, trials ~1.5,
+#   bounded by BENCH_TIMEOUT + SWEEP_TIMEOUT = 440 s; the script prints its own duration at the end.
+# Environment: PYTHON (default .venv/bin/python, else python3), BENCH_TIMEOUT (default 320 s), SWEEP_TIMEOUT
+#   (120 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
     --authors-repo) AUTHORS=(--authors-repo "${2:?--authors-repo needs a folder}"); shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -56,32 +68,52 @@ TRIAL
   grep -vE '^(name|output_dir):' "$OUT/gpu-trial.yaml" | sed -e 's/^/  /' -e 's/{family: ebt, /{/'
 } > "$OUT/gpu-sweep.yaml"
 
+# The sizes run largest first: a benchmark cut short by its timeout loses the small shape, which has no target.
+GPU_BENCH=(benchmarks/bench_throughput.py --plain --device cuda --sizes 1024x24,768x12,384x6 --context 256
+  --vocabs 50277 --micro-batch auto --compile auto --chunked-ce auto --eager-too
+  --variants transformer_pp,ebt_reuse,authors --rounds 5 --warmup 2)
+SUMMARY=(benchmarks/bench_throughput.py --summary "$OUT/throughput-plain.json")
+
 if [[ $DRY_RUN == 1 ]]; then
   echo "dry run: a GPU run would do, in $OUT:"
-  echo "  $PYTHON benchmarks/bench_throughput.py --plain --device cuda --sizes 128,384,1024 --vocabs 512,50277 --micro-batch 16 --rounds 5 ${AUTHORS[*]}"
-  echo "  ${EBTSCALE[*]} sweep run $OUT/gpu-sweep.yaml  (without ray/mlflow: ${EBTSCALE[*]} train --no-track $OUT/gpu-trial.yaml, per family)"
-  "$PYTHON" benchmarks/bench_throughput.py --plain --device cpu --sizes 64 --context 32 --vocabs 64 \
-    --micro-batch 2 --rounds 1 --json-out "$OUT/throughput-plain.json" | tee "$OUT/throughput-plain.txt"
+  echo "  timeout ${BENCH_TIMEOUT:-320} $PYTHON ${GPU_BENCH[*]} ${AUTHORS[*]} --json-out $OUT/throughput-plain.json"
+  echo "  timeout ${SWEEP_TIMEOUT:-120} ${EBTSCALE[*]} sweep run $OUT/gpu-sweep.yaml  (without ray/mlflow:" \
+    "${EBTSCALE[*]} train --no-track $OUT/gpu-trial.yaml, per family, at once)"
+  echo "  $PYTHON ${SUMMARY[*]}"
+  "$PYTHON" benchmarks/bench_throughput.py --plain --device cpu --sizes 64x1 --context 32 --vocabs 64 \
+    --micro-batch 2 --rounds 1 --compile on --chunked-ce on --ce-chunk-rows 16 --eager-too \
+    --variants transformer_pp,ebt_reuse,ebt,authors "${AUTHORS[@]}" \
+    --json-out "$OUT/throughput-plain.json" | tee "$OUT/throughput-plain.txt"
+  "$PYTHON" "${SUMMARY[@]}" | tee "$OUT/summary.txt"
   "${EBTSCALE[@]}" sweep plan "$OUT/gpu-sweep.yaml" --throughput 1e12 | tee "$OUT/sweep-plan.txt"
   exit 0
 fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt"
 export DS_ACCELERATOR=cuda
-timeout "${BENCH_TIMEOUT:-300}" "$PYTHON" benchmarks/bench_throughput.py --plain --device cuda \
-  --sizes 128,384,1024 --vocabs 512,50277 --micro-batch 16 --rounds 5 --warmup 2 "${AUTHORS[@]}" \
-  --json-out "$OUT/throughput-plain.json" | tee "$OUT/throughput-plain.txt"
+failed=()
+timeout "${BENCH_TIMEOUT:-320}" "$PYTHON" "${GPU_BENCH[@]}" "${AUTHORS[@]}" \
+  --json-out "$OUT/throughput-plain.json" 2>&1 | tee "$OUT/throughput-plain.txt" || failed+=("benchmark (exit $?)")
 if "$PYTHON" -c "import ray, mlflow" 2>/dev/null; then
-  timeout "${SWEEP_TIMEOUT:-180}" "${EBTSCALE[@]}" sweep run "$OUT/gpu-sweep.yaml" 2>&1 | tee "$OUT/sweep.txt"
+  timeout "${SWEEP_TIMEOUT:-120}" "${EBTSCALE[@]}" sweep run "$OUT/gpu-sweep.yaml" 2>&1 | tee "$OUT/sweep.txt" \
+    || failed+=("sweep (exit $?)")
 else
   echo "ray/mlflow not importable by $PYTHON: the two trials under DeepSpeed alone (ebtscale train --no-track)" \
     | tee "$OUT/sweep.txt"
   for family in ebt transformer_pp; do
-    timeout "${SWEEP_TIMEOUT:-180}" "${EBTSCALE[@]}" train --no-track "$OUT/gpu-trial.yaml" \
+    timeout "${SWEEP_TIMEOUT:-120}" "${EBTSCALE[@]}" train --no-track "$OUT/gpu-trial.yaml" \
       --set model.family=$family --set name=gpu-check-$family > "$OUT/trial-$family.txt" 2>&1 &
   done
-  status=0; wait -n || status=$?; wait -n || status=$?
+  for _ in 1 2; do wait -n || failed+=("a trial (exit $?)"); done
   tail -n 5 "$OUT"/trial-*.txt | tee -a "$OUT/sweep.txt"
-  [[ $status == 0 ]] || { echo "a trial failed (exit $status)" | tee -a "$OUT/sweep.txt"; exit "$status"; }
 fi
-echo "results in $OUT"
+if [[ -f "$OUT/throughput-plain.json" ]]; then
+  "$PYTHON" "${SUMMARY[@]}" 2>&1 | tee "$OUT/summary.txt" || failed+=("summary (exit $?)")
+else
+  failed+=("benchmark: no throughput-plain.json")
+fi
+echo "results in $OUT; ${SECONDS} s in all"
+if [[ ${#failed[@]} -gt 0 ]]; then
+  printf 'failed: %s\n' "${failed[@]}" | tee -a "$OUT/summary.txt"
+  exit 1
+fi

@@ -52,17 +52,51 @@ def test_gpu_sh_rejects_unknown_arguments() -> None:
     assert "--dry-run" in run_gpu_sh("--help").stdout
 
 
-def test_gpu_sh_dry_run_runs_the_cpu_side_into_one_folder(tmp_path: Path) -> None:
+def test_gpu_sh_dry_run_runs_the_cpu_side_into_one_folder(tmp_path: Path, bench: Any) -> None:
+    """The dry run: the GPU commands printed, then the benchmark on CPU with compile and the chunked CE forced
+    on and the eager twins beside, the summary from its JSON (every column, the three targets), the plan."""
     out = tmp_path / "gpu"
     result = run_gpu_sh("--dry-run", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "--device cuda" in result.stdout and "sweep run" in result.stdout  # what a GPU run would do
+    for arg in ("--device cuda", "--sizes 1024x24,768x12,384x6", "--compile auto", "--chunked-ce auto"):
+        assert arg in result.stdout  # what a GPU run would do
+    assert "sweep run" in result.stdout and "--summary" in result.stdout
+
     plain = json.loads((out / "throughput-plain.json").read_text())
-    assert plain["device"] == "cpu" and plain["dtype"] == "float32"
-    assert {"transformer_pp", "ebt_reuse", "ebt"} <= set(plain["sizes"][0]["step_s_best"])
-    counted = plain["sizes"][0]["counted_flops_per_token"]  # the side-by-side's FLOP yardstick
-    assert counted["transformer_pp"] < counted["ebt_reuse"] < counted["ebt"]
-    assert plain["sizes"][0]["ratios"]["ebt_reuse/ebt counted FLOPs"] == counted["ebt_reuse"] / counted["ebt"]
+    assert plain["device"] == "cpu" and plain["dtype"] == "float32" and plain["complete"]
+    (size,) = plain["sizes"]
+    assert (size["d_model"], size["n_layers"], size["errors"]) == (64, 1, {})
+    ours, twins = ("transformer_pp", "ebt_reuse"), ("transformer_pp_eager", "ebt_reuse_eager")
+    assert {*ours, *twins, "ebt"} == set(size["step_s_best"]) == set(size["first_step_s"])
+    for v in ours:  # forced on, and a chunk of 16 positions: the chunked CE really chunks the 2 x 32
+        assert size["kernels"][v] == {"compile": True, "chunked_ce": True, "ce_chunk_rows": 16}
+    for v in twins:
+        assert (size["kernels"][v]["compile"], size["kernels"][v]["chunked_ce"]) == (False, False)
+    assert size["kernels"]["ebt"]["compile"] is True  # as asked (the full recompute compiles nothing of it)
+    assert size["peak_rss_bytes"] > 0 and size["micro_batch_rule"] == "fixed"
+    counted = size["counted_flops_per_token"]  # eager code only: the compiled ones take their twin's count
+    assert set(counted) == {*twins, "ebt"}
+    assert counted["transformer_pp_eager"] < counted["ebt_reuse_eager"] < counted["ebt"]
+    r = size["ratios"]
+    assert r["ebt_reuse overhead"] == pytest.approx(
+        r["ebt_reuse/transformer_pp"] / r["ebt_reuse/transformer_pp FLOP ratio"]
+    )
+    assert r["ebt_reuse/ebt counted FLOPs"] == counted["ebt_reuse_eager"] / counted["ebt"]
+
+    summary = (out / "summary.txt").read_text()
+    header = next(line for line in summary.splitlines() if line.startswith("| V"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(bench.SUMMARY_COLUMNS)
+    row = next(line for line in summary.splitlines() if line.startswith("| 64"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == len(bench.SUMMARY_COLUMNS) and cells[1] == "64/1" and cells[2] == "2/2"
+    assert cells[bench.SUMMARY_COLUMNS.index("authors s")] == "-"  # no --authors-repo
+    assert all(
+        cells[bench.SUMMARY_COLUMNS.index(c)] != "-" for c in ("T++ MFU", "EBT MFU", "eager EBT s (x)")
+    )
+    targets = [line for line in summary.splitlines() if line.startswith("target: ")]
+    assert len(targets) == 3 and all(t.endswith("-> not measurable") for t in targets)
+    assert all("768/12: not run" in t and "cpu run" in t for t in targets)  # tiny shape only
+
     spec = (out / "gpu-sweep.yaml").read_text()
     assert "gpus_per_worker: 0.5" in spec and f"output_dir: {out}/sweep" in spec
     plan = (out / "sweep-plan.txt").read_text()
