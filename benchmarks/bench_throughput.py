@@ -919,14 +919,22 @@ def run_group(
     """Build the group's variants, time them round-robin (first step apart: it compiles), count the FLOPs of
     the eager ones, record their memory (CUDA: each variant's peak allocation above what was there before it;
     CPU: the process's peak RSS). Fills `out` in place."""
+    import traceback
+
     cuda = device == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    steps = {
-        v: plain_step_fn(v, trials[v], out["micro_batch"][v], args, device, dtype, workdir) for v in group
-    }
+    steps = {}
+    for v in group:  # one that cannot be built (the authors' imports, say) leaves the others to run
+        try:
+            steps[v] = plain_step_fn(v, trials[v], out["micro_batch"][v], args, device, dtype, workdir)
+        except Exception as e:
+            if len(group) == 1:
+                raise
+            traceback.print_exc()
+            out["errors"][v] = f"{type(e).__name__}: {e}"[:300]
     for v, step in steps.items():
         start = time.perf_counter()
         step()
@@ -942,7 +950,7 @@ def run_group(
     for v in steps:
         out["step_s"][v], out["step_s_best"][v] = times[v], min(times[v])
     if cuda:
-        (v,) = group  # one variant at a time on CUDA
+        (v,) = steps  # one variant at a time on CUDA
         out["peak_memory_bytes"][v] = torch.cuda.max_memory_allocated() - base
     else:
         out["peak_rss_bytes"] = peak_rss_bytes()
@@ -998,7 +1006,7 @@ def plain_size(
             error = f"OOM at micro-batch {micro[group[0]]}" if oom else f"{type(e).__name__}: {e}"[:300]
         if error is not None:
             for v in group:
-                out["errors"][v] = error
+                out["errors"].setdefault(v, error)
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -233,3 +233,26 @@ def test_judge(bench: Any) -> None:
     assert bench.judge({"a": 1.5, "b": "OOM"}, ok) == "NOT met"
     assert bench.judge({"a": 0.5, "b": "not run"}, ok) == "not measurable"
     assert bench.judge({}, ok) == "not measurable"
+
+
+def test_a_variant_that_fails_is_recorded_and_the_others_run(
+    bench: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The authors' model failing to build (a missing import, an OOM on a GPU) costs its column only: the
+    others are timed, the error is kept, and each partial record is saved on the way."""
+    real = bench.plain_step_fn
+
+    def step_fn(variant: str, *a: Any) -> Any:
+        if variant == "authors":
+            raise ModuleNotFoundError("No module named 'pytorch_lightning'")
+        return real(variant, *a)
+
+    monkeypatch.setattr(bench, "plain_step_fn", step_fn)
+    args = plain_args(
+        bench, context=16, micro_batch=1, eager_too=False, variants=("transformer_pp", "authors")
+    )
+    args.rounds, args.warmup, args.no_flop_count = 1, 1, True
+    saved: list[dict[str, Any]] = []
+    out = bench.plain_size(32, 1, 64, args, "cpu", torch.float32, tmp_path, lambda s: saved.append(dict(s)))
+    assert set(out["step_s_best"]) == {"transformer_pp"} and saved
+    assert out["errors"] == {"authors": "ModuleNotFoundError: No module named 'pytorch_lightning'"}
