@@ -642,6 +642,34 @@ def record_errors(stage: Stage, units: list[TrialUnit], results: Any) -> None:
         client.set_terminated(record.run_id, status="FAILED")
 
 
+def progress_table(sweep: str, units: list[TrialUnit], elapsed: float) -> Any:
+    """The live view's table: trials by status and the work done (in FLOPs), with an ETA from `elapsed`."""
+    from rich.table import Table
+
+    counts: dict[str, int] = {}
+    done_flops = total_flops = 0.0
+    for u in units:
+        st = u.folder.status()
+        counts[st["status"]] = counts.get(st["status"], 0) + 1
+        flops = unit_flops(u)
+        total_flops += flops
+        if st["status"].final:
+            done_flops += flops
+        elif "step" in st:
+            done_flops += flops * st["step"] / max(1, st["total"])
+    frac = done_flops / total_flops if total_flops else 1.0
+    eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0.01 else "-"
+    table = Table(title=f"sweep {sweep}", show_header=True)
+    S = TrialStatus
+    # the other outcomes only once a trial has one: an 80-column terminal then shows every header whole
+    states = [S.FINISHED, S.RUNNING, S.PENDING]
+    states += [k for k in (S.DIVERGED, S.STOPPED, S.FAILED, S.INTERRUPTED) if counts.get(k)]
+    for col in ("trials", *states, "work done", "ETA"):
+        table.add_column(col, no_wrap=True, min_width=len(col))
+    table.add_row(str(len(units)), *(str(counts.get(k, 0)) for k in states), f"{frac:.0%}", eta)
+    return table
+
+
 class _ProgressMonitor:
     """Live terminal view of the sweep: trials done / running / failed, and an ETA from FLOPs done."""
 
@@ -657,34 +685,7 @@ class _ProgressMonitor:
         self.thread.start()
 
     def render(self) -> Any:
-        from rich.table import Table
-
-        counts: dict[str, int] = {}
-        done_flops = total_flops = 0.0
-        for u in self.units:
-            st = u.folder.status()
-            counts[st["status"]] = counts.get(st["status"], 0) + 1
-            flops = unit_flops(u)
-            total_flops += flops
-            if st["status"].final:
-                done_flops += flops
-            elif "step" in st:
-                done_flops += flops * st["step"] / max(1, st["total"])
-        elapsed = time.time() - self.start
-        frac = done_flops / total_flops if total_flops else 1.0
-        eta = f"{elapsed * (1 - frac) / frac:,.0f}s" if frac > 0.01 else "-"
-        table = Table(title=f"sweep {self.sweep}", show_header=True)
-        S = TrialStatus
-        states = (S.FINISHED, S.RUNNING, S.PENDING, S.DIVERGED, S.STOPPED, S.FAILED, S.INTERRUPTED)
-        for col in ("trials", *states, "work done", "ETA"):
-            table.add_column(col)
-        table.add_row(
-            str(len(self.units)),
-            *(str(counts.get(k, 0)) for k in states),
-            f"{frac:.0%}",
-            eta,
-        )
-        return table
+        return progress_table(self.sweep, self.units, time.time() - self.start)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):

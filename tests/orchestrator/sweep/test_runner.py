@@ -130,3 +130,30 @@ def test_a_trial_too_big_for_a_worker_is_refused_in_seconds_before_ray_starts(tm
         assert "tpp-d16384-L64" in str(err)
     else:
         raise AssertionError("one byte over the limit must be refused")
+
+
+def test_the_live_progress_table_fits_80_columns_with_whole_headers(tmp_path: Path) -> None:
+    """The sweep's live view at 80 columns: every header whole (it printed 'tria…', 'fini…'); an outcome's
+    column appears once a trial has it."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.sweep.expand import expand
+    from orchestrator.sweep.runner import progress_table, trial_units
+    from orchestrator.sweep.spec import load_spec
+
+    units = trial_units(expand(load_spec(write_spec(tmp_path, "live", tokens=2048))))
+
+    def shown() -> str:
+        console = Console(width=80, record=True, file=io.StringIO())
+        console.print(progress_table("live", units, elapsed=10.0))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+        return text
+
+    text = shown()
+    assert all(h in text for h in ("trials", "finished", "running", "pending", "work done", "ETA"))
+    assert "failed" not in text
+    units[0].folder.write_failed("RuntimeError: boom")
+    assert "failed" in shown()
