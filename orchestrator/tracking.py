@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import tags
 from orchestrator.tags import PARENT as PARENT_TAG
-from orchestrator.trial_dir import TrialStatus
+from orchestrator.trial_dir import TrialResult, TrialStatus
 
 if TYPE_CHECKING:
-    from orchestrator.trial_dir import TrialDir, TrialResult
+    from orchestrator.trial_dir import TrialDir
 
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 # One attempt, no backoff, a short timeout: how the tracker talks to a tracking server while training runs.
@@ -322,6 +322,15 @@ class RunTracker:
         except Exception as err:  # e.g. psutil missing: training goes on without them
             log.warning("no system metrics for run %s: %s", self.run_id, err)
 
+    def has_logged(self, key: str, step: int) -> bool:
+        """Whether the store already holds `key` at `step` (False when it cannot say: a store that does not
+        answer at once)."""
+        try:
+            with fail_fast():
+                return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
+        except Exception:
+            return False
+
     def _last_step(self) -> int:
         """Highest step already logged for train_loss (a resumed run skips steps it already has)."""
         try:
@@ -539,16 +548,32 @@ def _deliver_unsent() -> None:
             )
 
 
+def run_end_status(result: TrialResult) -> str:
+    """The MLflow status a trial's run ends with, once its outcome is recorded."""
+    return "KILLED" if result.status == TrialStatus.INTERRUPTED else "FINISHED"
+
+
 def record_outcome(tracker: RunTracker, result: TrialResult, folder: TrialDir) -> None:
     """Final metrics, status tags and result.json into the trial's run, then close it. The trainer calls it
-    when a trial ends; the sweep driver for a run left open by a crash after result.json was written
-    (sweep/runner.py, `ensure_runs`)."""
+    when a trial ends; the sweep driver and `sweep repair` for a run a crash left open after result.json was
+    written (`close_with_outcome`). Idempotent: final metrics a crash let through before the close (the
+    metric `train_time_s` at the last step marks them) are not logged twice."""
     final = {"train_time_s": result.train_time_s}
     if result.final_val_loss is not None:
         final.update(final_val_loss=result.final_val_loss, final_val_perplexity=result.final_val_perplexity)
-    tracker.log_metrics(final, step=result.steps, force=True)
+    if not tracker.has_logged("train_time_s", result.steps):
+        tracker.log_metrics(final, step=result.steps, force=True)
     tracker.set_tags({tags.STATUS: result.status, tags.STATUS_REASON: result.reason})
-    interrupted = result.status == TrialStatus.INTERRUPTED
-    if not interrupted:
+    if result.status != TrialStatus.INTERRUPTED:
         tracker.log_artifact(folder.result)
-    tracker.end("KILLED" if interrupted else "FINISHED")
+    tracker.end(run_end_status(result))
+
+
+def close_with_outcome(uri: str, experiment: str, run_name: str, run_id: str, folder: TrialDir) -> bool:
+    """A run whose trial has result.json but was left open (a crash between the two): its outcome recorded
+    and the run closed, as the trainer would have. False when it already was."""
+    result = TrialResult.load(folder.result)
+    if mlflow_client(uri).get_run(run_id).info.status == run_end_status(result):
+        return False
+    record_outcome(RunTracker.start(uri, experiment, run_name, resume_run_id=run_id), result, folder)
+    return True

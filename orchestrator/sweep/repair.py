@@ -32,14 +32,13 @@ from orchestrator.sweep.expand import expand
 from orchestrator.sweep.runner import TrialUnit, trial_units
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.tracking import (
-    RunTracker,
+    close_with_outcome,
     existing_store,
     gc_paused,
     mlflow_client,
-    record_outcome,
     resolve_tracking_uri,
 )
-from orchestrator.trial_dir import TrialResult, TrialStatus
+from orchestrator.trial_dir import TrialStatus
 
 
 def sweep_units(spec: SweepSpec) -> list[TrialUnit]:
@@ -163,18 +162,9 @@ class _Repair:
         return new_id
 
     def _close(self, unit: TrialUnit, run_id: str) -> None:
-        folder, info = unit.folder, self.client.get_run(run_id)
-        status = info.info.status
+        folder, status = unit.folder, self.client.get_run(run_id).info.status
         if folder.result.is_file():
-            result = TrialResult.load(folder.result)
-            if status == "FINISHED":
-                return
-            if info.data.tags.get(tags.STATUS) == result.status:  # recorded, only left open: no metric twice
-                self.client.set_terminated(run_id, status="FINISHED")
-                self.changes.append(f"{unit.name}: run {status} with its outcome recorded -> FINISHED")
-            else:
-                tracker = RunTracker.start(self.uri, self.spec.name, unit.name, resume_run_id=run_id)
-                record_outcome(tracker, result, folder)
+            if close_with_outcome(self.uri, self.spec.name, unit.name, run_id, folder):
                 self.changes.append(f"{unit.name}: outcome recorded from result.json, run {status} -> ended")
         elif folder.failed.is_file():
             if status != "FAILED":

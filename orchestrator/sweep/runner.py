@@ -33,13 +33,13 @@ from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep_dir import SweepDir
 from orchestrator.tracking import (
     RunTracker,
+    close_with_outcome,
     gc_paused,
     get_or_create_experiment,
     mlflow_client,
-    record_outcome,
     resolve_tracking_uri,
 )
-from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus
+from orchestrator.trial_dir import TrialDir, TrialStatus
 
 
 @dataclass
@@ -165,8 +165,7 @@ def close_done_runs(uri: str, sweep: str, units: list[TrialUnit], parent_id: str
         if record is None or not folder.result.is_file():
             continue
         if record.run_id in open_runs:
-            tracker = RunTracker.start(uri, sweep, unit.name, resume_run_id=record.run_id)
-            record_outcome(tracker, TrialResult.load(folder.result), folder)
+            close_with_outcome(uri, sweep, unit.name, record.run_id, folder)
 
 
 def child_run_tags(sweep: str, unit: TrialUnit, parent_id: str) -> dict[str, str]:

@@ -87,3 +87,32 @@ def test_system_metrics_sample_on_a_timer_and_a_resumed_run_continues_their_step
     assert len(steps) == len(set(steps))
     kind = client.get_experiment_by_name("system").tags["mlflow.experimentKind"]
     assert kind == "custom_model_development"
+
+
+def test_a_run_left_open_after_its_outcome_is_closed_without_a_metric_twice(tmp_path: Path) -> None:
+    """A crash between a trial's result.json and its run's close: `close_with_outcome` closes the run with the
+    outcome (FINISHED, status tag, result.json), and final metrics that reached the store before the crash
+    are not logged a second time; a closed run is left alone."""
+    from orchestrator.tracking import RunTracker, close_with_outcome, record_outcome
+    from orchestrator.trial_dir import TrialDir, TrialResult, TrialStatus
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = TrialDir(tmp_path / "trial")
+    folder.path.mkdir()
+    result = TrialResult(TrialStatus.FINISHED, "", 12, 384, 3.5, 33.1, 2.0)
+    result.save(folder.result)
+    run = RunTracker.start(uri, "closing", "trial")
+    run.log_metrics({"train_time_s": 2.0, "final_val_loss": 3.5}, step=12, force=True)
+    run.end("RUNNING")  # the final metrics are in, the run was never closed
+    client = mlflow_client(uri)
+
+    assert close_with_outcome(uri, "closing", "trial", run.run_id, folder)
+    closed = client.get_run(run.run_id)
+    assert closed.info.status == "FINISHED" and closed.data.tags["ebtscale.status"] == "finished"
+    assert [m.step for m in client.get_metric_history(run.run_id, "train_time_s")] == [12]
+    assert "result.json" in {a.path for a in client.list_artifacts(run.run_id)}
+    assert not close_with_outcome(uri, "closing", "trial", run.run_id, folder)  # already closed
+
+    fresh = RunTracker.start(uri, "closing", "fresh")  # the trainer's own path logs them once
+    record_outcome(fresh, result, folder)
+    assert [m.step for m in client.get_metric_history(fresh.run_id, "final_val_loss")] == [12]
