@@ -27,6 +27,7 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 THINKING_ARTIFACT = "thinking.json"  # System-2 curves, on the EBT trial's run and the sweep's parent run
+ERROR_ARTIFACT = "error/traceback.txt"  # on a failed trial's run: what its last attempt raised
 
 
 def search(tag: str, value: str) -> str:

@@ -194,7 +194,6 @@ def _row_tag(row: PlannedTrial) -> dict[str, Any]:
 
 
 LAUNCHERS = ("auto", "ray_train")
-ERROR_ARTIFACT = "error/traceback.txt"  # on a failed trial's run: what its last attempt raised
 
 
 @dataclass(frozen=True)
@@ -637,7 +636,7 @@ def record_errors(stage: Stage, units: list[TrialUnit], results: Any) -> None:
             continue
         client.set_tag(record.run_id, tags.STATUS, str(TrialStatus.FAILED))
         client.set_tag(record.run_id, tags.STATUS_REASON, reason)
-        client.log_text(record.run_id, str(result.error), ERROR_ARTIFACT)
+        client.log_text(record.run_id, str(result.error), tags.ERROR_ARTIFACT)
         client.set_terminated(record.run_id, status="FAILED")
 
 

@@ -55,6 +55,8 @@ def run(spec: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProc
 def test_a_trial_that_raises_is_failed_everywhere_and_a_rerun_trains_it(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
+    from orchestrator import tags
+
     spec = write_spec(tmp_path, "raising", tokens=8 * 32 * 6, families=("transformer_pp",))
     hooks = tmp_path / "hooks"
     hooks.mkdir()
@@ -80,7 +82,7 @@ def test_a_trial_that_raises_is_failed_everywhere_and_a_rerun_trains_it(tmp_path
         assert run_.info.status == "FAILED"
         assert run_.data.tags["ebtscale.status"] == "failed"
         assert run_.data.tags["ebtscale.status_reason"].startswith("TypeError: injected")
-        traceback = Path(client.download_artifacts(run_.info.run_id, "error/traceback.txt", str(tmp_path)))
+        traceback = Path(client.download_artifacts(run_.info.run_id, tags.ERROR_ARTIFACT, str(tmp_path)))
         assert "injected: _train() cannot start this trial" in traceback.read_text()
     status = subprocess.run(
         [*EBTSCALE, "sweep", "status", str(spec)], capture_output=True, text=True, timeout=300, env=os.environ
