@@ -143,3 +143,112 @@ def test_shared_exponent_laws_on_a_parameters_by_data_grid_are_compared():
     assert cmp.significant and cmp.relative.lo < 0.2 < cmp.relative.hi
     with pytest.raises(FitError, match="no fitted exponent 'eta'"):
         compare_rates(fits["ebt"], fits["transformer_pp"], exponent="eta")
+
+
+# ------------------------------------------------------------------- properties a verdict rests on (#32)
+
+
+def test_each_familys_exponent_interval_comes_from_its_own_fit():
+    """The EBT's interval moves when only the EBT's data move, and it is the EBT fit's own interval."""
+    tpp = power_fit(40, 0.20, 0.01, 2)
+    first, second = compare_rates(power_fit(60, 0.28, 0.01, 1), tpp), None
+    ebt_noisier = power_fit(60, 0.28, 0.05, 21)
+    second = compare_rates(ebt_noisier, tpp)
+    assert (second.tpp.lo, second.tpp.hi) == (first.tpp.lo, first.tpp.hi)
+    assert second.ebt.hi - second.ebt.lo > 2 * (first.ebt.hi - first.ebt.lo)
+    for est, fit in ((second.ebt, ebt_noisier), (second.tpp, tpp)):
+        own = fit.params["alpha"]
+        assert (est.value, est.lo, est.hi) == pytest.approx((own.value, own.lo, own.hi))
+
+
+def test_the_relative_difference_interval_follows_the_requested_level():
+    ebt, tpp = power_fit(60, 0.28, 0.02, 1), power_fit(40, 0.20, 0.02, 2)
+    wide, narrow = compare_rates(ebt, tpp, level=0.95), compare_rates(ebt, tpp, level=0.5)
+    assert (
+        wide.relative.lo < narrow.relative.lo < narrow.relative.value < narrow.relative.hi < wide.relative.hi
+    )
+    assert narrow.ebt.hi - narrow.ebt.lo < wide.ebt.hi - wide.ebt.lo
+    assert "50% CI" in narrow.verdict and "95% CI" in wide.verdict
+
+
+def test_a_transformer_exponent_that_is_not_clearly_positive_is_called_unstable():
+    flat = power_fit(40, 0.002, 0.02, 4)  # alpha ~ 0: its interval reaches below zero
+    assert flat.params["alpha"].lo <= 0
+    assert "not clearly positive" in compare_rates(power_fit(60, 0.28, 0.01, 1), flat).verdict
+    assert (
+        "not clearly positive"
+        not in compare_rates(power_fit(60, 0.28, 0.01, 1), power_fit(40, 0.2, 0.01, 2)).verdict
+    )
+
+
+@pytest.mark.parametrize(
+    ("relative", "starts"),
+    [
+        ((-0.10, -0.15, -0.05), "EBT is ahead"),
+        ((0.10, 0.05, 0.15), "Transformer++ is ahead"),
+        ((-0.04, -0.09, 0.01), "Neither family is clearly ahead"),
+        ((0.04, -0.01, 0.09), "Neither family is clearly ahead"),
+    ],
+)
+def test_which_family_is_ahead_is_read_from_the_whole_interval(relative, starts):
+    """Lower loss is ahead; 'ahead' needs the whole paired interval on one side of zero."""
+    from analysis.compare import NO_ESTIMATE, Extrapolation, describe_gap
+    from analysis.fit import ParamEstimate
+
+    gap = Extrapolation(1e9, {}, NO_ESTIMATE, ParamEstimate(*relative))
+    text = describe_gap(gap, "tokens", "val_loss", 0.95)
+    assert text.startswith(starts)
+    assert f"{abs(100 * relative[0]):.1f}%" in text and "tokens = 1e+09" in text
+    assert f"95% CI {100 * relative[1]:+.1f}% to {100 * relative[2]:+.1f}%" in text
+
+
+def test_a_gap_without_an_interval_names_no_leader():
+    from analysis.compare import NO_ESTIMATE, Extrapolation, describe_gap
+    from analysis.fit import ParamEstimate
+
+    text = describe_gap(
+        Extrapolation(1e9, {}, NO_ESTIMATE, ParamEstimate(-0.2, math.nan, math.nan)),
+        "tokens",
+        "val_loss",
+        0.95,
+    )
+    assert "ahead" not in text and "-20.0%" in text and "(no interval)" in text
+
+
+def _seeded_copies(trials: pd.DataFrame, copies: int) -> pd.DataFrame:
+    """Every configuration `copies` times, as seeds that happened to give the same loss."""
+    return pd.concat(
+        [trials.assign(seed=s, name=trials["name"] + f"-s{s}") for s in range(copies)], ignore_index=True
+    )
+
+
+def test_seeds_of_one_configuration_are_resampled_together():
+    """Three seeds that repeat a configuration's loss add no information about the law: resampling
+    configurations (the cluster bootstrap) gives the one-seed interval; treating the 3n rows as independent
+    points would shrink it by about sqrt(3)."""
+    one = make_trials(axes=("data",), n=8, noise=0.02, seed=4)
+    options = AnalysisOptions(bootstrap=200, seed=1)
+    single, tripled = (
+        compare_axis(one, "data", options),
+        compare_axis(_seeded_copies(one, 3), "data", options),
+    )
+    for fam in ("ebt", "transformer_pp"):
+        a, b = single.fits[fam].params["alpha"], tripled.fits[fam].params["alpha"]
+        assert b.value == pytest.approx(a.value, rel=1e-6)
+        assert (b.hi - b.lo) == pytest.approx(a.hi - a.lo, rel=0.05)
+    assert (tripled.rate.relative.lo, tripled.rate.relative.hi) == pytest.approx(
+        (single.rate.relative.lo, single.rate.relative.hi), rel=0.05
+    )
+
+
+def test_the_flops_axis_keeps_the_best_model_size_of_each_budget():
+    """Loss against compute is a law along the compute-efficient frontier: per (family, budget), the size
+    with the lowest mean loss over its seeds, and nothing else."""
+    from analysis.compare import axis_points
+
+    trials = make_trials(axes=(), flops_axis=True, noise=0.0)
+    kept = axis_points(trials, "flops")
+    assert len(kept) == 8  # 2 families x 4 budgets, one size each
+    for (fam, budget), grid in trials.groupby(["family", "flops_budget"]):
+        row = kept[(kept["family"] == fam) & (kept["x"] == budget)]
+        assert len(row) == 1 and row["y"].iloc[0] == grid["val_loss"].min()

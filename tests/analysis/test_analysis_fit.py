@@ -19,7 +19,7 @@ from analysis.fit import (
 )
 from analysis.isoflop import isoflop_allocation
 from analysis.optim import minimize_batched
-from tests.analysis.synthetic_scaling import CHINCHILLA, chinchilla_loss
+from tests.analysis.synthetic_scaling import CHINCHILLA, chinchilla_loss, random_grid
 
 
 def huber_objective(params: dict[str, float], X: np.ndarray, y: np.ndarray, delta: float) -> float:
@@ -376,3 +376,41 @@ def test_an_exactly_determined_fit_has_no_interval_rather_than_a_zero_width_one(
     assert fit.params["alpha"].value == pytest.approx(np.log(2) / np.log(100))
     assert math.isnan(fit.params["alpha"].lo) and math.isnan(fit.params["alpha"].hi)
     assert fit.n_boot_valid == 0
+
+
+# ------------------------------------------------------------------------- intervals follow the level (#32)
+
+
+def test_parameter_and_derived_intervals_follow_the_requested_level():
+    """A 50% interval sits inside the 95% one, for fitted and derived quantities alike, and each holds the
+    point estimate: a level that is not passed down would give two equal intervals."""
+    rng = np.random.default_rng(12)
+    N, D = random_grid(40, rng)
+    y = chinchilla_loss(N, D) * np.exp(0.02 * rng.standard_normal(N.size))
+    wide, narrow = (fit_chinchilla(N, D, y, bootstrap=100, seed=3, level=lv) for lv in (0.95, 0.5))
+    assert (wide.level, narrow.level) == (0.95, 0.5)
+    for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        w = wide.params[name] if name in wide.params else wide.derived[name]
+        n = narrow.params[name] if name in narrow.params else narrow.derived[name]
+        assert w.value == n.value
+        assert w.lo < n.lo <= n.hi < w.hi, name
+        assert w.lo < w.value < w.hi, name
+
+
+def test_compute_optimal_intervals_come_from_the_bootstrap_draws():
+    """The compute-optimal N*, D* and loss carry intervals that hold the true optimum, have width (the
+    draws, not the point estimate, make them) and narrow at a lower level."""
+    rng = np.random.default_rng(13)
+    N, D = random_grid(60, rng)
+    fit = fit_chinchilla(
+        N, D, chinchilla_loss(N, D) * np.exp(0.01 * rng.standard_normal(N.size)), bootstrap=100
+    )
+    C = 1e21
+    grid = np.geomspace(1e6, 1e13, 200001)
+    true_n = grid[np.argmin(chinchilla_loss(grid, C / (6 * grid)))]
+    true = {"N_opt": true_n, "D_opt": C / (6 * true_n), "loss_opt": chinchilla_loss(true_n, C / (6 * true_n))}
+    for fpt in (None, lambda n: 6.0 * n):
+        r95, r50 = compute_optimal(fit, [C], fpt)[0], compute_optimal(fit, [C], fpt, level=0.5)[0]
+        for name, truth in true.items():
+            assert r95[f"{name}_lo"] < truth < r95[f"{name}_hi"], name
+            assert r95[f"{name}_lo"] < r50[f"{name}_lo"] < r50[f"{name}_hi"] < r95[f"{name}_hi"], name
