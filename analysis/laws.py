@@ -205,12 +205,6 @@ class Law:
             out[name] = alpha[:, m]
         return {name: out[name] for name in self.param_names}
 
-    def from_natural(self, params: Mapping[str, np.ndarray]) -> np.ndarray:
-        a = np.column_stack([np.log(np.asarray(params[c], float)) for c in self.coef_names])
-        alpha = np.column_stack([np.asarray(params[x], float).ravel() for x in self.exponent_names])
-        e = np.log(np.asarray(params[self.constant_name], float)).ravel() if self.constant_name else None
-        return self.join(a, e, alpha.reshape(a.shape[0], -1))
-
     # ---- evaluation
     def _exp_terms(self, theta: np.ndarray, lx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
         """exp of each power term, (B, K, n), exp(e) ((B,) or None) and the fixed constant; lx is (n, J).
@@ -360,14 +354,14 @@ def _compile(law: Law) -> _Compiled:
     if len(set(coefs)) < len(coefs):
         raise FitError(f"{law.name!r}: each term needs a coefficient of its own, got {', '.join(coefs)}")
     const = law.constant
-    names = {"variable": variables, "coefficient": coefs, "exponent": exponents}
+    names = {"a variable": variables, "a coefficient": coefs, "an exponent": exponents}
     if isinstance(const, str):
-        names["constant"] = [const]
+        names["the constant"] = [const]
     seen: dict[str, str] = {}
     for kind, group in names.items():
         for n in group:
             if n in seen and seen[n] != kind:
-                raise FitError(f"{law.name!r}: {n} is used both as a {seen[n]} and as a {kind}")
+                raise FitError(f"{law.name!r}: {n} is used both as {seen[n]} and as {kind}")
             seen[n] = kind
     for n in fixed:
         if n in coefs:

@@ -76,6 +76,85 @@ def test_bad_expressions_raise_a_fit_error_saying_why(text, message):
         resolve_law(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "a law needs an expression, e.g. 'E + A*N^-alpha + B*D^-alpha'"),
+        (
+            "E - A*N^-a",
+            "law 'E - A*N^-a': unexpected '-' (terms are added: a subtracted term cannot be fitted",
+        ),
+        ("E + A*N^-a)", "law 'E + A*N^-a)': unexpected ')'"),
+        ("E + N^-a", "needs one coefficient name (A*N^-alpha), got no coefficient"),
+        ("E + A*B*N^-a", "got A*B"),
+        ("E + 2*A*N^-a", "got 2*A"),
+        ("E + A*N^-a*3*2", "got 6*A"),
+        ("2*F + A*N^-a", "the constant is one name or one number, got 2*F"),
+        ("(E + A*N^-a", "law '(E + A*N^-a': expected ')' at the end"),
+        ("(E + A*N^-a*", "law '(E + A*N^-a*': expected more at the end"),
+        ("E + A*N^(-a", "law 'E + A*N^(-a': expected ')' at the end"),
+        ("E + A*N^-(a)", "an exponent is a name or a number, got '('"),
+        ("A*N^-a*N^a + B*D^-a", "term A of 'A*N^-a*N^a + B*D^-a' involves no variable"),  # powers cancel
+        ("E + A*N^*", "an exponent is a name or a number, got '*'"),
+        ("E + A / B*N^-a", "divide only by numbers and powers"),
+        ("E + A*N^-a $", "cannot read '$'"),
+        ("A*N^-A", "'A*N^-A': A is used both as a coefficient and as an exponent"),
+        ("E + A*N^-N", "N is used both as a variable and as an exponent"),
+        ("a + A*N^-a", "a is used both as an exponent and as the constant"),
+        ("E + A*E^-a", "E is used both as a variable and as the constant"),
+    ],
+)
+def test_a_bad_expression_s_message_names_the_place_and_the_rule(text, message):
+    """The whole message, not a keyword: what the user typed, where it went wrong, and the rule."""
+    with pytest.raises(FitError) as err:
+        parse_law(text)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "constant", "slopes"),
+    [
+        # trailing blanks end the expression; a parenthesised or signed exponent reads as written
+        ("E + A*N^-a   ", "E", {"N": [-0.3]}),
+        ("E + A*N^(-a)", "E", {"N": [-0.3]}),
+        ("E + A*N^((-a))", "E", {"N": [-0.3]}),
+        ("E + A*M^+a*C^--a", "E", {"M": [0.3], "C": [0.3]}),
+        ("E + A*M**-a", "E", {"M": [-0.3]}),
+        ("A*N^-a*N^-a", None, {"N": [-0.6]}),  # repeated powers of one variable add up
+        ("0.5 + A/(N^a) + B*D^-0.25", 0.5, {"N": [-0.3, 0.0], "D": [0.0, -0.25]}),
+        ("1e-1 + A*N^-.5e0", 0.1, {"N": [-0.5]}),
+    ],
+)
+def test_expressions_parse_into_the_powers_they_state(text, constant, slopes):
+    law = parse_law(text)
+    if isinstance(constant, float):
+        assert law.constant_name is None and law.constant_value == pytest.approx(constant)
+    else:
+        assert law.constant_name == constant
+    a = np.full((1, len(law.exponent_names)), 0.3)
+    S = dict(zip(law.variables, law.slopes(a)[0].T, strict=True))
+    assert set(S) == set(slopes)
+    for v, want in slopes.items():
+        assert np.allclose(S[v], want), (v, S[v])
+
+
+def test_a_narrow_bound_holds_the_fit_inside_it():
+    """Starts are pulled a hair inside the bounds; for a box narrower than that hair the fit must still end
+    inside it, at the side the data push towards."""
+    x = np.geomspace(1e6, 1e9, 8)
+    y = 2.0 + 60 * x**-0.3
+    fit = fit_law(x, y, "saturating", bounds={"alpha": (0.25, 0.2504)}, bootstrap=0)
+    assert 0.25 <= fit.params["alpha"].value <= 0.2504
+    assert fit.params["alpha"].value == pytest.approx(0.2504, abs=1e-6)  # the data want 0.3
+
+
+def test_a_law_named_or_not_keeps_its_text_as_its_name():
+    assert parse_law("E  +  A*N^-a").name == "E + A*N^-a"
+    assert parse_law("E + A*N^-a", "mine").name == "mine"
+    fixed = FORMS["saturating"].with_fixed({"E": 1.5})
+    assert fixed.name.startswith("saturating with") and "E" in fixed.name and "1.5" in fixed.name
+
+
 def test_fixing_or_bounding_what_the_law_lacks_is_refused():
     with pytest.raises(FitError, match="cannot be fixed"):
         FORMS["shared"].with_fixed({"A": 3.0})
