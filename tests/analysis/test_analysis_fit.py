@@ -19,7 +19,7 @@ from analysis.fit import (
 )
 from analysis.isoflop import isoflop_allocation
 from analysis.optim import minimize_batched
-from tests.analysis.synthetic_scaling import CHINCHILLA, chinchilla_loss, random_grid
+from tests.analysis.synthetic_scaling import CHINCHILLA, SHARED, chinchilla_loss, random_grid, shared_loss
 
 
 def huber_objective(params: dict[str, float], X: np.ndarray, y: np.ndarray, delta: float) -> float:
@@ -414,3 +414,43 @@ def test_compute_optimal_intervals_come_from_the_bootstrap_draws():
         for name, truth in true.items():
             assert r95[f"{name}_lo"] < truth < r95[f"{name}_hi"], name
             assert r95[f"{name}_lo"] < r50[f"{name}_lo"] < r50[f"{name}_hi"] < r95[f"{name}_hi"], name
+
+
+@pytest.mark.parametrize("form", ["chinchilla", "shared"])
+def test_compute_optimal_is_exact_between_grid_points(form):
+    """The numerical search refines its grid's best point (0.005 decades apart) with a parabola: N* agrees
+    with a continuous minimisation far below the grid's spacing, for a token cost (3x 6N, EBT-like) whose
+    optimum falls anywhere on the grid; for the Chinchilla law and the general search (any law) alike."""
+    from scipy.optimize import minimize_scalar
+
+    truth, loss = (CHINCHILLA, chinchilla_loss) if form == "chinchilla" else (SHARED, shared_loss)
+    N, D = np.repeat(np.geomspace(1e7, 1e10, 6), 6), np.tile(np.geomspace(1e9, 1e12, 6), 6)
+    fit = fit_law({"N": N, "D": D}, loss(N, D, truth), form, bootstrap=0)
+    p = {k: v.value for k, v in fit.params.items()}
+    for C in np.geomspace(1e19, 1e23, 5) * 1.37:
+        res = minimize_scalar(
+            lambda lg, C=C: loss(np.exp(lg), C / (18 * np.exp(lg)), p),
+            bounds=(np.log(1e5), np.log(1e14)),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        numeric = compute_optimal(fit, [C], lambda n: 18.0 * n)[0]
+        assert numeric["N_opt"] == pytest.approx(np.exp(res.x), rel=2e-4)  # grid spacing: 1.2%
+
+
+@pytest.mark.parametrize("fit_form", [fit_power, fit_saturating])
+def test_the_one_variable_shortcuts_pass_their_options_on(fit_form):
+    x = np.geomspace(1e6, 1e9, 6)
+    y = 1.0 + 50 * x**-0.3 * np.exp(0.01 * np.random.default_rng(0).standard_normal(6))
+    bare = fit_form(x, y, bootstrap=0)
+    assert all(math.isnan(v.lo) for v in bare.params.values())
+    named = fit_form(x, y, bootstrap=20, x_names=("tokens",), level=0.5)
+    assert named.level == 0.5 and named.x_names == ("tokens",)
+    assert all(v.lo <= v.hi for v in named.params.values())
+
+
+def test_many_bad_values_are_shown_three_and_an_ellipsis():
+    x = np.geomspace(1e6, 1e9, 6)
+    with pytest.raises(FitError) as err:
+        fit_power(x, np.array([1.0, -1.0, -2.0, -3.0, -4.0, 0.0]), y_name="val_loss", bootstrap=0)
+    assert "val_loss has non-positive value(s) (-1, -2, -3, ...): log fits need > 0" in str(err.value)
