@@ -145,3 +145,27 @@ def test_bad_values_and_shapes_are_fit_errors():
     y[2] = -1.0
     with pytest.raises(FitError, match="non-positive"):
         backtest(X, y)
+
+
+def test_a_many_point_backtest_says_what_was_held_out_and_its_worst_point():
+    """The report's sentence: what was held out, how many configurations, the worst one with its error and
+    interval, and whether all were inside (or how many missed, or that there is no interval)."""
+    N, D, y = grid(0.005, 0)
+    x = np.column_stack([N, D])
+    head = "EBT's law, refitted without the largest N (1e+09) (5 configuration(s))"
+    good = backtest(x, y, "shared", holdout="N", bootstrap=200, seed=0)
+    worst = max(good.points, key=lambda p: abs(p.error.value))
+    where = f"N=1e+09, D={worst.x[1]:.4g}"
+    e = worst.error
+    assert good.describe("EBT") == (
+        f"{head}, predicts all of them within their intervals (worst at {where}: "
+        f"{100 * e.value:+.1f}% (interval {100 * e.lo:+.1f}% to {100 * e.hi:+.1f}%))."
+    )
+    bare = backtest(x, y, "shared", holdout="N", bootstrap=0)
+    assert bare.describe("EBT") == f"{head}: worst at {where}: {100 * worst.error.value:+.1f}%, no interval."
+    bent = backtest(
+        x, np.where(np.isclose(N, 1e9), y * 1.10, y), "shared", holdout="N", bootstrap=200, seed=1
+    )
+    text = bent.describe("EBT")
+    assert text.startswith(f"{head}, misses 5 of them outside their intervals (worst at N=1e+09, D=")
+    assert text.endswith(")): not to be trusted.")

@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 
 from analysis.errors import FitError
 from analysis.fit import compute_optimal, fit_law
-from analysis.laws import FORMS, parse_law, resolve_law
+from analysis.laws import FORMS, grid_design, parse_law, resolve_law
 from tests.analysis.synthetic_scaling import (
     SHARED,
     four_sizes,
@@ -99,6 +99,10 @@ def test_bad_expressions_raise_a_fit_error_saying_why(text, message):
         ("E + A / B*N^-a", "divide only by numbers and powers"),
         ("E + A*N^-a $", "cannot read '$'"),
         ("A*N^-A", "'A*N^-A': A is used both as a coefficient and as an exponent"),
+        (
+            "E + A*N^-a + B*N^-a",
+            "terms A and B have the same powers, so their coefficients cannot be told apart",
+        ),
         ("E + A*N^-N", "N is used both as a variable and as an exponent"),
         ("a + A*N^-a", "a is used both as an exponent and as the constant"),
         ("E + A*E^-a", "E is used both as a variable and as the constant"),
@@ -146,6 +150,40 @@ def test_a_narrow_bound_holds_the_fit_inside_it():
     fit = fit_law(x, y, "saturating", bounds={"alpha": (0.25, 0.2504)}, bootstrap=0)
     assert 0.25 <= fit.params["alpha"].value <= 0.2504
     assert fit.params["alpha"].value == pytest.approx(0.2504, abs=1e-6)  # the data want 0.3
+
+
+def test_an_exponent_may_be_bounded_below_zero_but_the_floor_may_not():
+    x = np.geomspace(1e6, 1e9, 6)
+    fit = fit_law(x, 3 * x**-0.2, "power", bounds={"alpha": (-1.0, 1.0)}, bootstrap=0)
+    assert fit.params["alpha"].value == pytest.approx(0.2)
+    with pytest.raises(FitError, match="E is positive, so its lower bound must be >= 0, got -1"):
+        fit_law(x, 1 + 3 * x**-0.2, "saturating", bounds={"E": (-1.0, 1.0)}, bootstrap=0)
+
+
+def test_the_grid_columns_are_exact_for_integer_counts():
+    """Token and parameter counts often arrive as int64 columns: C = 6ND must not overflow (6e21 > 2^63)."""
+    N = np.array([10**9, 2 * 10**9], dtype=np.int64)
+    D = np.array([10**12, 3 * 10**12], dtype=np.int64)
+    assert np.array_equal(grid_design(FORMS["overtrain"], N, D), [[6e21, 1e3], [3.6e22, 1.5e3]])
+    assert np.array_equal(grid_design(FORMS["shared"], N, D), [[1e9, 1e12], [2e9, 3e12]])
+
+
+def test_a_law_without_a_floor_has_a_compute_optimum():
+    """The general search evaluates any law over N and D, also one with no constant term."""
+    from scipy.optimize import minimize_scalar
+
+    N, D = np.repeat(np.geomspace(1e7, 1e10, 6), 6), np.tile(np.geomspace(1e9, 1e12, 6), 6)
+    fit = fit_law({"N": N, "D": D}, 400 * N**-0.34 + 410 * D**-0.28, "A*N^-a + B*D^-b", bootstrap=0)
+    C = 3e21
+    res = minimize_scalar(
+        lambda lg: 400 * np.exp(lg) ** -0.34 + 410 * (C / (6 * np.exp(lg))) ** -0.28,
+        bounds=(np.log(1e5), np.log(1e14)),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    (row,) = compute_optimal(fit, [C])
+    assert row["N_opt"] == pytest.approx(np.exp(res.x), rel=2e-4)
+    assert row["loss_opt"] == pytest.approx(res.fun, rel=1e-6)
 
 
 def test_a_law_named_or_not_keeps_its_text_as_its_name():
