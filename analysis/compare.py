@@ -56,6 +56,8 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Draw i of one fit with draw i of the other, dropping pairs where either resample was degenerate."""
     m = min(a.shape[0], b.shape[0])
     a, b = a[:m], b[:m]
+    if m == 0:  # no bootstrap
+        return a, b
     ok = np.isfinite(a).reshape(m, -1).all(axis=1) & np.isfinite(b).reshape(m, -1).all(axis=1)
     return a[ok], b[ok]
 

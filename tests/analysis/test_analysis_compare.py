@@ -252,3 +252,13 @@ def test_the_flops_axis_keeps_the_best_model_size_of_each_budget():
     for (fam, budget), grid in trials.groupby(["family", "flops_budget"]):
         row = kept[(kept["family"] == fam) & (kept["x"] == budget)]
         assert len(row) == 1 and row["y"].iloc[0] == grid["val_loss"].min()
+
+
+def test_without_a_bootstrap_the_comparison_has_point_estimates_and_no_interval():
+    """--bootstrap 0 (a quick look) compares the point estimates and says there is no interval."""
+    cmp = compare_axis(make_trials(axes=("data",), n=6), "data", AnalysisOptions(bootstrap=0))
+    rate = cmp.rate
+    assert rate.relative.value == pytest.approx(0.25 / 0.2 - 1, abs=0.05)
+    assert math.isnan(rate.relative.lo) and not rate.significant
+    assert rate.verdict.endswith("; no bootstrap interval (too few distinct points, or no bootstrap).")
+    assert "(no interval)" in cmp.gap_verdict and math.isnan(cmp.extrapolation.difference.lo)
