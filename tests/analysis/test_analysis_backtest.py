@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -169,3 +170,29 @@ def test_a_many_point_backtest_says_what_was_held_out_and_its_worst_point():
     text = bent.describe("EBT")
     assert text.startswith(f"{head}, misses 5 of them outside their intervals (worst at N=1e+09, D=")
     assert text.endswith(")): not to be trusted.")
+
+
+def test_the_summary_record_carries_every_held_out_point():
+    """summary.json's backtest: the worst point's numbers at the top, every held-out configuration with its
+    x by name, and JSON-ready values (no NaN: None)."""
+    N, D, y = grid(0.005, 0)
+    bt = backtest(np.column_stack([N, D]), y, "shared", holdout="N", x_names=("N", "D"), bootstrap=50, seed=0)
+    record = bt.to_dict()
+    assert json.loads(json.dumps(record, allow_nan=False)) == record
+    assert record["x_names"] == ["N", "D"] and record["holdout"] == bt.holdout
+    assert (record["n_train"], record["n_holdout"], record["flagged"]) == (20, 5, bt.flagged)
+    assert record["identified"] == bt.train_fit.identified
+    assert record["x_holdout"] == bt.x_holdout and record["observed"] == bt.observed
+    assert record["predicted"] == bt.predicted.to_dict() and record["error"] == bt.error.to_dict()
+    assert len(record["points"]) == 5
+    for p, rec in zip(bt.points, record["points"], strict=True):
+        assert rec == {
+            "x": {"N": p.x[0], "D": p.x[1]},
+            "n_rows": p.n_rows,
+            "observed": p.observed,
+            "predicted": p.predicted.to_dict(),
+            "error": p.error.to_dict(),
+            "inside": p.inside,
+        }
+    bare = backtest(np.column_stack([N, D]), y, "shared", holdout="N", bootstrap=0).to_dict()
+    assert bare["points"][0]["inside"] is None and bare["error"]["lo"] is None
