@@ -142,6 +142,22 @@ def test_axis_points_change_only_their_field() -> None:
     assert {c.model.d_model for c in by_axis["depth"]} == {64}
 
 
+def test_a_batch_axis_with_steps_trains_that_many_steps_at_every_batch() -> None:
+    """`steps` holds the updates fixed and lets D grow with the batch (the default holds D fixed)."""
+    spec = with_value(GOOD, "axes.batch.steps", 250)
+    spec = with_value(spec, "family_overrides.ebt.model", {"context_length": 32})  # each family its context
+    trials = [t for t in parse_and_expand(spec) if t.axis == "batch" and t.seed == 0]
+    check_expansion(trials)
+    for t in trials:
+        c = t.config
+        assert (
+            c.total_steps == 250
+            and c.train.tokens == 250 * c.train.global_batch_size * c.model.context_length
+        )
+    assert sorted({t.config.train.tokens for t in trials if t.family == "ebt"}) == [64_000, 128_000, 256_000]
+    assert len({t.name for t in trials}) == len(trials)  # D in the name tells the points apart
+
+
 def test_base_point_shares_its_id_across_axes_and_is_trained_once() -> None:
     trials = parse_and_expand(GOOD)
     base = [
