@@ -825,6 +825,31 @@ def test_gpu_trials_get_no_cpu_calibrated_time() -> None:
     assert plan(trials, throughput_flops=1e14).total_seconds == pytest.approx(p.total_flops / 8e14)
 
 
+def test_the_paper_study_plans_the_five_paper_axes_with_flops_gpu_hours_and_memory() -> None:
+    """sweeps/paper-study.yaml is the five paper-* specs in one: the same trials (their shared base point
+    trained once), planned with a throughput to FLOPs, GPU-hours and each trial's memory per worker."""
+    pytest.importorskip("model.ebt")
+    path = ROOT / "sweeps" / "paper-study.yaml"
+    result = CliRunner().invoke(sweep_app, ["plan", str(path), "--throughput", "1.5e14", "--json"])
+    assert result.exit_code == 0, result.output
+    totals, rows = json.loads(result.stdout)["totals"], json.loads(result.stdout)["trials"]
+    parts = [
+        plan(expand(load_spec(ROOT / "sweeps" / f"paper-{a}.yaml")), throughput_flops=1.5e14) for a in AXES
+    ]
+    distinct = {r.trial.id: r for p in parts for r in p.unique_rows}
+    assert {r["axis"] for r in rows} == set(AXES) and totals["rows"] == sum(len(p.rows) for p in parts)
+    assert totals["trials"] == len(distinct) < totals["rows"]  # the base point is one trial on four axes
+    assert totals["flops"] == pytest.approx(sum(r.flops for r in distinct.values()))
+    gpu_hours = sum(r.seconds * 8 for r in distinct.values()) / 3600  # 8 workers of one GPU each
+    assert totals["gpu_hours"] == pytest.approx(gpu_hours) and gpu_hours > 1000
+    assert all(0 < r["memory_bytes_per_worker"] < 80 * 2**30 for r in rows)  # each fits an 80 GB GPU
+    p = plan(expand(load_spec(path)), throughput_flops=1.5e14)
+    assert f"{p.gpu_hours:.3g} GPU-hours" in plan_text(p)
+    if not any("GPU trials" in n for n in plan(expand(load_spec(path))).notes):
+        return  # a CUDA machine calibrates its GPU: the time is known
+    assert "GPU-hours ? (no time estimate)" in plan_text(plan(expand(load_spec(path))))
+
+
 DRIVER_IMPORTS = """
 import sys
 from orchestrator import cli, ports  # what `ebtscale sweep run` loads
