@@ -759,6 +759,37 @@ def test_cpu_specs_are_small(stem: str) -> None:
             )
 
 
+def test_the_study_spec_plans_five_axes_of_six_x_over_8x_with_its_seeds() -> None:
+    """sweeps/study.yaml (`make study`): every axis for both families, at least 6 distinct x spanning 8x
+    (depth 4x) as the analysis fits them, 2 seeds of every configuration (the hour allows no third: the
+    spec says why), per-size tuning, the shipped corpus, and a planned training time that fits the hour."""
+    pytest.importorskip("model.ebt")
+    spec = load_spec(ROOT / "sweeps" / "study.yaml")
+    assert spec.seeds == [0, 1] and spec.tune is not None and spec.tune.max_concurrent == 1
+    p = plan(expand(spec))
+    x_of = {  # the x the analysis fits each axis against (analysis/data.py AXIS_X; flops: the budget)
+        "data": lambda r: r.tokens,
+        "batch": lambda r: r.global_batch,
+        "params": lambda r: r.params_non_embedding,
+        "depth": lambda r: r.trial.config.model.n_layers,
+        "flops": lambda r: r.trial.flops_budget,
+    }
+    assert {r.trial.axis for r in p.rows} == set(AXES)
+    for axis, x in x_of.items():
+        for family in ("ebt", "transformer_pp"):
+            rows = [r for r in p.rows if r.trial.axis == axis and r.trial.family == family]
+            xs = {x(r) for r in rows}
+            assert len(xs) >= 6 and max(xs) / min(xs) >= (4 if axis == "depth" else 8), (axis, sorted(xs))
+            configs = {(x(r), r.trial.config.model.d_model) for r in rows}
+            for config in configs:  # every configuration in both seeds
+                assert {r.trial.seed for r in rows if (x(r), r.trial.config.model.d_model) == config} == {
+                    0,
+                    1,
+                }
+    assert all(r.trial.config.data.source == "stdlib" and r.trial.config.model.d_model >= 32 for r in p.rows)
+    assert p.total_seconds is not None and p.total_seconds / 2 < 35 * 60  # two trials at a time, planned
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI
 
