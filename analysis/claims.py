@@ -61,8 +61,8 @@ class PaperNumber:
 
 # The relative scaling-rate difference (alpha_EBT - alpha_T++) / alpha_T++ per axis, language modelling.
 # Figure 4's panel titles, checked on the authors' own image of that figure (the project page's
-# static/images/scaling_nlp_1.png, whose sub-captions are Figure 4's); the params and FLOPs panels (Figure 5)
-# could not be checked here, and a later version of the paper prints other numbers for them.
+# static/images/scaling_nlp_1.png, whose sub-captions are Figure 4's); Figure 5's (params, FLOPs, width)
+# could not be checked, and secondary sources disagree on them (docs/analysis.md).
 PAPER_RATES: dict[str, PaperNumber] = {
     "data": PaperNumber(0.3598, 'Fig. 4a, panel title "EBT Scales 35.98% Faster Than Transformer++"'),
     "batch": PaperNumber(0.2846, 'Fig. 4b, panel title "EBT Scales 28.46% Faster Than Transformer++"'),
