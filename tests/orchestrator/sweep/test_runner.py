@@ -58,6 +58,7 @@ def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
     for family in ("ebt", "transformer_pp"):
         alpha = summary["axes"]["params"]["fits"][family]["alpha"]["value"]
         assert f"{alpha:.4g}" in html  # the table holds the fitted exponent
+    assert summary["learning"]["unchecked"] == 0  # the vocabulary size came back from MLflow
     screen = summary["first_screen"]  # the answer first: a line for the params axis, one for System-2
     assert len(screen) == 2 and reported.stderr.split("report: ")[0].splitlines()[-2:] == screen
     assert html.count("data:image/png;base64,") >= 3  # scaling plot, residuals, thinking curves
