@@ -120,14 +120,14 @@ class ClaimCell:
     def half_width(self) -> float:
         return half_width(self.ours)
 
-    def text(self) -> str:
-        """`-29% [-76%, +68%] ±72%: inconclusive`, or the reason there is no word."""
+    def text(self, digits: int = 0) -> str:
+        """`-29% [-76%, +68%] ±72%: inconclusive` (`digits` after the point), or why there is no word."""
         if not math.isfinite(self.ours.value):
             return self.note or "–"
         est, ci = self.ours, ""
         if math.isfinite(est.lo):
-            ci = f" [{_pct(est.lo)}, {_pct(est.hi)}] ±{100 * self.half_width:.0f}%"
-        return f"{_pct(est.value)}{ci}: {self.word or self.note}"
+            ci = f" [{_pct(est.lo, digits)}, {_pct(est.hi, digits)}] ±{100 * self.half_width:.{digits}f}%"
+        return f"{_pct(est.value, digits)}{ci}: {self.word or self.note}"
 
     def to_dict(self) -> dict[str, Any]:
         hw = self.half_width
@@ -150,8 +150,9 @@ def _rate_cell(c: AxisComparison | None, paper: PaperNumber) -> ClaimCell:
     if not (math.isfinite(r.relative.lo) and math.isfinite(r.relative.hi)):
         return ClaimCell(r.relative, None, "no word: no interval")
     word = classify(r.relative, paper.value)
-    if word is None:  # no paper number: say what our interval alone says
-        side = "EBT faster" if r.relative.lo > 0 else "EBT slower" if r.relative.hi < 0 else "no difference"
+    if word is None:  # no paper number: say what our comparison alone says
+        faster = "faster" if r.relative.value > 0 else "slower"
+        side = f"{EBT_LABEL} {faster}" if r.significant else "no difference"
         return ClaimCell(r.relative, None, f"no paper number ({side} at {r.level:.0%})")
     return ClaimCell(r.relative, word)
 

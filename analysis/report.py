@@ -617,7 +617,7 @@ def _claims_section(doc: Doc, claims: Claims, learning: LearningCheck | None) ->
         doc.table(
             SYSTEM2_CLAIM_COLUMNS,
             [
-                [SPLIT_LABELS.get(s.split, s.split), s.paper.text(), s.paper.source, s.cell.text()]
+                [SPLIT_LABELS.get(s.split, s.split), s.paper.text(), s.paper.source, s.cell.text(digits=1)]
                 for s in claims.system2
             ],
         )
