@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - creates .venv if missing, installs everything, tunes, runs a small real sweep and its report
+#   make study  - the same set-up, then the CPU-scale study of sweeps/study.yaml: all five axes, < 1 hour
 #   make test   - the same set-up, then the test suite (what .ci/run calls; without the `chaos` tests)
 #   make chaos  - every fault-injection test in tests/reliability, and the table docs/reliability.md quotes
 #   make mutation - mutation testing of the analysis and the EBT's maths, a score per file (docs/testing.md)
@@ -14,7 +15,7 @@ PYTEST_ARGS ?=
 # at a time: its tests wait on Ray, MLflow and subprocesses much of the time, so two overlap well on 2 cores
 TEST_WORKERS ?= 2
 
-.PHONY: install browser demo test chaos mutation lint clean
+.PHONY: install browser demo study test chaos mutation lint clean
 
 install: $(STAMP)
 
@@ -35,6 +36,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/ebtscale demo
+
+# The demo's stages (tuning, sweep, System-2 thinking, report) on the study's spec; rerun it after a kill:
+# nothing finished is trained again
+study: $(STAMP)
+	$(BIN)/ebtscale demo --spec sweeps/study.yaml
 
 # Headless Chromium (Debian package) for the test that renders the MLflow UI; skipped when present.
 browser:

@@ -9,6 +9,7 @@ and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepS
     thinking.py  System-2 perplexity reduction             tuning.py    the tuning section
     report.py    the report (HTML, Markdown, JSON)         plots.py     its figures
     identify.py  identifiability flags of a fit            intervals.py percentile intervals of draws
+    claims.py    the paper's numbers beside ours           learning.py  did every fitted trial learn
     errors.py    the user-facing exceptions
 
 Names are imported lazily (PEP 562), so the command line's `import analysis.options` (the defaults of

@@ -50,6 +50,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = STRING_COLUMNS + NUMERIC_COLUMNS
 # Optional: what training cost, for the equal-compute and equal-time views. A table without them (an older
 # sweep) still analyses; the views then fall back to `flops` or report that time is missing.
 COST_COLUMNS: tuple[str, ...] = ("flops_executed", "train_time_s", "num_workers")
+# Optional: the model's vocabulary, for the learning check (analysis/learning.py: a loss near ln V has not
+# learned). A table without it still analyses; the check then says it was not made.
+VOCAB_COLUMN = "vocab_size"
 
 # The views of every axis: loss against the axis' own x, against the training FLOPs each trial executed,
 # and against device time (train_time_s x num_workers: worker-seconds, comparable within one sweep on one
@@ -113,7 +116,7 @@ def tidy_trials(df: pd.DataFrame) -> pd.DataFrame:
     out = _cast(df, STRING_COLUMNS, NUMERIC_COLUMNS, "trials table")
     for c in ("family", "axis", "status"):
         out[c] = out[c].str.lower()
-    for c in COST_COLUMNS:
+    for c in (*COST_COLUMNS, VOCAB_COLUMN):
         out[c] = numeric_column(out[c], c) if c in out.columns else np.nan
     return add_cost_columns(out)
 

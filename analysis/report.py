@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.backtest import Backtest, backtest
+from analysis.claims import WORDS, Claims, build_claims
 from analysis.compare import AxisComparison, RateComparison, axis_points, compare_axis, compare_rates
 from analysis.data import (
     EBT,
@@ -36,6 +37,7 @@ from analysis.errors import FitError
 from analysis.fit import FitResult, ParamEstimate, compute_optimal, fit_law, spawn_seeds
 from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop_allocation
 from analysis.laws import grid_design, resolve_law
+from analysis.learning import LearningCheck, learning_check
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
 from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
@@ -75,7 +77,7 @@ class Image:
 
 @dataclass
 class Block:
-    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "image" | "pre"
+    kind: str  # "h1" | "h2" | "h3" | "p" | "lines" | "table" | "image" | "pre"
     content: Any
 
 
@@ -88,6 +90,10 @@ class Doc:
 
     def p(self, text: str) -> None:
         self.blocks.append(Block("p", text))
+
+    def lines(self, lines: Sequence[str]) -> None:
+        """Short lines read as one block: the first screen."""
+        self.blocks.append(Block("lines", list(lines)))
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         self.blocks.append(Block("table", Table(list(columns), [[str(c) for c in r] for r in rows])))
@@ -107,13 +113,15 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} img{max-width:100%;display:block;margin:0.5em 0}
 pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.85em}
 p.headline{font-size:1.08em;background:#f5f8ff;border-left:4px solid #4a74d9;padding:0.6em 0.9em}
+ul.first-screen{font-size:1.05em;background:#f5f8ff;border-left:4px solid #4a74d9;
+padding:0.6em 0.9em 0.6em 2em}
 """
 
 
 def render_html(doc: Doc, title: str) -> str:
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
     out.append(f"<style>{CSS}</style></head><body>")
-    first_p = True
+    first_p = not any(b.kind == "lines" for b in doc.blocks)  # without a first screen, the first p is it
     for b in doc.blocks:
         if b.kind.startswith("h"):
             out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
@@ -121,6 +129,9 @@ def render_html(doc: Doc, title: str) -> str:
             cls = " class='headline'" if first_p else ""
             first_p = False
             out.append(f"<p{cls}>{html.escape(b.content)}</p>")
+        elif b.kind == "lines":
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in b.content)
+            out.append(f"<ul class='first-screen'>{items}</ul>")
         elif b.kind == "table":
             head = "".join(f"<th>{html.escape(c)}</th>" for c in b.content.columns)
             body = "".join(
@@ -148,6 +159,8 @@ def render_markdown(doc: Doc, out_dir: Path) -> str:
             out.append("#" * int(b.kind[1]) + " " + b.content)
         elif b.kind == "p":
             out.append(b.content)
+        elif b.kind == "lines":
+            out.append("\n".join(f"- {line}" for line in b.content))
         elif b.kind == "table":
             t = b.content
             out.append("| " + " | ".join(_md_cell(c) for c in t.columns) + " |")
@@ -246,6 +259,8 @@ class Analysis:
     seed_noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # see seed_noise()
     system2: System2 | None = None  # perplexity reduction per forward pass, validation vs OOD
     grid_rate: RateComparison | None = None  # the grid law's exponent, EBT vs Transformer++
+    claims: Claims | None = None  # the paper's numbers beside ours (analysis/claims.py)
+    learning: LearningCheck | None = None  # did every fitted trial learn (analysis/learning.py)
 
 
 def analyse(
@@ -284,7 +299,11 @@ def analyse(
         seed = spawn_seeds(root, 1)[0]
         s2 = system2(think, bootstrap=options.bootstrap, level=options.level, seed=seed)
     noise = seed_noise(fit_rows, axes, options.y)
-    return Analysis(options, comparisons, excluded, compute, think, views, noise, s2, grid_rate)
+    claims = build_claims(comparisons, views, s2, options.level, options.y)
+    learned = learning_check(fit_rows)
+    return Analysis(
+        options, comparisons, excluded, compute, think, views, noise, s2, grid_rate, claims, learned
+    )
 
 
 def seed_noise(fit_rows: pd.DataFrame, axes: Sequence[str], y: str = "val_loss") -> pd.DataFrame:
@@ -558,6 +577,54 @@ def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
     doc.table([*columns, "perplexity reduction", "CI"], rows)
     for note in s2.notes:
         doc.p(note)
+
+
+CLAIM_COLUMNS = [
+    "axis",
+    "paper",
+    "where in the paper",
+    *(f"ours {VIEW_LABELS[v]} [CI] ±half-width: word" for v in VIEWS),
+]
+SYSTEM2_CLAIM_COLUMNS = ["text", "paper", "where in the paper", "ours [CI] ±half-width: word"]
+
+
+def _claims_section(doc: Doc, claims: Claims, learning: LearningCheck | None) -> None:
+    """The paper's numbers beside ours (analysis/claims.py), the words defined once, the learning check."""
+    from analysis.claims import ABSTRACT_RATE, PAPER
+
+    doc.h(2, f"Claims: the EBT paper beside this study ({claims.level:.0%} intervals)")
+    doc.p(
+        f"The relative scaling-rate difference (α_{EBT_LABEL} − α_{TPP_LABEL}) / α_{TPP_LABEL} as the paper "
+        f"reports it ({PAPER}) and as this study measures it in each view. Words: "
+        + "; ".join(f"{w}: {meaning}" for w, meaning in WORDS.items())
+        + ". ±: half the interval's width, the smallest difference this study could have told from zero. "
+        "A cell without a word says why: no fit, a fit not identified, no interval, or no verified paper "
+        f"number (those are left out, never guessed; the {ABSTRACT_RATE})."
+    )
+    rows = [
+        [a.axis, a.paper.text(), a.paper.source, *(a.cells[v].text() if v in a.cells else "–" for v in VIEWS)]
+        for a in claims.axes
+    ]
+    doc.table(CLAIM_COLUMNS, rows)
+    if claims.system2:
+        s0 = claims.system2[0]
+        mode = MODE_LABELS.get(s0.mode, s0.mode)
+        doc.p(
+            "System-2: the gain from thinking, as a perplexity reduction relative to no thinking; ours is "
+            f"the {EBT_LABEL}'s {mode} at {s0.forward_passes:g} forward passes per token ({TPP_LABEL} cannot "
+            "think: 0% by construction)."
+        )
+        doc.table(
+            SYSTEM2_CLAIM_COLUMNS,
+            [
+                [SPLIT_LABELS.get(s.split, s.split), s.paper.text(), s.paper.source, s.cell.text(digits=1)]
+                for s in claims.system2
+            ],
+        )
+    for note in claims.notes:
+        doc.p(note)
+    if learning is not None:
+        doc.p(learning.verdict)
 
 
 RATE_COLUMNS = [
@@ -853,7 +920,10 @@ def _summary(an: Analysis) -> dict[str, Any]:
         for f, co in an.compute.items()
     }
     return {
+        "first_screen": an.claims.first_screen() if an.claims is not None else [],
         "headline": _headline(an),
+        "claims": an.claims.to_dict() if an.claims is not None else None,
+        "learning": an.learning.to_dict() if an.learning is not None else None,
         "y": an.options.y,
         "form": an.options.form,
         "level": an.options.level,
@@ -906,6 +976,10 @@ def write_report(
     title = f"{EBT_LABEL} vs {TPP_LABEL} scaling report"
     doc = Doc()
     doc.h(1, title)
+    if an.claims is not None and an.claims.first_screen():
+        doc.lines(an.claims.first_screen())
+        _claims_section(doc, an.claims, an.learning)
+        doc.h(2, "Every verdict")
     doc.p(_headline(an))
     _rates_section(doc, an)
     if an.axes:

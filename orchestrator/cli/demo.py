@@ -23,7 +23,8 @@ def demo(
     ] = None,
 ) -> None:
     """The README's main job: the tuning stage of its spec's tune: block (sweeps/demo.yaml has one), a small
-    real sweep of both families on the chosen values, System-2 curves, and the report.
+    real sweep of both families on the chosen values, System-2 curves, and the report, whose first screen
+    (a line per axis and one for System-2) it prints last. `make study` runs it on sweeps/study.yaml.
 
     Offline, on the embedded defaults: local Ray, DeepSpeed on CPU, MLflow in outputs/mlflow.db."""
     from orchestrator.sweep.runner import run_sweep

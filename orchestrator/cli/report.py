@@ -34,13 +34,16 @@ def run_report(
     tracking_uri: str | None = None,
     options: AnalysisOptions = DEFAULT_OPTIONS,
 ) -> None:
-    """Build, publish and print the report's paths (what `report` and `demo` share)."""
-    from orchestrator.sweep.report import build_report
+    """Build and publish the report, then print its first screen and paths (what `report` and `demo`
+    share: the demo's last lines are the answer)."""
+    from orchestrator.sweep.report import build_report, read_summary
     from orchestrator.sweep.results import SweepNotFound
 
     try:
         paths = build_report(sweep, out, tracking_uri, options)
     except (ConfigError, OSError, SweepNotFound, ValueError) as err:
         raise fail(err) from None
+    for line in read_summary(paths).get("first_screen", []):  # the answer first: a line per axis, System-2
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {paths['html']}")
     console.print(f"        {paths['markdown']}")

@@ -153,6 +153,23 @@ class Plan:
     def max_memory_bytes(self) -> int:
         return max((r.memory_bytes for r in self.rows), default=0)
 
+    @property
+    def gpu_hours(self) -> float | None:
+        """GPU-hours of the distinct trials: time x workers x GPUs per worker (0 without GPU trials; None when
+        a GPU trial has no time estimate: plan with a throughput)."""
+        total = 0.0
+        for r in self.unique_rows:
+            res = r.trial.config.resources
+            if res.gpus_per_worker > 0:
+                if r.seconds is None:
+                    return None
+                total += r.seconds * res.num_workers * res.gpus_per_worker / 3600
+        return total
+
+    @property
+    def uses_gpus(self) -> bool:
+        return any(r.trial.config.resources.gpus_per_worker > 0 for r in self.rows)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sweep": self.sweep,
@@ -164,6 +181,7 @@ class Plan:
                 "flops": self.total_flops,
                 "seconds": self.total_seconds,
                 "max_memory_bytes_per_worker": self.max_memory_bytes,
+                "gpu_hours": self.gpu_hours,
             },
             "notes": self.notes,
             "trials": [r.to_dict() for r in self.rows],
@@ -501,7 +519,11 @@ def _total_cells(p: Plan) -> list[str]:
 
 def _caption(p: Plan) -> str:
     rate = "no throughput" if p.throughput_flops is None else f"{p.throughput_flops:.3g} FLOP/s per worker"
-    return f"{rate} ({p.throughput_source}); time is serial" + "".join(f"; {n}" for n in p.notes)
+    gpu = ""
+    if p.uses_gpus:
+        hours = p.gpu_hours
+        gpu = f"; {hours:.3g} GPU-hours" if hours is not None else "; GPU-hours ? (no time estimate)"
+    return f"{rate} ({p.throughput_source}); time is serial{gpu}" + "".join(f"; {n}" for n in p.notes)
 
 
 # Left out first when a terminal is too narrow for every column (the others always stay): what a reader

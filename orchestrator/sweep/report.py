@@ -4,6 +4,7 @@ the sweep's MLflow parent run (the analysis package itself knows nothing of MLfl
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -56,8 +57,13 @@ def provenance_of(uri: str, sweep: str, source: str) -> dict[str, Any]:
     }
 
 
+CLAIMS_TABLE = "report/claims.json"  # the claims table, as MLflow's table artifact (the UI shows it as one)
+
+
 def publish_report(uri: str, sweep: str, paths: dict[str, Path]) -> None:
-    """Log the report files (HTML, Markdown, summary, plots) to the sweep's parent run under `report/`."""
+    """Log the report files (HTML, Markdown, summary, plots) to the sweep's parent run under `report/`, and
+    its claims table (summary.json's `claims`, analysis/claims.py) as a table artifact and as metrics, so
+    that the MLflow UI compares studies by their claims."""
     client = mlflow_client(uri)
     _, parent_id = sweep_parent_run(uri, sweep)
     for key in ("html", "markdown", "summary"):
@@ -65,6 +71,22 @@ def publish_report(uri: str, sweep: str, paths: dict[str, Path]) -> None:
             client.log_artifact(parent_id, str(paths[key]), "report")
     if "plots_dir" in paths and Path(paths["plots_dir"]).is_dir():
         client.log_artifacts(parent_id, str(paths["plots_dir"]), "report/plots")
+    claims = read_summary(paths).get("claims")
+    if claims:
+        import pandas as pd
+        from mlflow.entities import Metric
+
+        client.log_table(parent_id, pd.DataFrame(claims["records"]), CLAIMS_TABLE)
+        now = int(dt.datetime.now(tz=dt.UTC).timestamp() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in sorted(claims["metrics"].items())]
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(parent_id, metrics=metrics[i : i + 1000])
+
+
+def read_summary(paths: dict[str, Path]) -> dict[str, Any]:
+    """The report's summary.json ({} when there is none)."""
+    path = paths.get("summary")
+    return json.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
 
 
 def build_report(

@@ -26,6 +26,7 @@ COLUMNS = [
     "val_loss", "val_perplexity", "seed", "run_id",
     # cost of training, for the analysis' equal-compute and equal-time views (docs/analysis.md)
     "flops_executed", "train_time_s", "num_workers",
+    "vocab_size",  # the learning check's uniform guess ln V (analysis/learning.py)
 ]  # fmt: skip
 
 
@@ -87,6 +88,7 @@ def load_sweep_trials(uri: str, sweep: str) -> pd.DataFrame:
             "flops_executed": _float(p.get("flops_executed")),
             "train_time_s": _float(m.get("train_time_s")),
             "num_workers": _float(p.get("resources.num_workers")),
+            "vocab_size": _float(p.get("model.vocab_size")),
         }
         rows = json.loads(t.get(tags.ROWS, "[]")) or [{"name": run.info.run_name, "axis": "single"}]
         for row in rows:

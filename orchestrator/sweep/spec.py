@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from model.config import ModelFamily
+from model.config import ModelConfig, ModelFamily
 from orchestrator.config import ConfigError, TrialConfig, deep_merge, yaml_load
 from orchestrator.sweep.lr_law import LrPowerLaw
 from orchestrator.sweep.tune_space import TuneSpec, dimension_bounds, family_problems, knob_patch
@@ -165,9 +165,12 @@ class DataAxis(_SpecModel):
 
 
 class BatchAxis(_SpecModel):
-    """Sweep the global batch size (sequences per optimizer step); D stays at the base value."""
+    """Sweep the global batch size (sequences per optimizer step). By default D stays at the base value, so
+    the steps shrink as the batch grows; with `steps`, every point trains that many optimizer steps and D =
+    steps x batch x context grows with the batch (each point then learns from as many updates)."""
 
     global_batch_size: IntPoints
+    steps: PosInt | None = None
 
     @property
     def size(self) -> int:
@@ -435,8 +438,21 @@ class AxisPoint:
     patch: dict[str, Any]
 
 
+def _base_model(spec: SweepSpec, family: str) -> ModelConfig:
+    """The family's base model config (base < family_overrides)."""
+    return TrialConfig.model_validate(trial_dict(spec, family, {}, 0)).model
+
+
 def _base_head_dim(spec: SweepSpec, family: str) -> int:
-    return TrialConfig.model_validate(trial_dict(spec, family, {}, 0)).model.head_dim
+    return _base_model(spec, family).head_dim
+
+
+def _batch_patch(ax: BatchAxis, batch: int, context: int) -> dict[str, int]:
+    """A batch point's train section: the batch, and with `steps` the tokens of that many steps."""
+    patch = {"global_batch_size": batch}
+    if ax.steps is not None:
+        patch["tokens"] = ax.steps * batch * context
+    return patch
 
 
 def _ladder_points(spec: SweepSpec, family: str, axis: str, ladder: _Ladder) -> list[AxisPoint]:
@@ -476,8 +492,10 @@ def axis_points(spec: SweepSpec, family: str, axis: str) -> list[AxisPoint]:
             for i, v in enumerate(ax.tokens)
         ]
     if axis == "batch":
+        context = _base_model(spec, family).context_length
+        loc = ("axes", axis, "global_batch_size")
         return [
-            AxisPoint(axis, ("axes", axis, "global_batch_size", i), v, {"train": {"global_batch_size": v}})
+            AxisPoint(axis, (*loc, i), v, {"train": _batch_patch(ax, v, context)})
             for i, v in enumerate(ax.global_batch_size)
         ]
     if axis == "depth":

@@ -90,7 +90,7 @@ def test_tables_hold_the_fitted_numbers(report):
 def test_headline_excluded_trials_too_few_points_and_provenance(report):
     trials, paths = report
     md = paths["markdown"].read_text()
-    headline = md.split("\n\n")[1]
+    headline = md.split("## Every verdict\n\n")[1].split("\n\n")[0]  # after the first screen and claims
     assert "EBT scales" in headline and "data axis" in headline
     assert trials.loc[1, "name"] in md and "loss NaN at step 120" in md  # the excluded list
     assert "1 point(s) for the 2 parameters" in md  # the depth axis is reported, not fitted

@@ -80,7 +80,7 @@ def test_report_and_summary_carry_the_system2_ood_line(tmp_path) -> None:
     assert [c["forward_passes"] for c in curve] == [1, 2, 3, 4, 5, 6]
     assert curve[-1]["reduction"]["value"] == pytest.approx(0.20)
     md = paths["markdown"].read_text()
-    headline = md.split("\n\n")[1]
+    headline = md.split("## Every verdict\n\n")[1].split("\n\n")[0]  # after the first screen and claims
     assert "System-2 (EBT" in headline and "grows out of distribution" in headline
     assert s2["verdict"] in md and "out of distribution (prose)" in md
     assert (paths["plots_dir"] / "thinking.png").is_file()

@@ -80,7 +80,7 @@ def test_device_seconds_count_every_worker(trials):
 def test_report_headline_and_summary_carry_the_three_views(trials, tmp_path):
     paths = write_report(trials, tmp_path, {}, options=AnalysisOptions(bootstrap=200, seed=0))
     md = paths["markdown"].read_text()
-    headline = md.split("\n\n")[1]
+    headline = md.split("## Every verdict\n\n")[1].split("\n\n")[0]  # after the first screen and claims
     for words in ("Per tokens: EBT is ahead", "Per training FLOP: Transformer++ is ahead",
                   "Per device-second: Transformer++ is ahead"):  # fmt: skip
         assert words in headline

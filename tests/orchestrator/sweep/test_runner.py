@@ -58,6 +58,9 @@ def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
     for family in ("ebt", "transformer_pp"):
         alpha = summary["axes"]["params"]["fits"][family]["alpha"]["value"]
         assert f"{alpha:.4g}" in html  # the table holds the fitted exponent
+    assert summary["learning"]["unchecked"] == 0  # the vocabulary size came back from MLflow
+    screen = summary["first_screen"]  # the answer first: a line for the params axis, one for System-2
+    assert len(screen) == 2 and reported.stderr.split("report: ")[0].splitlines()[-2:] == screen
     assert html.count("data:image/png;base64,") >= 3  # scaling plot, residuals, thinking curves
     assert list((report_dir / "plots").glob("*.png"))
     assert "thinking" in html.lower()
@@ -65,7 +68,8 @@ def test_sweep_runs_once_reruns_nothing_and_exports(tmp_path: Path) -> None:
 
     parent = runs[0].data.tags["mlflow.parentRunId"]
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
-    assert {"report/report.html", "report/report.md"} <= logged
+    assert {"report/report.html", "report/report.md", "report/claims.json"} <= logged
+    assert "claims.params.x.relative" in MlflowClient(uri).get_run(parent).data.metrics
 
 
 def test_launcher_decides_where_a_trial_trains_what_it_asks_ray_for_and_the_dashboard() -> None:

@@ -142,6 +142,22 @@ def test_axis_points_change_only_their_field() -> None:
     assert {c.model.d_model for c in by_axis["depth"]} == {64}
 
 
+def test_a_batch_axis_with_steps_trains_that_many_steps_at_every_batch() -> None:
+    """`steps` holds the updates fixed and lets D grow with the batch (the default holds D fixed)."""
+    spec = with_value(GOOD, "axes.batch.steps", 250)
+    spec = with_value(spec, "family_overrides.ebt.model", {"context_length": 32})  # each family its context
+    trials = [t for t in parse_and_expand(spec) if t.axis == "batch" and t.seed == 0]
+    check_expansion(trials)
+    for t in trials:
+        c = t.config
+        assert (
+            c.total_steps == 250
+            and c.train.tokens == 250 * c.train.global_batch_size * c.model.context_length
+        )
+    assert sorted({t.config.train.tokens for t in trials if t.family == "ebt"}) == [64_000, 128_000, 256_000]
+    assert len({t.name for t in trials}) == len(trials)  # D in the name tells the points apart
+
+
 def test_base_point_shares_its_id_across_axes_and_is_trained_once() -> None:
     trials = parse_and_expand(GOOD)
     base = [
@@ -743,6 +759,37 @@ def test_cpu_specs_are_small(stem: str) -> None:
             )
 
 
+def test_the_study_spec_plans_five_axes_of_six_x_over_8x_with_its_seeds() -> None:
+    """sweeps/study.yaml (`make study`): every axis for both families, at least 6 distinct x spanning 8x
+    (depth 4x) as the analysis fits them, 2 seeds of every configuration (the hour allows no third: the
+    spec says why), per-size tuning, the shipped corpus, and a planned training time that fits the hour."""
+    pytest.importorskip("model.ebt")
+    spec = load_spec(ROOT / "sweeps" / "study.yaml")
+    assert spec.seeds == [0, 1] and spec.tune is not None and spec.tune.max_concurrent == 1
+    p = plan(expand(spec))
+    x_of = {  # the x the analysis fits each axis against (analysis/data.py AXIS_X; flops: the budget)
+        "data": lambda r: r.tokens,
+        "batch": lambda r: r.global_batch,
+        "params": lambda r: r.params_non_embedding,
+        "depth": lambda r: r.trial.config.model.n_layers,
+        "flops": lambda r: r.trial.flops_budget,
+    }
+    assert {r.trial.axis for r in p.rows} == set(AXES)
+    for axis, x in x_of.items():
+        for family in ("ebt", "transformer_pp"):
+            rows = [r for r in p.rows if r.trial.axis == axis and r.trial.family == family]
+            xs = {x(r) for r in rows}
+            assert len(xs) >= 6 and max(xs) / min(xs) >= (4 if axis == "depth" else 8), (axis, sorted(xs))
+            configs = {(x(r), r.trial.config.model.d_model) for r in rows}
+            for config in configs:  # every configuration in both seeds
+                assert {r.trial.seed for r in rows if (x(r), r.trial.config.model.d_model) == config} == {
+                    0,
+                    1,
+                }
+    assert all(r.trial.config.data.source == "stdlib" and r.trial.config.model.d_model >= 32 for r in p.rows)
+    assert p.total_seconds is not None and p.total_seconds / 2 < 35 * 60  # two trials at a time, planned
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI
 
@@ -807,6 +854,31 @@ def test_gpu_trials_get_no_cpu_calibrated_time() -> None:
     assert all(r.seconds is None for r in p.rows) and p.total_seconds is None
     assert all(r.memory_bytes < 80 * 2**30 for r in p.rows)  # the paper's sizes fit an 80 GB GPU
     assert plan(trials, throughput_flops=1e14).total_seconds == pytest.approx(p.total_flops / 8e14)
+
+
+def test_the_paper_study_plans_the_five_paper_axes_with_flops_gpu_hours_and_memory() -> None:
+    """sweeps/paper-study.yaml is the five paper-* specs in one: the same trials (their shared base point
+    trained once), planned with a throughput to FLOPs, GPU-hours and each trial's memory per worker."""
+    pytest.importorskip("model.ebt")
+    path = ROOT / "sweeps" / "paper-study.yaml"
+    result = CliRunner().invoke(sweep_app, ["plan", str(path), "--throughput", "1.5e14", "--json"])
+    assert result.exit_code == 0, result.output
+    totals, rows = json.loads(result.stdout)["totals"], json.loads(result.stdout)["trials"]
+    parts = [
+        plan(expand(load_spec(ROOT / "sweeps" / f"paper-{a}.yaml")), throughput_flops=1.5e14) for a in AXES
+    ]
+    distinct = {r.trial.id: r for p in parts for r in p.unique_rows}
+    assert {r["axis"] for r in rows} == set(AXES) and totals["rows"] == sum(len(p.rows) for p in parts)
+    assert totals["trials"] == len(distinct) < totals["rows"]  # the base point is one trial on four axes
+    assert totals["flops"] == pytest.approx(sum(r.flops for r in distinct.values()))
+    gpu_hours = sum(r.seconds * 8 for r in distinct.values()) / 3600  # 8 workers of one GPU each
+    assert totals["gpu_hours"] == pytest.approx(gpu_hours) and gpu_hours > 1000
+    assert all(0 < r["memory_bytes_per_worker"] < 80 * 2**30 for r in rows)  # each fits an 80 GB GPU
+    p = plan(expand(load_spec(path)), throughput_flops=1.5e14)
+    assert f"{p.gpu_hours:.3g} GPU-hours" in plan_text(p)
+    if not any("GPU trials" in n for n in plan(expand(load_spec(path))).notes):
+        return  # a CUDA machine calibrates its GPU: the time is known
+    assert "GPU-hours ? (no time estimate)" in plan_text(plan(expand(load_spec(path))))
 
 
 DRIVER_IMPORTS = """
