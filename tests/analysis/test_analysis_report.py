@@ -139,3 +139,135 @@ def test_a_grid_law_without_a_floor_is_flagged_and_gets_no_verdict(tmp_path):
         assert "E" in fit["flags"] and fit["identified"] is False
         assert summary["compute_optimal"][fam]["backtest"]["holdout"].startswith("the largest budget")
     assert re.search(r"\| EBT \| E \| [^|]+ \| [^|]+ \| no: E = ", md)
+
+
+# ------------------------------------------------------------------ the report's contract with its readers
+
+
+def _md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header, rows) of every markdown table, cells unescaped enough to compare ('\\|' kept as is)."""
+    tables, lines = [], md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            head = [c.strip() for c in line.strip("|").split(" | ")]
+            rows, j = [], i + 2
+            while j < len(lines) and lines[j].startswith("| "):
+                rows.append([c.strip() for c in lines[j][2:-2].split(" | ")])
+                j += 1
+            tables.append((head, rows))
+    return tables
+
+
+def test_the_outline_is_the_same_in_markdown_and_html(report):
+    """Readers navigate by the sections: a fixed order, the same headings in both formats."""
+    _, paths = report
+    md, html = paths["markdown"].read_text(), paths["html"].read_text()
+    md_h2 = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert md_h2 == [
+        "Claims: the EBT paper beside this study (95% intervals)",
+        "Every verdict",
+        "Scaling rates",
+        "Equal compute and equal time",
+        "Data axis (x = tokens)",
+        "Params axis (x = n_params_non_embedding)",
+        "Depth axis (x = n_layers)",
+        "Flops axis (x = flops)",
+        "Compute-optimal allocation (flops axis)",
+        "System-2 thinking",
+        "Backtests",
+        "Seed noise",
+        "Excluded trials",
+        "Provenance",
+    ]
+    import html as html_lib
+
+    for level in (1, 2, 3):
+        in_md = [line[level + 1 :] for line in md.splitlines() if line.startswith("#" * level + " ")]
+        in_html = [html_lib.unescape(h) for h in re.findall(rf"<h{level}>(.*?)</h{level}>", html)]
+        assert in_md == in_html and in_md
+    assert md.startswith("# EBT vs Transformer++ scaling report\n")
+    assert "<title>EBT vs Transformer++ scaling report</title>" in html
+
+
+def test_the_rates_table_says_what_summary_json_says(report):
+    """The scaling-rates table and summary.json carry the same numbers, verdicts and significance."""
+    _, paths = report
+    summary = json.loads(paths["summary"].read_text())
+    tables = _md_tables(paths["markdown"].read_text())
+    head, rows = next(t for t in tables if t[0][:2] == ["axis", "x"])
+    assert head == [
+        "axis",
+        "x",
+        "α EBT [CI]",
+        "α Transformer++ [CI]",
+        "relative difference [CI]",
+        "significant",
+        "verdict",
+    ]
+    assert [r[0] for r in rows] == ["data", "params", "depth", "flops"]  # depth: one point, no fit
+    notes = summary["axes"]["depth"]["notes"]
+    why = f"EBT: {notes['ebt']}; Transformer++: {notes['transformer_pp']}"
+    assert rows[2] == ["depth", "n_layers", "–", "–", "–", "–", why]
+    for row in (r for r in rows if r[0] != "depth"):
+        axis = summary["axes"][row[0]]
+        assert row[1] == axis["x"]
+        assert row[5] == ("yes" if axis["significant"] else "no")
+        assert row[6] == axis["verdict"]
+        rel = axis["relative_exponent_difference"]
+        assert row[4] == f"{100 * rel['value']:+.1f}% [{100 * rel['lo']:+.1f}%, {100 * rel['hi']:+.1f}%]"
+        a = axis["fits"]["ebt"]["alpha"]
+        assert row[2] == f"{a['value']:.4g} [{a['lo']:.4g}, {a['hi']:.4g}]"
+    assert summary["axes"]["depth"]["notes"]["ebt"].startswith("1 point(s) for the 2 parameters")
+    assert set(summary) >= {
+        "first_screen",
+        "headline",
+        "claims",
+        "axes",
+        "compute_optimal",
+        "excluded",
+        "system2",
+    }
+    assert (summary["y"], summary["form"], summary["level"], summary["bootstrap"]) == (
+        "val_loss",
+        "power",
+        0.95,
+        200,
+    )
+
+
+def test_the_excluded_and_provenance_tables_list_what_they_name(report):
+    trials, paths = report
+    summary = json.loads(paths["summary"].read_text())
+    tables = _md_tables(paths["markdown"].read_text())
+    head, rows = next(t for t in tables if t[0][0] == "name")
+    assert head == ["name", "family", "axis", "status", "reason"]
+    assert [r[0] for r in rows] == [e["name"] for e in summary["excluded"]]
+    assert [trials.loc[1, "name"], "ebt", "data", "diverged", "diverged: loss NaN at step 120"] in rows
+    head, rows = next(t for t in tables if t[0] == ["key", "value"])
+    assert ["code_version", "deadbeef1234"] in rows
+
+
+def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(report):
+    _, paths = report
+    summary = json.loads(paths["summary"].read_text())
+    tables = dict((tuple(h), r) for h, r in _md_tables(paths["markdown"].read_text()))
+    alloc = tables[("family", "C", "N*", "CI", "D*", "CI", "val_loss at optimum")]
+    for fam, label in (("ebt", "EBT"), ("transformer_pp", "Transformer++")):
+        mine = [r for r in alloc if r[0] == label]
+        assert len(mine) == len(summary["compute_optimal"][fam]["allocation"]) > 0
+        for r, a in zip(mine, summary["compute_optimal"][fam]["allocation"], strict=True):
+            assert r[1] == f"{a['C']:.4g}" and r[2] == f"{a['N_opt']:.4g}" and r[4] == f"{a['D_opt']:.4g}"
+            assert r[6] == f"{a['loss_opt']:.4g}"
+    assert ("family", "C", "N*", "CI", "D*", "val_loss at N*", "minimum inside sampled N") in tables
+    iso = tables[("family", "quantity (N* = k_N C^a, D* = k_D C^b)", "value", "CI")]
+    assert {r[1] for r in iso} >= {"a", "b"}
+
+
+def test_markdown_cells_keep_a_table_one_row_per_record(tmp_path):
+    """A '|' or a newline inside a value (a status reason, a path) must not split the table."""
+    trials = make_trials(axes=("data",), n=6)
+    trials.loc[0, ["status", "status_reason"]] = ["failed", "RuntimeError: a | b\nin step 3"]
+    paths = write_report(trials, tmp_path, {"note": "x | y"}, options=AnalysisOptions(bootstrap=0))
+    md = paths["markdown"].read_text()
+    assert "| failed: RuntimeError: a \\| b in step 3 |" in md
+    assert "| note | x \\| y |" in md
