@@ -21,7 +21,7 @@ from analysis.data import (
 )
 from analysis.errors import SchemaError
 from model.family_ids import FAMILY_IDS
-from tests.analysis.synthetic_scaling import make_trials
+from tests.analysis.synthetic_scaling import make_thinking, make_trials
 
 
 def test_string_numerics_are_cast_and_extra_columns_kept():
@@ -177,3 +177,59 @@ def test_family_names_and_labels_are_the_model_registrys():
     assert {name: family_label(name) for name in FAMILY_IDS} == {n: f.label for n, f in FAMILY_IDS.items()}
     assert (family_label(EBT), family_label(TPP), family_label("gpt")) == ("EBT", "Transformer++", "gpt")
     assert {EBT, TPP} <= set(FAMILY_IDS)
+
+
+@pytest.mark.parametrize(
+    "tidy, raw, what",
+    [
+        (tidy_trials, make_trials(axes=("data",), n=2), "trials table"),
+        (tidy_thinking, make_thinking(), "thinking table"),
+    ],
+)
+def test_a_missing_column_error_names_the_table(tidy, raw: pd.DataFrame, what: str) -> None:
+    """The report reads two tables; the error says which one lacks the column."""
+    with pytest.raises(SchemaError, match=rf"^{what} is missing required column\(s\): val_loss$"):
+        tidy(raw.drop(columns=["val_loss"]))
+
+
+def test_a_boolean_column_is_not_read_as_numbers() -> None:
+    """True/False where a count belongs is a mislabelled column, not 1 and 0."""
+    raw = make_trials(axes=("data",), n=2)
+    raw["seed"] = [True, False] * 2
+    with pytest.raises(SchemaError, match=r"'seed'.*'True'"):
+        tidy_trials(raw)
+
+
+def test_training_cost_comes_from_the_executed_flops_and_every_worker() -> None:
+    """train_flops: the executed count where one was recorded (> 0), else the 6ND convention, and says which;
+    device_seconds: wall time x workers, one worker where the count is missing."""
+    raw = make_trials(axes=("data",), n=2).iloc[[0, 0, 0]].reset_index(drop=True)
+    raw["flops"] = 1e15
+    raw["flops_executed"] = [3e15, 0.0, np.nan]
+    raw["train_time_s"] = [10.0, 20.0, 30.0]
+    raw["num_workers"] = [4, np.nan, 0]
+    tidy = tidy_trials(raw)
+    assert tidy["train_flops"].tolist() == [3e15, 1e15, 1e15]
+    assert tidy["train_flops_source"].tolist() == ["executed", "study convention", "study convention"]
+    assert tidy["device_seconds"].tolist() == [40.0, 20.0, 30.0]
+    older = tidy_trials(make_trials(axes=("data",), n=2))  # a sweep from before cost was recorded
+    assert (older["train_flops"] == older["flops"]).all() and older["device_seconds"].isna().all()
+    assert (older["train_flops_source"] == "study convention").all()
+
+
+def test_rows_that_enter_fits_keep_the_tables_columns_and_the_chosen_y() -> None:
+    """split_trials judges the y it is given; the fit rows keep the table's columns and are renumbered."""
+    tidy = tidy_trials(make_trials(axes=("data",), n=4))
+    tidy.loc[1, "val_perplexity"] = np.nan
+    for y, n_ok in (("val_loss", 8), ("val_perplexity", 7)):
+        ok, excluded = split_trials(tidy, y)
+        assert list(ok.columns) == list(tidy.columns) and ok.index.tolist() == list(range(n_ok))
+        assert excluded["reason"].tolist() == ([] if y == "val_loss" else ["val_perplexity is missing"])
+
+
+def test_thinking_split_and_source_are_normalised() -> None:
+    """A blank split is the validation split (tables from before OOD evaluation); text is stripped."""
+    raw = make_thinking().iloc[:3].assign(split=["", " OOD ", "Val"], source=[" stdlib ", "prose", ""])
+    tidy = tidy_thinking(raw)
+    assert tidy["split"].tolist() == ["val", "ood", "val"]
+    assert tidy["source"].tolist() == ["stdlib", "prose", ""]

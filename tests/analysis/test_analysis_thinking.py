@@ -4,7 +4,9 @@ validation vs out-of-distribution text, on synthetic thinking tables with known 
 from __future__ import annotations
 
 import json
+import math
 
+import pandas as pd
 import pytest
 
 from analysis.data import tidy_thinking
@@ -84,3 +86,72 @@ def test_report_and_summary_carry_the_system2_ood_line(tmp_path) -> None:
     assert "System-2 (EBT" in headline and "grows out of distribution" in headline
     assert s2["verdict"] in md and "out of distribution (prose)" in md
     assert (paths["plots_dir"] / "thinking.png").is_file()
+
+
+def _small(gains: dict[str, float], **kw) -> pd.DataFrame:
+    """A quick thinking table: 16 windows per row, little noise."""
+    return tidy_thinking(make_split_thinking(gains, windows=16, noise=0.01, **kw))
+
+
+def test_the_result_does_not_depend_on_the_tables_row_order() -> None:
+    """Same measurements, same seed: the same curves, intervals and verdict however the rows were written."""
+    table = _small({"val": 0.05, "ood": 0.20})
+    shuffled = table.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    a, b = (system2(t, bootstrap=30, seed=1) for t in (table, shuffled))
+    pd.testing.assert_frame_equal(a.curves, b.curves)
+    assert a.to_dict() == b.to_dict()
+    assert a.curves["split"].drop_duplicates().tolist() == ["val", "ood"]  # validation first
+
+
+def test_summary_carries_every_curve_with_its_interval_the_level_and_the_notes() -> None:
+    """summary.json's system2: each curve's reduction with its interval as in the table, the level and
+    bootstrap it was computed at, and a note for a family with no 1-forward-pass row to measure from."""
+    table = _small({"val": 0.05})
+    table = table[~((table["family"] == "transformer_pp") & (table["forward_passes"] == 1))]
+    s2 = system2(table, bootstrap=30, level=0.8, seed=1)
+    out = json.loads(json.dumps(s2.to_dict()))
+    assert (out["level"], out["bootstrap"]) == (0.8, 30)
+    assert out["notes"] == ["Transformer++ on val: no 1-forward-pass row to measure reductions from"]
+    assert {c["family"] for c in out["curves"]} == {"ebt"}
+    assert [c["forward_passes"] for c in out["curves"]] == s2.curves["forward_passes"].tolist()
+    assert [[c["reduction"][k] for k in ("value", "lo", "hi")] for c in out["curves"]] == (
+        s2.curves[["reduction", "reduction_lo", "reduction_hi"]].to_numpy().tolist()
+    )
+
+
+def test_a_gain_negative_on_both_splits_says_thinking_hurts() -> None:
+    s2 = system2(_small({"val": -0.05, "ood": -0.10}), bootstrap=30, seed=1)
+    verdict = s2.shifts["steps"].verdict
+    assert verdict.startswith("thinking longer to 6 forward passes: perplexity reduction -5.0% (95% CI")
+    assert "(negative on both: thinking makes this model's perplexity worse)" in verdict
+    assert "the gain shrinks out of distribution" in verdict
+
+
+def test_a_split_without_window_losses_has_no_interval_and_neither_has_the_difference() -> None:
+    """Validation measured before per-window losses were recorded, OOD after: the OOD reduction keeps its
+    interval, the validation one and the difference have none, and the verdict says so."""
+    table = _small({"val": 0.05, "ood": 0.20})
+    val = table["split"] == "val"
+    table["window_nll"] = table["window_nll"].where(~val, None)
+    shift = system2(table, bootstrap=30, seed=1).shifts["steps"]
+    assert shift.ood.lo < shift.ood.value < shift.ood.hi
+    assert all(math.isnan(v) for v in (shift.val.lo, shift.val.hi, shift.difference.lo, shift.difference.hi))
+    assert shift.difference.value == pytest.approx(0.15) and shift.grows is None
+    assert shift.verdict.endswith("difference +15.0 points (no interval: no per-window losses).")
+
+
+@pytest.mark.filterwarnings("error")
+def test_windows_without_tokens_give_no_interval_quietly() -> None:
+    """Per-window losses whose token counts are all zero cannot be resampled: no interval, no NaN warnings."""
+    table = _small({"val": 0.05, "ood": 0.20})
+    table["window_tokens"] = table["window_tokens"].map(lambda t: [0] * len(t) if isinstance(t, list) else t)
+    s2 = system2(table, bootstrap=30, seed=1)
+    ebt = s2.curves[s2.curves["family"] == "ebt"]
+    assert ebt["reduction_lo"].isna().all() and s2.shifts["steps"].grows is None
+
+
+def test_the_verdict_names_the_text_of_each_split() -> None:
+    s2 = system2(_small({"val": 0.05, "ood": 0.20}), bootstrap=30, seed=1)
+    assert "validation: stdlib, out of distribution: prose;" in s2.verdict
+    other = system2(_small({"test": 0.05}), bootstrap=0)  # a split the report has no label for
+    assert other.verdict == "System-2: EBT curves on test text only; no out-of-distribution comparison."
