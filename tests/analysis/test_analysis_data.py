@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,15 +121,16 @@ def test_exclusion_reasons_follow_the_rules_on_every_axis():
     assert exclusion_reasons(tidy.iloc[:0]).empty
 
 
-def test_exclusion_reasons_scale_to_large_sweeps():
-    """A report calls split_trials once per axis on the whole table: column-wise, not a Python loop per row
-    (iterrows took ~0.3 s per 10,000 rows here; this table has 200,000)."""
+def test_exclusion_reasons_on_a_large_sweep():
+    """A report calls split_trials once per axis on the whole table (200,000 rows here): every missing loss
+    is found. No wall-clock bound: a timed assertion fails on a loaded machine (and, under `make mutation`,
+    would count a mutant as killed for the wrong reason); the column-wise code takes ~0.5 s here where a
+    per-row loop took ~6 s."""
     trials = tidy_trials(pd.concat([make_trials(axes=("data", "params"), n=50)] * 1000, ignore_index=True))
     trials.loc[::97, "val_loss"] = np.nan
-    start = time.perf_counter()
     reasons = exclusion_reasons(trials)
-    assert time.perf_counter() - start < 1.0
     assert (reasons == "val_loss is missing").sum() == len(range(0, len(trials), 97))
+    assert (reasons[trials["val_loss"].notna()] == "").all()
 
 
 def test_thinking_table_schema():
