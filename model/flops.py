@@ -150,11 +150,16 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     - candidate gradient (autograd.grad w.r.t. the candidate embedding, then one GEMM to the vocabulary):
       G_c = L(lin(S) + A) + 2SVd + 2Sd (gradients on the way to the candidates only: the linears' inputs,
       the attention's queries and weights, not the observed keys/values);
-    - outer backward: 2(F_c + G_c) per kept step, less 2SVd where the step's probabilities are detached (no
-      gradient for them through the candidate map), and 2 F_o per distinct index the kept steps use.
+    - outer backward: 2(F_c + G_c) per kept step, less 2SVd where the step's probabilities have no gradient
+      (through the candidate map), and 2 F_o per distinct index the kept steps use. They have none at step
+      0, after a detach, and with truncate_to_last_step unless alpha is learnable: the earlier steps ran
+      without a graph, so the kept step's input depends on the parameters only through alpha's updates; with
+      a learnable alpha each earlier step then adds 2SVd (the loss's gradient through its GEMM, to alpha).
     Step indices are min(k, mcmc_steps - 1); a random step count is averaged over its uniform range; replayed
     rows (System-2 replay buffer) scale the whole.
-    Checked against torch's FlopCounterMode (tests/model/test_ebt.py)."""
+    Checked against torch's FlopCounterMode (tests/model/test_flops.py): the count is the counter's plus
+    3 x 2Sd per kept step, energy-head products the convention's 2(F_c + G_c) counts but autograd skips (the
+    energy itself never reaches the loss, only its gradient does)."""
     e, S = cfg.ebt, cfg.context_length
     P = e.n_step_tokens
     d, f, V, L = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layers
@@ -174,13 +179,20 @@ def ebt_reuse_train_flops_per_token(cfg: ModelConfig) -> float:
     cand_grad = L * (lin(S) + cand_attn) + ends
     low, high = e.train_step_counts
     counts = range(low, high + 1)
+
+    def probs_have_grad(k: int) -> bool:
+        graph = not e.truncate_to_last_step or e.step_size_learnable  # a path back to the earlier steps
+        return k > 0 and not e.detach_between_steps and graph
+
     total = 0.0
     for K in counts:
         index = [min(k, e.mcmc_steps - 1) for k in range(K)]
         kept = [K - 1] if e.truncate_to_last_step else list(range(K))
         total += len(set(index)) * obs_fwd + K * (cand_fwd + cand_grad)
         total += len({index[k] for k in kept}) * obs_bwd + len(kept) * 2 * (cand_fwd + cand_grad)
-        total -= sum(2 * S * V * d for k in kept if e.detach_between_steps or k == 0)  # no ∂L/∂p
+        total -= sum(2 * S * V * d for k in kept if not probs_have_grad(k))  # no ∂L/∂p
+        if e.truncate_to_last_step and e.step_size_learnable and not e.detach_between_steps:
+            total += (K - 1) * 2 * S * V * d  # ∂L/∂(α ∂E/∂c) of each step before the kept one
     return replay_rows_factor(cfg) * total / len(counts) / S
 
 

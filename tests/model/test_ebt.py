@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,10 +18,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import build_model
-from model.config import EBTConfig, ModelConfig
+from model import build_model, kernels
+from model.config import EBTConfig, KernelsConfig, ModelConfig
 from model.ebt import (
     EBT,
+    Noise,
     NonFiniteEnergyGradient,
     candidate_mask,
     full_mask,
@@ -325,6 +328,75 @@ def test_eval_loss_is_deterministic_and_graph_free() -> None:
         c = torch.func.functional_call(model, params, (tokens, targets), kwargs)
     assert not c.requires_grad
     torch.testing.assert_close(c, model(tokens, targets, **kwargs).detach())
+
+
+def test_masks_and_positions_are_made_on_the_device_asked_for() -> None:
+    """Every layout tensor is made where the model computes (the meta device stands in for a GPU here)."""
+    meta = torch.device("meta")
+    made = [full_mask(3, 1, meta), candidate_mask(3, 1, meta), observed_bias(3, 1, torch.float32, meta)]
+    assert all(t.device == meta for t in [*made, *positions(3, 1, meta)])
+
+
+@pytest.mark.parametrize("std", [0.5, 2.0])
+def test_initial_candidate_is_scaled_noise_or_zeros(std: float) -> None:
+    """Logits N(0, std^2) drawn from each row's generator (std times the unit draws of the same seeds), or
+    zeros; float32 whatever the parameter dtype (docs/ebt.md §2)."""
+    tokens, _ = batch(3)
+    seeds = [5, 6, 7]
+    unit = torch.stack([torch.randn(S, V, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    drawn = make(tiny(candidate_init_std=std)).initial_candidate(tokens, Noise(3, tokens.device, seeds))
+    torch.testing.assert_close(drawn, std * unit, rtol=0, atol=0)
+    bf16 = make(tiny(candidate_init="zeros"), dtype=torch.bfloat16)
+    zeros = bf16.initial_candidate(tokens, Noise(3, tokens.device, seeds))
+    assert zeros.dtype == torch.float32 and zeros.shape == (3, S, V) and not zeros.any()
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_low_precision_weights_descend_a_float32_candidate(reuse: bool) -> None:
+    """bf16 weights (a GPU run): the candidate stays float32 and the descent is the float32 one of the same
+    (rounded) weights, to bf16 rounding (~1% of the logits' norm measured; 5% allowed)."""
+    low = make(tiny(reuse_observed_kv=reuse), dtype=torch.bfloat16)
+    full = copy.deepcopy(low).float()
+    tokens, targets = batch(2)
+    got, want = (m.think(tokens, targets, steps=2).logits for m in (low, full))
+    assert got.dtype == torch.float32
+    assert float((got - want).norm() / want.norm()) < 0.05
+
+
+def test_a_training_step_is_a_function_of_its_seeds_not_the_global_rngs() -> None:
+    """With sample ids and step_seed, neither torch's nor Python's global generator changes a training step:
+    the step count K in {2, 3, 4} comes from step_seed, the replayed rows from the sample ids (a repeated or
+    resumed step repeats itself). The replay buffer is filled first, so rows are replayed."""
+    recipe = system2_recipe(mcmc_steps_random_max=4, replay_buffer_size=8, step_size=20.0)
+    model = make(tiny(**recipe.model_dump()))
+    tokens, targets = batch(4)
+    model(tokens, targets, sample_ids=torch.arange(4), step_seed=0)  # fills the buffer
+    assert len(model.replay) == 4
+    for step_seed in (1, 2):
+        losses, counts = [], []
+        for global_seed in range(4):
+            torch.manual_seed(global_seed)
+            random.seed(global_seed)
+            counts.append(len(model.train_steps(step_seed)))
+            net = copy.deepcopy(model)  # the same buffer each time
+            losses.append(float(net(tokens, targets, sample_ids=torch.arange(10, 14), step_seed=step_seed)))
+        assert len(set(counts)) == 1 and len(set(losses)) == 1, (counts, losses)
+
+
+def test_compiled_observed_stream_is_the_eager_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kernels.compile` sends the observed stream through torch.compile (model/kernels.py) and uses its keys
+    and values. Here torch.compile runs with disable=True, so no graph is built (tests/model/test_kernels.py
+    compiles for real, slowly)."""
+    monkeypatch.setitem(kernels.COMPILE_OPTIONS, "disable", True)
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    eager = make(tiny())
+    fast = make(tiny().model_copy(update={"kernels": KernelsConfig(compile=True)}))
+    tokens, _ = batch(2)
+    got, want = fast.observed_kv(tokens, 1), eager.observed_kv(tokens, 1)
+    assert (EBT, "observed_stream") in kernels._COMPILED
+    assert len(got) == len(want) == 2
+    for (k, v), (k_ref, v_ref) in zip(got, want, strict=True):
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
 
 
 # --- counts ------------------------------------------------------------------------------------------------
