@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - creates .venv if missing, installs everything, tunes, runs a small real sweep and its report
-#   make study  - the same set-up, then the CPU-scale study of sweeps/study.yaml: all five axes, < 1 hour
+#   make study  - the same set-up, then the CPU-scale study of sweeps/study.yaml: all five axes (planned < 1 hour)
 #   make test   - the same set-up, then the test suite (what .ci/run calls; without the `chaos` tests)
 #   make chaos  - every fault-injection test in tests/reliability, and the table docs/reliability.md quotes
 #   make mutation - mutation testing of the analysis and the EBT's maths, a score per file (docs/testing.md)
