@@ -155,3 +155,48 @@ def test_the_verdict_names_the_text_of_each_split() -> None:
     assert "validation: stdlib, out of distribution: prose;" in s2.verdict
     other = system2(_small({"test": 0.05}), bootstrap=0)  # a split the report has no label for
     assert other.verdict == "System-2: EBT curves on test text only; no out-of-distribution comparison."
+
+
+def test_negative_on_one_split_only_is_not_called_harmful() -> None:
+    for gains in ({"val": 0.05, "ood": -0.10}, {"val": -0.05, "ood": 0.10}):
+        verdict = system2(_small(gains), bootstrap=30, seed=1).shifts["steps"].verdict
+        assert "negative on both" not in verdict
+
+
+def test_each_ood_sentence_states_its_difference_in_points_with_its_interval() -> None:
+    shrinks = _analyse({"val": 0.20, "ood": 0.05}).shifts["steps"]
+    d = shrinks.difference
+    assert shrinks.verdict.endswith(
+        f"the gain shrinks out of distribution, by {100 * d.value:+.1f} points "
+        f"(95% CI {100 * d.lo:+.1f} to {100 * d.hi:+.1f})."
+    )
+    same = _analyse({"val": 0.10, "ood": 0.10}, noise=0.3).shifts["steps"]
+    d = same.difference
+    assert same.verdict.endswith(
+        f"no significant difference out of distribution: {100 * d.value:+.1f} points "
+        f"(95% CI {100 * d.lo:+.1f} to {100 * d.hi:+.1f}) includes zero."
+    )
+
+
+def test_the_ood_record_has_the_documented_keys() -> None:
+    s2 = _analyse({"val": 0.05, "ood": 0.20})
+    record = json.loads(json.dumps(s2.to_dict()))
+    shift = record["ood_vs_val"]["steps"]
+    assert set(shift) == {"forward_passes", "val", "ood", "difference", "grows", "verdict"}
+    assert shift["forward_passes"] == 6 and shift["grows"] is True
+    assert shift["verdict"] == s2.shifts["steps"].verdict
+    assert shift["difference"]["value"] == pytest.approx(0.15)
+    curve = record["curves"][0]
+    assert set(curve) == {
+        "split",
+        "source",
+        "family",
+        "mode",
+        "steps",
+        "candidates",
+        "forward_passes",
+        "perplexity",
+        "reduction",
+    }
+    assert [c["steps"] for c in record["curves"]] == s2.curves["steps"].tolist()
+    assert [c["candidates"] for c in record["curves"]] == s2.curves["candidates"].tolist()

@@ -235,15 +235,19 @@ def test_loss_averages_steps_or_keeps_the_last() -> None:
     assert not torch.allclose(first, last)
 
 
-def test_non_finite_gradient_raises() -> None:
+@pytest.mark.parametrize("reuse", [False, True])
+def test_non_finite_gradient_raises(reuse: bool) -> None:
+    """A NaN weight makes the energy gradient NaN: training and evaluation stop with an error that says so
+    (the trainer records the trial as diverged), on the full-recompute and the reuse path alike."""
     assert issubclass(NonFiniteEnergyGradient, FloatingPointError)
-    model = make(tiny())
+    model = make(tiny(reuse_observed_kv=reuse))
     tokens, targets = batch(2)
     with torch.no_grad():
         model.energy_head.weight[0, 0] = float("nan")
-    with pytest.raises(NonFiniteEnergyGradient):
+    message = "^non-finite energy gradient in a descent step$"
+    with pytest.raises(NonFiniteEnergyGradient, match=message):
         model(tokens, targets)
-    with pytest.raises(NonFiniteEnergyGradient), torch.no_grad():
+    with pytest.raises(NonFiniteEnergyGradient, match=message), torch.no_grad():
         model.eval_loss(tokens, targets)
 
 
