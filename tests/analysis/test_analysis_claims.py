@@ -155,3 +155,92 @@ def test_an_isoflop_grid_corner_that_did_not_learn_is_told_apart_from_the_fronti
     check = analyse(grid.assign(val_loss=grid["val_loss"].where(~biggest, 6.0)), OPTIONS).learning
     assert len(check.not_learned) == biggest.sum() and check.frontier_learned
     assert "off its frontier" in check.verdict
+
+
+# ------------------------------------------------------------------------- the lines a reader sees first
+
+
+def _cell(value: float, lo: float, hi: float, word: str | None = None, note: str = ""):
+    from analysis.claims import ClaimCell
+
+    return ClaimCell(ParamEstimate(value, lo, hi), word, note)
+
+
+def test_an_axis_line_gives_our_rate_the_paper_s_and_each_view_s_word() -> None:
+    from analysis.claims import AxisClaim, Claims, PaperNumber
+
+    claim = AxisClaim(
+        "data",
+        PAPER_RATES["data"],
+        {
+            "x": _cell(-0.29, -0.76, 0.68, INCONCLUSIVE),
+            "flops": _cell(0.1, 0.02, 0.2, None, "no paper number (EBT faster at 95%)"),
+            "time": _cell(0.1, math.nan, math.nan, None, "no word: no interval"),
+        },
+    )
+    unverified = AxisClaim(
+        "params",
+        PaperNumber(None, "Fig. 5a"),
+        {"x": _cell(0.05, -0.1, 0.2, None, "no paper number (no difference at 95%)")},
+    )
+    missing = AxisClaim(
+        "depth",
+        PAPER_RATES["depth"],
+        {
+            "x": _cell(math.nan, math.nan, math.nan, None, "not compared (no fits)"),
+            "flops": _cell(math.nan, math.nan, math.nan, None, "not compared (no fits)"),
+        },
+    )
+    lines = Claims([claim, unverified, missing], [], 0.95, "val_loss").first_screen()
+    assert lines == [
+        "data: EBT's rate -29% [-76%, +68%] vs Transformer++'s, paper +35.98%: inconclusive"
+        " | per FLOP: EBT faster | per second: no interval",
+        "params: EBT's rate +5% [-10%, +20%] vs Transformer++'s, paper not verified: no difference",
+        "depth: not compared (too few usable trials; see its section)",
+    ]
+
+
+def test_a_cell_says_its_estimate_interval_half_width_and_word() -> None:
+    assert _cell(0.25, 0.2, 0.3, AGREES).text() == "+25% [+20%, +30%] ±5%: agrees"
+    assert _cell(0.25, 0.2, 0.3, AGREES).text(1) == "+25.0% [+20.0%, +30.0%] ±5.0%: agrees"
+    assert (
+        _cell(0.25, math.nan, math.nan, None, "no word: no interval").text() == "+25%: no word: no interval"
+    )
+    assert (
+        _cell(math.nan, math.nan, math.nan, None, "not compared (no fits)").text() == "not compared (no fits)"
+    )
+    assert _cell(math.nan, math.nan, math.nan).text() == "–"
+    record = _cell(0.25, 0.2, 0.3, AGREES).to_dict()
+    assert record == {
+        "ours": {"value": 0.25, "lo": 0.2, "hi": 0.3},
+        "half_width": pytest.approx(0.05),
+        "word": AGREES,
+        "note": "",
+    }
+    assert _cell(0.25, math.nan, math.nan).to_dict()["half_width"] is None
+
+
+def test_the_system2_line_and_records_name_each_split() -> None:
+    from analysis.claims import Claims, System2Claim
+
+    s2 = [
+        System2Claim("val", PAPER_SYSTEM2["val"], "verify", 8.0, _cell(-0.015, -0.031, 0.002, CONTRADICTS)),
+        System2Claim("ood", PAPER_SYSTEM2["ood"], "verify", 8.0, _cell(0.02, 0.001, 0.05, CONTRADICTS)),
+    ]
+    claims = Claims([], s2, 0.95, "val_loss")
+    assert claims.first_screen() == [
+        "System-2 gain (self-verification, 8 passes): val -1.5% [-3.1%, +0.2%] vs paper +11.84%: "
+        "contradicts; OOD +2.0% [+0.1%, +5.0%] vs paper +29.00%: contradicts"
+    ]
+    records = claims.records()
+    assert [(r["claim"], r["view"]) for r in records] == [
+        ("System-2 validation", "self-verification, 8 passes"),
+        ("System-2 out of distribution", "self-verification, 8 passes"),
+    ]
+    assert records[1]["paper"] == 0.29 and records[1]["paper_source"] == PAPER_SYSTEM2["ood"].source
+    as_dict = s2[1].to_dict()
+    assert as_dict["paper_source"] == PAPER_SYSTEM2["ood"].source and as_dict["split"] == "ood"
+    assert as_dict["mode"] == "verify" and as_dict["forward_passes"] == 8.0 and as_dict["word"] == CONTRADICTS
+    metrics = claims.metrics()
+    assert metrics["claims.system2.ood.word"] == -1.0 and metrics["claims.system2.ood.paper"] == 0.29
+    assert metrics["claims.system2.val.relative"] == -0.015
