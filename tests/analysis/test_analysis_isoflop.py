@@ -82,3 +82,43 @@ def test_flops_per_token_law_is_recovered_from_a_familys_trials() -> None:
     assert law is not None
     assert law(np.array([1e5, 1e9])) == pytest.approx(20 * np.array([1e5, 1e9]) ** 0.9, rel=1e-9)
     assert flops_per_token_from_trials(N[:2], flops[:2], tokens[:2]) is None
+
+
+def test_the_log_log_line_skips_gaps_and_needs_two_points() -> None:
+    """Per bootstrap row, the OLS line through the budgets whose minimum exists: NaN gaps are left out (not
+    read as zeros), and a row with fewer than two points has no line."""
+    from analysis.isoflop import _loglog_fit
+
+    logC = np.log([1e18, 1e19, 1e20, 1e21])
+    exact = 0.5 * logC + 2.0
+    rows = np.vstack(
+        [exact, np.where([True, False, True, True], exact, np.nan), [np.nan, np.nan, exact[2], np.nan]]
+    )
+    slope, intercept = _loglog_fit(logC, rows)
+    assert slope[:2] == pytest.approx([0.5, 0.5]) and intercept[:2] == pytest.approx([2.0, 2.0])
+    assert np.isnan(slope[2]) and np.isnan(intercept[2])
+
+
+def test_each_skipped_budget_says_why_and_unusable_rows_are_refused() -> None:
+    N, C, y = [], [], []
+    for c in (1e18, 1e19, 1e20):
+        n = 1e6 * (c / 1e18) ** 0.5 * np.geomspace(0.25, 4, 5)
+        N += list(n)
+        C += [c] * 5
+        y += list(2 + (np.log(n) - np.log(1e6 * (c / 1e18) ** 0.5)) ** 2)
+    N += [2e6, 3e6]  # a budget with two sizes
+    C += [1e17, 1e17]
+    y += [3.0, 2.9]
+    N += list(np.geomspace(1e5, 1e6, 3))  # a concave profile: no interior minimum
+    C += [1e16] * 3
+    y += [2.0, 3.0, 1.5]
+    res = isoflop_allocation(np.array(N), np.array(C), np.array(y), bootstrap=0)
+    assert res.skipped == {
+        1e17: "2 distinct model size(s); a parabola needs 3",
+        1e16: "loss is not convex in log N here (no interior minimum)",
+    }
+    assert sorted(res.minima["C"]) == [1e18, 1e19, 1e20]
+    assert res.exponents["a"].value == pytest.approx(0.5, abs=1e-6)
+    bad = (np.array([*N, 1e6, 1e6, 0.0]), np.array([*C, 0.0, 1e18, 1e18]), np.array([*y, 2.0, np.nan, 2.0]))
+    with pytest.raises(FitError, match=r"^3 isoFLOP row\(s\) have a missing or non-positive N, C or loss$"):
+        isoflop_allocation(*bad, bootstrap=0)
