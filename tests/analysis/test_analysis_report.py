@@ -158,9 +158,23 @@ def _md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
     return tables
 
 
-def test_the_outline_is_the_same_in_markdown_and_html(report):
+@pytest.fixture
+def fresh_report(tmp_path):
+    """The module's report, written again for each test (a small bootstrap): `make mutation` runs a mutant
+    only against the tests that called the mutated code, and a module-scoped report is written in the first
+    test's set-up only, so the tests below would never see a mutant of the report."""
+    trials = make_trials(axes=("data", "params"), n=7, noise=0.01, flops_axis=True)
+    trials.loc[1, ["status", "status_reason"]] = ["diverged", "loss NaN at step 120"]
+    lonely = trials.iloc[[0]].assign(axis="depth", name="ebt-depth-lonely", n_layers=4)
+    trials = pd.concat([trials, lonely], ignore_index=True).astype(str)
+    provenance = {"spec": {"name": "unit-sweep", "seeds": [0]}, "code_version": "deadbeef1234"}
+    paths = write_report(trials, tmp_path, provenance, make_thinking(), AnalysisOptions(bootstrap=30, seed=0))
+    return trials, paths
+
+
+def test_the_outline_is_the_same_in_markdown_and_html(fresh_report):
     """Readers navigate by the sections: a fixed order, the same headings in both formats."""
-    _, paths = report
+    _, paths = fresh_report
     md, html = paths["markdown"].read_text(), paths["html"].read_text()
     md_h2 = [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert md_h2 == [
@@ -189,9 +203,9 @@ def test_the_outline_is_the_same_in_markdown_and_html(report):
     assert "<title>EBT vs Transformer++ scaling report</title>" in html
 
 
-def test_the_rates_table_says_what_summary_json_says(report):
+def test_the_rates_table_says_what_summary_json_says(fresh_report):
     """The scaling-rates table and summary.json carry the same numbers, verdicts and significance."""
-    _, paths = report
+    _, paths = fresh_report
     summary = json.loads(paths["summary"].read_text())
     tables = _md_tables(paths["markdown"].read_text())
     head, rows = next(t for t in tables if t[0][:2] == ["axis", "x"])
@@ -231,12 +245,12 @@ def test_the_rates_table_says_what_summary_json_says(report):
         "val_loss",
         "power",
         0.95,
-        200,
+        30,
     )
 
 
-def test_the_excluded_and_provenance_tables_list_what_they_name(report):
-    trials, paths = report
+def test_the_excluded_and_provenance_tables_list_what_they_name(fresh_report):
+    trials, paths = fresh_report
     summary = json.loads(paths["summary"].read_text())
     tables = _md_tables(paths["markdown"].read_text())
     head, rows = next(t for t in tables if t[0][0] == "name")
@@ -247,8 +261,8 @@ def test_the_excluded_and_provenance_tables_list_what_they_name(report):
     assert ["code_version", "deadbeef1234"] in rows
 
 
-def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(report):
-    _, paths = report
+def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(fresh_report):
+    _, paths = fresh_report
     summary = json.loads(paths["summary"].read_text())
     tables = dict((tuple(h), r) for h, r in _md_tables(paths["markdown"].read_text()))
     alloc = tables[("family", "C", "N*", "CI", "D*", "CI", "val_loss at optimum")]
@@ -261,6 +275,28 @@ def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(r
     assert ("family", "C", "N*", "CI", "D*", "val_loss at N*", "minimum inside sampled N") in tables
     iso = tables[("family", "quantity (N* = k_N C^a, D* = k_D C^b)", "value", "CI")]
     assert {r[1] for r in iso} >= {"a", "b"}
+
+
+def test_the_thinking_views_and_headline_say_what_summary_json_says(fresh_report):
+    _, paths = fresh_report
+    summary = json.loads(paths["summary"].read_text())
+    md, html = paths["markdown"].read_text(), paths["html"].read_text()
+    tables = _md_tables(md)
+    head, rows = next(t for t in tables if t[0][:2] == ["text", "family"])
+    assert head[:7] == ["text", "family", "mode", "steps", "candidates", "forward passes", "perplexity"]
+    tpp = [r for r in rows if r[1] == "Transformer++"]
+    assert len(tpp) == 1 and tpp[0][5] == "1 (any budget)" and tpp[0][-1] == ""  # one measurement, no CI
+    ebt = [r for r in rows if r[1] == "EBT"]
+    assert len(ebt) == len([c for c in summary["system2"]["curves"] if c["family"] == "ebt"])
+    assert all(r[-1] == "" for r in ebt)  # make_thinking has no per-window losses: no intervals
+    assert "Intervals " in md.split("## System-2 thinking")[1].split("##")[0]
+    head, rows = next(t for t in tables if t[0][:2] == ["axis", "view"])
+    for r in (r for r in rows if r[1] == "per axis x" and "gap" in summary["axes"][r[0]]):
+        assert r[5] == summary["axes"][r[0]]["gap"]["ahead"]
+    assert {r[5] for r in rows} >= {"EBT", "neither"}
+    assert " Not compared (too few usable trials): depth axis." in summary["headline"]
+    assert summary["headline"].startswith("Data axis — Per tokens: EBT is ahead at tokens = 1e+09")
+    assert "<thead><tr><th>axis</th><th>x</th><th>α EBT [CI]</th>" in html
 
 
 def test_markdown_cells_keep_a_table_one_row_per_record(tmp_path):
