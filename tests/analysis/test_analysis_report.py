@@ -287,7 +287,8 @@ def test_the_thinking_views_and_headline_say_what_summary_json_says(fresh_report
     tpp = [r for r in rows if r[1] == "Transformer++"]
     assert len(tpp) == 1 and tpp[0][5] == "1 (any budget)" and tpp[0][-1] == ""  # one measurement, no CI
     ebt = [r for r in rows if r[1] == "EBT"]
-    assert len(ebt) == len([c for c in summary["system2"]["curves"] if c["family"] == "ebt"])
+    curves = [c for c in summary["system2"]["curves"] if c["family"] == "ebt"]
+    assert [r[5] for r in ebt] == [f"{c['forward_passes']:.4g}" for c in curves]
     assert all(r[-1] == "" for r in ebt)  # make_thinking has no per-window losses: no intervals
     assert "Intervals " in md.split("## System-2 thinking")[1].split("##")[0]
     head, rows = next(t for t in tables if t[0][:2] == ["axis", "view"])
