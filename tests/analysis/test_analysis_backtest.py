@@ -196,3 +196,23 @@ def test_the_summary_record_carries_every_held_out_point():
         }
     bare = backtest(np.column_stack([N, D]), y, "shared", holdout="N", bootstrap=0).to_dict()
     assert bare["points"][0]["inside"] is None and bare["error"]["lo"] is None
+
+
+def test_a_one_point_backtest_states_its_error_and_interval():
+    bt = backtest(X, law(0.01, 0), bootstrap=200, seed=0)
+    e = bt.error
+    assert bt.describe("EBT") == (
+        f"EBT's law predicts its held-out largest point (x = {bt.x_holdout:.4g}) within "
+        f"{100 * e.value:+.1f}% (interval {100 * e.lo:+.1f}% to {100 * e.hi:+.1f}%)."
+    )
+    bare = backtest(X, law(0.01, 0), bootstrap=0)
+    assert bare.describe("EBT") == (
+        f"EBT's backtest error at x = {bare.x_holdout:.4g} is {100 * bare.error.value:+.1f}% (no interval)."
+    )
+
+
+def test_one_held_out_configuration_of_a_two_variable_law_is_described_as_a_configuration():
+    N, D, y = grid(0.005, 0)
+    last = np.isclose(N, N.max()) & np.isclose(D, D.max())
+    bt = backtest(np.column_stack([N, D]), y, "shared", holdout=last, bootstrap=50, seed=0)
+    assert len(bt.points) == 1 and "(1 configuration(s))" in bt.describe("EBT")

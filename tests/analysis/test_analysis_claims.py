@@ -155,6 +155,22 @@ def test_an_isoflop_grid_corner_that_did_not_learn_is_told_apart_from_the_fronti
     check = analyse(grid.assign(val_loss=grid["val_loss"].where(~biggest, 6.0)), OPTIONS).learning
     assert len(check.not_learned) == biggest.sum() and check.frontier_learned
     assert "off its frontier" in check.verdict
+    record = json.loads(json.dumps(check.to_dict()))
+    assert set(record) == {
+        "fraction",
+        "all_learned",
+        "frontier_learned",
+        "unchecked",
+        "per_axis",
+        "not_learned",
+        "verdict",
+    }
+    assert (record["fraction"], record["frontier_learned"], record["all_learned"]) == (
+        check.fraction,
+        True,
+        False,
+    )
+    assert len(record["not_learned"]) == biggest.sum() and record["verdict"] == check.verdict
 
 
 # ------------------------------------------------------------------------- the lines a reader sees first

@@ -211,6 +211,10 @@ def test_to_dict_has_the_agreed_keys():
             assert set(d[name]) == {"value", "lo", "hi"}
             assert d[name]["lo"] <= d[name]["hi"]
         assert d["n_points"] == 12 and 0 < d["r2_log"] <= 1
+        assert d["n_boot"] == 50 and 0 < d["n_boot_valid"] <= 50 and d["level"] == 0.95
+    flat = fit_saturating(x, 4 * x**-0.2, bootstrap=50).to_dict()  # no floor in the data: E is flagged
+    assert flat["identified"] is False and flat["advice"].startswith("add points at")
+    assert flat["flags"]["E"][0] == {"kind": "at_bound", "detail": flat["flags"]["E"][0]["detail"]}
 
 
 def test_prediction_interval_brackets_the_prediction_and_widens_out_of_range():
@@ -436,6 +440,27 @@ def test_compute_optimal_is_exact_between_grid_points(form):
         )
         numeric = compute_optimal(fit, [C], lambda n: 18.0 * n)[0]
         assert numeric["N_opt"] == pytest.approx(np.exp(res.x), rel=2e-4)  # grid spacing: 1.2%
+
+
+def test_compute_optimal_finds_an_optimum_far_from_the_6nd_one():
+    """A token 10^4 times costlier than 6N (an EBT thinking at length) moves N* two decades from the 6ND
+    optimum the search is centred on: still inside the +-4 decades it searches."""
+    from scipy.optimize import minimize_scalar
+
+    N, D = np.repeat(np.geomspace(1e7, 1e10, 6), 6), np.tile(np.geomspace(1e9, 1e12, 6), 6)
+    fit = fit_chinchilla(N, D, chinchilla_loss(N, D), bootstrap=0)
+    p = {k: v.value for k, v in fit.params.items()}
+    C = 1e23
+    res = minimize_scalar(
+        lambda lg: chinchilla_loss(np.exp(lg), C / (6e4 * np.exp(lg)), p),
+        bounds=(np.log(1e3), np.log(1e14)),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    closed = compute_optimal(fit, [C])[0]["N_opt"]
+    costly = compute_optimal(fit, [C], lambda n: 6e4 * n)[0]["N_opt"]
+    assert abs(np.log10(costly / closed)) > 1.7
+    assert costly == pytest.approx(np.exp(res.x), rel=2e-4)
 
 
 @pytest.mark.parametrize("fit_form", [fit_power, fit_saturating])

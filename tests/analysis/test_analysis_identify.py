@@ -101,3 +101,10 @@ def test_advice_asks_for_larger_x_for_a_floor_and_a_wider_range_for_an_exponent(
         "; widen or drop the bound on alpha: it decides the fit, not the data"
     )
     assert advice(law, {}, ("N", "D"), X) == ""
+
+
+def test_a_flag_s_record_is_its_kind_and_detail():
+    assert Flag("E", "at_bound", "E = 0 sits at its lower bound 0").to_dict() == {
+        "kind": "at_bound",
+        "detail": "E = 0 sits at its lower bound 0",
+    }
