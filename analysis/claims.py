@@ -180,6 +180,10 @@ class System2Claim:
     forward_passes: float
     cell: ClaimCell
 
+    def how(self) -> str:
+        """`self-verification, 8 passes`: the EBT's mode and forward-pass budget this claim compares at."""
+        return f"{MODE_LABELS[self.mode]}, {self.forward_passes:g} passes"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "split": self.split,
@@ -215,8 +219,7 @@ class Claims:
             for view, cell in a.cells.items():
                 out.append(_record(a.axis, VIEW_LABELS[view], a.paper, cell))
         for s in self.system2:
-            how = f"{MODE_LABELS.get(s.mode, s.mode)}, {s.forward_passes:g} passes"
-            out.append(_record(f"System-2 {SPLIT_LABELS.get(s.split, s.split)}", how, s.paper, s.cell))
+            out.append(_record(f"System-2 {SPLIT_LABELS.get(s.split, s.split)}", s.how(), s.paper, s.cell))
         return out
 
     def metrics(self) -> dict[str, float]:
@@ -313,12 +316,10 @@ def _system2_line(claims: Sequence[System2Claim]) -> str:
         est, ci = s.cell.ours, ""
         if math.isfinite(est.lo):
             ci = f" [{_pct(est.lo, 1)}, {_pct(est.hi, 1)}]"
-        label = {"val": "val", "ood": "OOD"}.get(s.split, s.split)
+        label = "OOD" if s.split == "ood" else s.split
         paper = s.paper.text()
         parts.append(f"{label} {_pct(est.value, 1)}{ci} vs paper {paper}: {_word(s.cell)}")
-    s0 = claims[0]
-    how = f"{MODE_LABELS.get(s0.mode, s0.mode)}, {s0.forward_passes:g} passes"
-    return f"System-2 gain ({how}): " + "; ".join(parts)
+    return f"System-2 gain ({claims[0].how()}): " + "; ".join(parts)
 
 
 def build_claims(

@@ -25,6 +25,10 @@ def _color(family: str) -> str:
     return COLORS.get(family, "#555555")
 
 
+def _marker(family: str) -> str:
+    return MARKERS.get(family, "o")
+
+
 def plot_axis_fit(cmp: AxisComparison, excluded_points: pd.DataFrame | None = None) -> Figure:
     """Log-log points of both families, fitted curves (dashed beyond the data) and bootstrap bands."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
@@ -74,7 +78,7 @@ def plot_axis_fit(cmp: AxisComparison, excluded_points: pd.DataFrame | None = No
 def _points_with_spread(ax: plt.Axes, pts: pd.DataFrame, fam: str) -> None:
     """One marker per point; where a configuration has several seeds, the seeds faint and their geometric
     mean with a min-max bar, so that seed noise is seen next to the fit's band."""
-    marker = MARKERS.get(fam, "o")
+    marker = _marker(fam)
     by_config = pts.groupby("config", sort=False)
     if by_config.size().max() <= 1:
         ax.scatter(pts["x"], pts["y"], color=_color(fam), marker=marker, zorder=3, s=28)
@@ -108,7 +112,7 @@ def plot_residuals(cmp: AxisComparison) -> Figure:
         ax.plot(
             pts["x"],
             fit.residuals,
-            marker=MARKERS.get(fam, "o"),
+            marker=_marker(fam),
             color=_color(fam),
             ls="-",
             lw=0.8,
@@ -130,7 +134,7 @@ def plot_isoflop(trials_by_family: dict[str, pd.DataFrame], results: dict[str, I
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     for fam, res in results.items():
         pts = trials_by_family[fam]
-        ax.scatter(pts["N"], pts["y"], color=_color(fam), marker=MARKERS.get(fam, "o"), s=18, alpha=0.7)
+        ax.scatter(pts["N"], pts["y"], color=_color(fam), marker=_marker(fam), s=18, alpha=0.7)
         for C, (c0, c1, c2, centre) in res.parabolas.items():
             sel = pts["C"] == C
             u = np.linspace(np.log(pts.loc[sel, "N"]).min() - 0.3, np.log(pts.loc[sel, "N"]).max() + 0.3, 80)
@@ -143,7 +147,7 @@ def plot_isoflop(trials_by_family: dict[str, pd.DataFrame], results: dict[str, I
             m["C"],
             m["N_opt"],
             yerr=[m["N_opt"] - m["N_opt_lo"], m["N_opt_hi"] - m["N_opt"]],
-            fmt=MARKERS.get(fam, "o"),
+            fmt=_marker(fam),
             color=_color(fam),
             label=f"{family_label(fam)}: N* ∝ C^{a.value:.3g} [{a.lo:.3g}, {a.hi:.3g}]",
         )
@@ -181,7 +185,7 @@ def plot_thinking(curves: pd.DataFrame) -> Figure:
             label = f"{family_label(fam)} ({mode})" if fam == EBT else f"{family_label(fam)} (cannot think)"
             ls = "--" if mode == "verify" else "-"
             x, y = grp["forward_passes"], 100 * grp["reduction"]
-            ax.plot(x, y, marker=MARKERS.get(fam, "o"), ls=ls, color=_color(fam), label=label)
+            ax.plot(x, y, marker=_marker(fam), ls=ls, color=_color(fam), label=label)
             lo, hi = 100 * grp["reduction_lo"], 100 * grp["reduction_hi"]
             if fam == EBT and np.isfinite(lo).all() and np.isfinite(hi).all():
                 ax.fill_between(x, lo, hi, color=_color(fam), alpha=0.12 if ls == "-" else 0.07, lw=0)

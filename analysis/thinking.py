@@ -255,7 +255,10 @@ def _shifts(draws_by: dict, level: float) -> dict[str, OodShift]:
 def _verdict(s: System2) -> str:
     """The report's System-2 line: the EBT's gain on each split and whether it grows out of distribution."""
     if not s.shifts:
-        have = ", ".join(SPLIT_LABELS.get(k, k) for k in s.sources) or "no"
+        splits = list(dict.fromkeys(s.curves.loc[s.curves["family"] == EBT, "split"]))  # validation first
+        if not splits:
+            return f"System-2: no {EBT_LABEL} curves to compare."
+        have = ", ".join(SPLIT_LABELS.get(k, k) for k in splits)
         return f"System-2: {EBT_LABEL} curves on {have} text only; no out-of-distribution comparison."
     ood = s.sources.get("ood", "")
     text = (

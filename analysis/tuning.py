@@ -60,7 +60,7 @@ def plot_tuning(frame: pd.DataFrame) -> Figure:
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short range overlap
         ax.set_xlabel(knob)
         ax.set_ylabel("validation loss")
-        ax.set_title(f"{family_label(fam)} {size}", fontsize=10)
+        ax.set_title(f"{family_label(fam)} {size}")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=8)

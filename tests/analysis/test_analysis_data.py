@@ -232,3 +232,12 @@ def test_thinking_split_and_source_are_normalised() -> None:
     tidy = tidy_thinking(raw)
     assert tidy["split"].tolist() == ["val", "ood", "val"]
     assert tidy["source"].tolist() == ["stdlib", "prose", ""]
+
+
+def test_a_thinking_table_from_before_ood_evaluation_is_all_validation_of_an_unnamed_source() -> None:
+    """No split or source columns (tables logged before out-of-distribution evaluation): every row is the
+    validation split, and its source is blank rather than a made-up name (the report then names none)."""
+    raw = make_thinking().drop(columns=["split", "source"], errors="ignore")
+    tidy = tidy_thinking(raw)
+    assert set(tidy["split"]) == {"val"}
+    assert set(tidy["source"]) == {""}

@@ -74,10 +74,11 @@ def test_a_cost_model_without_finite_tokens_is_reported_as_not_identifiable() ->
 def test_flops_per_token_law_is_recovered_from_a_familys_trials() -> None:
     """FLOPs/token = 20 N^0.9 through two sizes (the fewest that fix it), whatever each trial's token count;
     rows with no usable size, FLOPs or tokens are left out; one size gives no law (callers use 6N)."""
-    N = np.array([1e6, 1e6, 4e7, np.nan, 2e6, 3e6, -5.0])
-    tokens = np.array([1e9, 3e9, 2e9, 1e9, 0.0, 1e9, 1e9])
+    N = np.array([1e6, 1e6, 4e7, np.nan, 2e6, 3e6, -5.0, 0.0])
+    tokens = np.array([1e9, 3e9, 2e9, 1e9, 0.0, 1e9, 1e9, 1e9])
     flops = 20 * np.abs(N) ** 0.9 * tokens
     flops[5] = 0.0  # a trial whose FLOPs were not recorded
+    flops[7] = 1e15  # one whose size was not (0 parameters)
     law = flops_per_token_from_trials(N, flops, tokens)
     assert law is not None
     assert law(np.array([1e5, 1e9])) == pytest.approx(20 * np.array([1e5, 1e9]) ** 0.9, rel=1e-9)

@@ -3,6 +3,7 @@ shared-exponent law's better extrapolation, identifiability flags, and interval 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -85,6 +86,7 @@ def test_bad_expressions_raise_a_fit_error_saying_why(text, message):
             "law 'E - A*N^-a': unexpected '-' (terms are added: a subtracted term cannot be fitted",
         ),
         ("E + A*N^-a)", "law 'E + A*N^-a)': unexpected ')'"),
+        ("E + *A*N^-a", "law 'E + *A*N^-a': unexpected '*'"),  # an operator where a term starts
         ("E + N^-a", "needs one coefficient name (A*N^-alpha), got no coefficient"),
         ("E + A*B*N^-a", "got A*B"),
         ("E + 2*A*N^-a", "got 2*A"),
@@ -390,3 +392,17 @@ def test_shared_law_intervals_cover_the_truth_at_about_their_nominal_rate():
     for c95, c50 in cov.values():
         assert c95 >= 0.85
         assert 0.3 <= c50 <= 0.7
+
+
+def test_a_degenerate_resample_does_not_move_the_compute_optimal_interval():
+    """Resamples whose fit failed are NaN rows of the draws: they are left out of the intervals of N*, D* and
+    L*, not counted as an optimum at the edge of the search grid."""
+    rng = np.random.default_rng(5)
+    N, D = random_grid(100, rng)
+    y = shared_loss(N, D) * np.exp(0.005 * rng.standard_normal(N.size))
+    fit = fit_law(np.column_stack([N, D]), y, "shared", bootstrap=40)
+    failed = np.full((10, fit.theta_draws.shape[1]), np.nan)
+    with_failures = dataclasses.replace(fit, theta_draws=np.vstack([fit.theta_draws, failed]))
+    clean, degenerate = compute_optimal(fit, [1e21])[0], compute_optimal(with_failures, [1e21])[0]
+    assert degenerate == pytest.approx(clean, rel=1e-12)
+    assert all(np.isfinite(v) for v in degenerate.values())

@@ -152,6 +152,12 @@ def test_the_isoflop_figure_marks_each_budget_s_minimum_and_the_n_star_law():
         "N*(C)",
     )
     assert right.get_xscale() == right.get_yscale() == "log"
+    parabolas = [ln for ln in left.get_lines() if len(ln.get_xdata()) == 80]
+    assert len(parabolas) == len(res.parabolas)
+    for line, budget in zip(parabolas, res.parabolas, strict=True):  # its budget's sizes, and a bit more
+        sizes = pts.loc[pts["C"] == budget, "N"]
+        assert line.get_xdata().min() == pytest.approx(sizes.min() * np.exp(-0.3))
+        assert line.get_xdata().max() == pytest.approx(sizes.max() * np.exp(0.3))
     plots.close(fig)
 
 
@@ -169,4 +175,28 @@ def test_the_thinking_figure_has_a_panel_per_split_with_the_measured_reductions(
             assert np.allclose(line.get_ydata(), 100 * grp["reduction"])
             assert line.get_linestyle() == ("--" if mode == "verify" else "-")
     assert fig.axes[0].get_ylabel() == "perplexity reduction vs 1 forward pass (%)"
+    plots.close(fig)
+
+
+def test_the_thinking_figure_orders_its_legend_whatever_the_row_order():
+    """The legend reads EBT thinking longer, EBT self-verification, then Transformer++, in every panel, also
+    when the table's rows come in another order."""
+    curves = system2(make_split_thinking({"val": 0.1}), bootstrap=0).curves
+    fig = plots.plot_thinking(curves.iloc[::-1])
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["EBT (steps)", "EBT (verify)", "Transformer++ (cannot think)"]
+    plots.close(fig)
+
+
+def test_a_split_and_a_family_the_figures_have_no_style_for_are_still_drawn_under_their_names():
+    """A split other than val/ood is titled by its name; a family without a colour or marker of its own (a
+    new model family) is drawn in grey circles rather than failing the report."""
+    curves = system2(make_split_thinking({"test": 0.1}), bootstrap=0).curves
+    curves = curves.assign(family=curves["family"].replace({"transformer_pp": "dit"}))
+    fig = plots.plot_thinking(curves)
+    (ax,) = fig.axes
+    assert ax.get_title().split(" (")[0] == "test"
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().endswith("(cannot think)")]
+    assert line.get_marker() == "o" and line.get_color() == "#555555"
     plots.close(fig)

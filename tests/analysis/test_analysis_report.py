@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,20 +21,22 @@ from tests.analysis.synthetic_scaling import make_thinking, make_trials
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def write_unit_report(out: Path) -> tuple[pd.DataFrame, dict]:
+    """The report the contract tests read: two fitted axes, a flops grid, one diverged trial, a one-point
+    depth axis, System-2 curves. Written inside each test, not by a fixture: `make mutation` links a test only
+    to the code it called itself and orders a mutant's tests by their recorded call time, which leaves out
+    set-up, so a shared report would hide the report's code from the tests and would be run first."""
     trials = make_trials(axes=("data", "params"), n=7, noise=0.01, flops_axis=True)
     trials.loc[1, ["status", "status_reason"]] = ["diverged", "loss NaN at step 120"]
     lonely = trials.iloc[[0]].assign(axis="depth", name="ebt-depth-lonely", n_layers=4)  # 1 point: no fit
     trials = pd.concat([trials, lonely], ignore_index=True).astype(str)  # MLflow-style strings
-    out = tmp_path_factory.mktemp("report")
     provenance = {"spec": {"name": "unit-sweep", "seeds": [0]}, "code_version": "deadbeef1234"}
-    paths = write_report(trials, out, provenance, make_thinking(), AnalysisOptions(bootstrap=200, seed=0))
+    paths = write_report(trials, out, provenance, make_thinking(), AnalysisOptions(bootstrap=30, seed=0))
     return trials, paths
 
 
-def test_files_are_written(report):
-    _, paths = report
+def test_files_are_written(tmp_path):
+    _, paths = write_unit_report(tmp_path)
     assert set(paths) >= {"html", "markdown", "plots_dir"}
     for key in ("html", "markdown", "summary"):
         assert paths[key].is_file() and paths[key].stat().st_size > 0
@@ -51,8 +54,8 @@ def test_files_are_written(report):
         assert p.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_html_is_self_contained_with_every_plot_embedded(report):
-    _, paths = report
+def test_html_is_self_contained_with_every_plot_embedded(tmp_path):
+    _, paths = write_unit_report(tmp_path)
     html = paths["html"].read_text()
     embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
     assert len(embedded) == len(list(paths["plots_dir"].glob("*.png")))
@@ -61,15 +64,15 @@ def test_html_is_self_contained_with_every_plot_embedded(report):
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", html)
 
 
-def test_markdown_links_the_pngs(report):
-    _, paths = report
+def test_markdown_links_the_pngs(tmp_path):
+    _, paths = write_unit_report(tmp_path)
     md = paths["markdown"].read_text()
     for p in paths["plots_dir"].glob("*.png"):
         assert f"](plots/{p.name})" in md
 
 
-def test_tables_hold_the_fitted_numbers(report):
-    trials, paths = report
+def test_tables_hold_the_fitted_numbers(tmp_path):
+    trials, paths = write_unit_report(tmp_path)
     ok, _ = split_trials(tidy_trials(trials))
     html, md = paths["html"].read_text(), paths["markdown"].read_text()
     alphas = {}
@@ -87,8 +90,8 @@ def test_tables_hold_the_fitted_numbers(report):
     assert summary["axes"]["data"]["fits"]["ebt"]["alpha"]["value"] == pytest.approx(alphas["ebt"])
 
 
-def test_headline_excluded_trials_too_few_points_and_provenance(report):
-    trials, paths = report
+def test_headline_excluded_trials_too_few_points_and_provenance(tmp_path):
+    trials, paths = write_unit_report(tmp_path)
     md = paths["markdown"].read_text()
     headline = md.split("## Every verdict\n\n")[1].split("\n\n")[0]  # after the first screen and claims
     assert "EBT scales" in headline and "data axis" in headline
@@ -99,9 +102,9 @@ def test_headline_excluded_trials_too_few_points_and_provenance(report):
     assert "deadbeef1234" in html and "unit-sweep" in html
 
 
-def test_thinking_table_reports_the_perplexity_reduction(report):
+def test_thinking_table_reports_the_perplexity_reduction(tmp_path):
     thinking_table = make_thinking()
-    _, paths = report
+    _, paths = write_unit_report(tmp_path)
     md = paths["markdown"].read_text()
     ebt = thinking_table[(thinking_table["family"] == "ebt") & (thinking_table["mode"] == "steps")]
     gain = 1 - ebt["val_perplexity"].iloc[-1] / ebt["val_perplexity"].iloc[0]
@@ -158,23 +161,9 @@ def _md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
     return tables
 
 
-@pytest.fixture
-def fresh_report(tmp_path):
-    """The module's report, written again for each test (a small bootstrap): `make mutation` runs a mutant
-    only against the tests that called the mutated code, and a module-scoped report is written in the first
-    test's set-up only, so the tests below would never see a mutant of the report."""
-    trials = make_trials(axes=("data", "params"), n=7, noise=0.01, flops_axis=True)
-    trials.loc[1, ["status", "status_reason"]] = ["diverged", "loss NaN at step 120"]
-    lonely = trials.iloc[[0]].assign(axis="depth", name="ebt-depth-lonely", n_layers=4)
-    trials = pd.concat([trials, lonely], ignore_index=True).astype(str)
-    provenance = {"spec": {"name": "unit-sweep", "seeds": [0]}, "code_version": "deadbeef1234"}
-    paths = write_report(trials, tmp_path, provenance, make_thinking(), AnalysisOptions(bootstrap=30, seed=0))
-    return trials, paths
-
-
-def test_the_outline_is_the_same_in_markdown_and_html(fresh_report):
+def test_the_outline_is_the_same_in_markdown_and_html(tmp_path):
     """Readers navigate by the sections: a fixed order, the same headings in both formats."""
-    _, paths = fresh_report
+    _, paths = write_unit_report(tmp_path)
     md, html = paths["markdown"].read_text(), paths["html"].read_text()
     md_h2 = [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert md_h2 == [
@@ -203,9 +192,9 @@ def test_the_outline_is_the_same_in_markdown_and_html(fresh_report):
     assert "<title>EBT vs Transformer++ scaling report</title>" in html
 
 
-def test_the_rates_table_says_what_summary_json_says(fresh_report):
+def test_the_rates_table_says_what_summary_json_says(tmp_path):
     """The scaling-rates table and summary.json carry the same numbers, verdicts and significance."""
-    _, paths = fresh_report
+    _, paths = write_unit_report(tmp_path)
     summary = json.loads(paths["summary"].read_text())
     tables = _md_tables(paths["markdown"].read_text())
     head, rows = next(t for t in tables if t[0][:2] == ["axis", "x"])
@@ -249,8 +238,8 @@ def test_the_rates_table_says_what_summary_json_says(fresh_report):
     )
 
 
-def test_the_excluded_and_provenance_tables_list_what_they_name(fresh_report):
-    trials, paths = fresh_report
+def test_the_excluded_and_provenance_tables_list_what_they_name(tmp_path):
+    trials, paths = write_unit_report(tmp_path)
     summary = json.loads(paths["summary"].read_text())
     tables = _md_tables(paths["markdown"].read_text())
     head, rows = next(t for t in tables if t[0][0] == "name")
@@ -261,8 +250,8 @@ def test_the_excluded_and_provenance_tables_list_what_they_name(fresh_report):
     assert ["code_version", "deadbeef1234"] in rows
 
 
-def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(fresh_report):
-    _, paths = fresh_report
+def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(tmp_path):
+    _, paths = write_unit_report(tmp_path)
     summary = json.loads(paths["summary"].read_text())
     tables = dict((tuple(h), r) for h, r in _md_tables(paths["markdown"].read_text()))
     alloc = tables[("family", "C", "N*", "CI", "D*", "CI", "val_loss at optimum")]
@@ -277,8 +266,8 @@ def test_the_compute_section_tables_hold_the_allocation_and_the_isoflop_minima(f
     assert {r[1] for r in iso} >= {"a", "b"}
 
 
-def test_the_thinking_views_and_headline_say_what_summary_json_says(fresh_report):
-    _, paths = fresh_report
+def test_the_thinking_views_and_headline_say_what_summary_json_says(tmp_path):
+    _, paths = write_unit_report(tmp_path)
     summary = json.loads(paths["summary"].read_text())
     md, html = paths["markdown"].read_text(), paths["html"].read_text()
     tables = _md_tables(md)

@@ -155,6 +155,10 @@ def test_the_verdict_names_the_text_of_each_split() -> None:
     assert "validation: stdlib, out of distribution: prose;" in s2.verdict
     other = system2(_small({"test": 0.05}), bootstrap=0)  # a split the report has no label for
     assert other.verdict == "System-2: EBT curves on test text only; no out-of-distribution comparison."
+    tpp_only = system2(_small({"val": 0.05}).query("family == 'transformer_pp'"), bootstrap=0)
+    assert tpp_only.verdict == "System-2: no EBT curves to compare."  # not "EBT curves on validation text"
+    empty = system2(_small({"val": 0.05}).iloc[:0], bootstrap=0)
+    assert empty.verdict == "System-2: no EBT curves to compare."
 
 
 def test_negative_on_one_split_only_is_not_called_harmful() -> None:

@@ -145,3 +145,33 @@ def test_panels_keep_their_size_as_the_grid_grows(n_panels: int, grid: tuple[int
     assert len(_panels(fig)) == n_panels
     width, height = fig.get_size_inches()
     assert (width / grid[1], height / grid[0]) == pytest.approx(PANEL_INCHES)
+
+
+def test_each_panel_says_what_it_plots_and_the_choice_stands_out() -> None:
+    """Every panel is titled by family and size, its axes by knob and validation loss, and the chosen
+    configuration is a marker larger than every trial's."""
+    fig = plot_tuning(tuning_table())
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in panels) == ["EBT d32 L1", "EBT d32 L1", "Transformer++ d32 L1"]
+    for ax in panels:
+        assert ax.get_ylabel() == "validation loss"
+        chosen, *trials = sorted(
+            (c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())),
+            key=lambda c: c.get_label() != "chosen",
+        )
+        assert chosen.get_label() == "chosen" and len(chosen.get_offsets()) == 1
+        assert min(chosen.get_sizes()) > max(max(c.get_sizes()) for c in trials)
+    plt.close(fig)
+
+
+def test_every_knob_at_an_edge_is_named_in_the_report(tmp_path: Path) -> None:
+    """A choice at the edge of two ranges gets both warnings, each telling to widen its range."""
+    table = tuning_table()
+    table.loc[(table["family"] == "ebt") & table["chosen"] & (table["knob"] == "lr"), "edge"] = "low"
+    trials = make_trials(axes=("data",), n=5, noise=0.01)
+    paths = write_report(trials, tmp_path, {}, options=AnalysisOptions(bootstrap=0), tuning=table)
+    lines = paths["markdown"].read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| EBT | d32 L1"))
+    assert row.endswith(
+        "| lr at the low edge of its range: widen it; alpha at the high edge of its range: widen it |"
+    )
