@@ -62,7 +62,7 @@ chaos: $(STAMP)
 # of the cheap files; every 10th (ending in 1), 20th (ending in 01, 21, 41, 61, 81), 3 in 100 (01, 41, 81)
 # or 1 in 100 (01) of the costly ones, whose tests write reports or reach every fit. MUTANTS='analysis.compare.*' runs every
 # mutant of one file (docs/testing.md).
-MUTANTS ?= 'analysis.x_*' 'analysis.intervals.*' 'model.thinking.*' \
+MUTANTS ?= 'analysis.x_*' 'analysis.intervals.*' 'analysis.text.*' 'model.thinking.*' \
   'model.flops.*[16]' 'analysis.tuning.*[16]' 'analysis.data.*1' 'analysis.identify.*1' \
   'model.ebt.*_1' 'model.ebt.*[02468]1' 'analysis.laws.*_1' 'analysis.laws.*[02468]1' \
   'analysis.learning.*_1' 'analysis.learning.*[02468]1' 'analysis.isoflop.*_1' 'analysis.isoflop.*[02468]1' \

@@ -10,7 +10,7 @@ and the HTML/Markdown report. Knows nothing about training, Ray, MLflow or DeepS
     report.py    the report (HTML, Markdown, JSON)         plots.py     its figures
     identify.py  identifiability flags of a fit            intervals.py percentile intervals of draws
     claims.py    the paper's numbers beside ours           learning.py  did every fitted trial learn
-    errors.py    the user-facing exceptions
+    errors.py    the user-facing exceptions                 text.py      how numbers are written
 
 Names are imported lazily (PEP 562), so the command line's `import analysis.options` (the defaults of
 `ebtscale fit` and `ebtscale report`) stays cheap."""

@@ -34,6 +34,7 @@ from analysis.fit import (
     spawn_seeds,
 )
 from analysis.laws import Law, resolve_law
+from analysis.text import pct
 
 MIN_DISTINCT_X = 5  # the issue's threshold: fewer points leave too little to fit after the hold-out
 
@@ -126,28 +127,28 @@ class Backtest:
         """One sentence for the report, e.g. "EBT's law misses its held-out largest point by +8% ..."."""
         if len(self.points) > 1 or len(self.x_names) > 1:
             return self._describe_many(who)
-        interval = f"{100 * self.error.lo:+.1f}% to {100 * self.error.hi:+.1f}%"
+        interval = f"{pct(self.error.lo)} to {pct(self.error.hi)}"
         if not math.isfinite(self.error.lo):
-            error = f"{100 * self.error.value:+.1f}%"
+            error = pct(self.error.value)
             return f"{who}'s backtest error at x = {self.x_holdout:.4g} is {error} (no interval)."
         if self.flagged:
             return (
                 f"{who}'s law misses its held-out largest point (x = {self.x_holdout:.4g}) by "
-                f"{100 * self.error.value:+.1f}%, outside its own interval ({interval}): its extrapolation "
+                f"{pct(self.error.value)}, outside its own interval ({interval}): its extrapolation "
                 "is not to be trusted."
             )
         return (
             f"{who}'s law predicts its held-out largest point (x = {self.x_holdout:.4g}) within "
-            f"{100 * self.error.value:+.1f}% (interval {interval})."
+            f"{pct(self.error.value)} (interval {interval})."
         )
 
     def _describe_many(self, who: str) -> str:
         w = self.worst
         outside = sum(p.inside is False for p in self.points)
         head = f"{who}'s law, refitted without {self.holdout} ({len(self.points)} configuration(s))"
-        worst = f"worst at {self.where}: {100 * w.error.value:+.1f}%"
+        worst = f"worst at {self.where}: {pct(w.error.value)}"
         if math.isfinite(w.error.lo):
-            worst += f" (interval {100 * w.error.lo:+.1f}% to {100 * w.error.hi:+.1f}%)"
+            worst += f" (interval {pct(w.error.lo)} to {pct(w.error.hi)})"
         if self.flagged:
             return f"{head}, misses {outside} of them outside their intervals ({worst}): not to be trusted."
         if any(p.inside is None for p in self.points):

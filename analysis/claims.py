@@ -28,6 +28,7 @@ from typing import Any
 from analysis.compare import AxisComparison
 from analysis.data import EBT_LABEL, TPP_LABEL, VIEW_LABELS, VIEWS
 from analysis.fit import ParamEstimate
+from analysis.text import pct
 from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2
 
 PAPER = (
@@ -56,7 +57,7 @@ class PaperNumber:
     source: str
 
     def text(self) -> str:
-        return "not verified" if self.value is None else f"{100 * self.value:+.2f}%"
+        return "not verified" if self.value is None else pct(self.value, 2)
 
 
 # The relative scaling-rate difference (alpha_EBT - alpha_T++) / alpha_T++ per axis, language modelling.
@@ -104,10 +105,6 @@ def half_width(est: ParamEstimate) -> float:
     return (est.hi - est.lo) / 2 if math.isfinite(est.lo) and math.isfinite(est.hi) else math.nan
 
 
-def _pct(v: float, digits: int = 0) -> str:
-    return f"{100 * v:+.{digits}f}%" if math.isfinite(v) else "–"
-
-
 @dataclass(frozen=True)
 class ClaimCell:
     """Ours beside one paper number: the estimate and its interval, the word (None: see `note`)."""
@@ -126,8 +123,8 @@ class ClaimCell:
             return self.note or "–"
         est, ci = self.ours, ""
         if math.isfinite(est.lo):
-            ci = f" [{_pct(est.lo, digits)}, {_pct(est.hi, digits)}] ±{100 * self.half_width:.{digits}f}%"
-        return f"{_pct(est.value, digits)}{ci}: {self.word or self.note}"
+            ci = f" [{pct(est.lo, digits)}, {pct(est.hi, digits)}] ±{100 * self.half_width:.{digits}f}%"
+        return f"{pct(est.value, digits)}{ci}: {self.word or self.note}"
 
     def to_dict(self) -> dict[str, Any]:
         hw = self.half_width
@@ -290,9 +287,9 @@ def _axis_line(a: AxisClaim) -> str:
         return f"{a.axis}: not compared (too few usable trials; see its section)"
     est, ci = own.ours, ""
     if math.isfinite(est.lo):
-        ci = f" [{_pct(est.lo)}, {_pct(est.hi)}]"
+        ci = f" [{pct(est.lo, 0)}, {pct(est.hi, 0)}]"
     paper = f"paper {a.paper.text()}" if a.paper.value is not None else "paper not verified"
-    head = f"{a.axis}: {EBT_LABEL}'s rate {_pct(est.value)}{ci} vs {TPP_LABEL}'s, {paper}: {_word(own)}"
+    head = f"{a.axis}: {EBT_LABEL}'s rate {pct(est.value, 0)}{ci} vs {TPP_LABEL}'s, {paper}: {_word(own)}"
     short = {"flops": "per FLOP", "time": "per second"}
     return " | ".join([head, *(f"{short[v]}: {_word(c)}" for v, c in a.cells.items() if v != "x")])
 
@@ -315,10 +312,10 @@ def _system2_line(claims: Sequence[System2Claim]) -> str:
     for s in claims:
         est, ci = s.cell.ours, ""
         if math.isfinite(est.lo):
-            ci = f" [{_pct(est.lo, 1)}, {_pct(est.hi, 1)}]"
+            ci = f" [{pct(est.lo, 1)}, {pct(est.hi, 1)}]"
         label = "OOD" if s.split == "ood" else s.split
         paper = s.paper.text()
-        parts.append(f"{label} {_pct(est.value, 1)}{ci} vs paper {paper}: {_word(s.cell)}")
+        parts.append(f"{label} {pct(est.value, 1)}{ci} vs paper {paper}: {_word(s.cell)}")
     return f"System-2 gain ({claims[0].how()}): " + "; ".join(parts)
 
 

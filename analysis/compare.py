@@ -33,10 +33,7 @@ from analysis.errors import FitError
 from analysis.fit import FitResult, ParamEstimate, fit_law, percentile_interval, spawn_seeds
 from analysis.laws import resolve_law
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:+.0f}%" if math.isfinite(v) else "n/a"
+from analysis.text import pct
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def compare_rates(
 
     where = (f" on the {axis} axis" if axis else "") + (f" {per}" if per else "")
     both = f"{exponent} {e:.3g} vs {t:.3g}"
-    ci = f"{level:.0%} CI {_pct(lo)} to {_pct(hi)}"
+    ci = f"{level:.0%} CI {pct(lo, 0)} to {pct(hi, 0)}"
     if not identified:
         why = " ".join(
             f"{label}'s {fit.form} law is {fit.not_identified()}."
@@ -106,18 +103,18 @@ def compare_rates(
             if not fit.identified
         )
         verdict = (
-            f"No verdict{where}: {EBT_LABEL}'s {exponent} is {_pct(rel)} relative to {TPP_LABEL}'s ({both}; "
-            f"{ci}), but the fits are not identified, so this is not evidence either way. {why}"
+            f"No verdict{where}: {EBT_LABEL}'s {exponent} is {pct(rel, 0)} relative to {TPP_LABEL}'s "
+            f"({both}; {ci}), but the fits are not identified, so this is not evidence either way. {why}"
         )
     elif not has_ci:
-        verdict = f"{EBT_LABEL}'s {exponent} is {_pct(rel)} relative to {TPP_LABEL}'s{where} ({both})"
+        verdict = f"{EBT_LABEL}'s {exponent} is {pct(rel, 0)} relative to {TPP_LABEL}'s{where} ({both})"
         verdict += "; no bootstrap interval (too few distinct points, or no bootstrap)."
     elif significant:
         word = "faster" if rel > 0 else "slower"
         verdict = f"{EBT_LABEL} scales {abs(100 * rel):.0f}% {word} than {TPP_LABEL}{where} ({both}; {ci})."
     else:
         verdict = (
-            f"No significant difference{where}: {EBT_LABEL}'s {exponent} is {_pct(rel)} relative to "
+            f"No significant difference{where}: {EBT_LABEL}'s {exponent} is {pct(rel, 0)} relative to "
             f"{TPP_LABEL}'s ({both}), but the {ci} includes zero."
         )
     if tpp_est.lo <= 0:  # False for NaN (no interval)
@@ -271,26 +268,22 @@ class AxisComparison:
         return [f for f, b in self.backtests.items() if b.flagged]
 
 
-def _pct1(v: float) -> str:
-    return f"{100 * v:+.1f}%" if math.isfinite(v) else "n/a"
-
-
 def describe_gap(gap: Extrapolation, label: str, y: str, level: float) -> str:
     """Which family is ahead (lower y) at the largest common x, by how much, with the paired CI."""
     r = gap.relative
     at = f"at {label} = {gap.x:.4g} (the largest both families reached)"
     if not (math.isfinite(r.lo) and math.isfinite(r.hi)):
-        rel = _pct1(r.value)
+        rel = pct(r.value)
         return (
             f"At {label} = {gap.x:.4g}, {EBT_LABEL}'s {y} is {rel} relative to {TPP_LABEL}'s (no interval)."
         )
-    ci = f"{level:.0%} CI {_pct1(r.lo)} to {_pct1(r.hi)}"
+    ci = f"{level:.0%} CI {pct(r.lo)} to {pct(r.hi)}"
     if r.hi < 0:
         lower = f"{abs(100 * r.value):.1f}% lower"
         return f"{EBT_LABEL} is ahead {at}: its {y} is {lower} than {TPP_LABEL}'s ({ci})."
     if r.lo > 0:
         return f"{TPP_LABEL} is ahead {at}: {EBT_LABEL}'s {y} is {100 * r.value:.1f}% higher ({ci})."
-    rel = _pct1(r.value)
+    rel = pct(r.value)
     return (
         f"Neither family is clearly ahead {at}: {EBT_LABEL}'s {y} is {rel} relative, but the {ci} "
         "includes zero."

@@ -39,6 +39,7 @@ from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop
 from analysis.laws import grid_design, resolve_law
 from analysis.learning import LearningCheck, learning_check
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
+from analysis.text import fmt, pct
 from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
 
@@ -47,17 +48,8 @@ CHINCHILLA_N = "n_params"  # total parameters, as Hoffmann et al. count N for co
 GRID_COLUMNS = {"N": CHINCHILLA_N, "D": "tokens", "C": "C=6ND", "M": "M=D/N"}
 
 
-def fmt(v: float) -> str:
-    """4 significant digits, the format of every number in the report tables."""
-    return f"{v:.4g}" if v is not None and math.isfinite(v) else "–"
-
-
 def fmt_ci(est: ParamEstimate) -> str:
     return f"[{fmt(est.lo)}, {fmt(est.hi)}]"
-
-
-def fmt_pct(v: float) -> str:
-    return f"{100 * v:+.1f}%" if math.isfinite(v) else "–"
 
 
 # ------------------------------------------------------------------------------------------------ blocks
@@ -559,7 +551,7 @@ def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
         if r.family != EBT and r.forward_passes != 1:
             continue  # cannot think: one row, its measurement (repeated at every budget in summary.json)
         est = ParamEstimate(r.reduction, r.reduction_lo, r.reduction_hi)
-        ci = f"[{fmt_pct(est.lo)}, {fmt_pct(est.hi)}]" if math.isfinite(est.lo) and r.family == EBT else ""
+        ci = f"[{pct(est.lo)}, {pct(est.hi)}]" if math.isfinite(est.lo) and r.family == EBT else ""
         rows.append(
             [
                 f"{SPLIT_LABELS.get(r.split, r.split)} ({r.source})" if r.source else r.split,
@@ -569,7 +561,7 @@ def _thinking_section(doc: Doc, s2: System2, plot_dir: Path) -> None:
                 fmt(r.candidates),
                 fmt(r.forward_passes) if r.family == EBT else "1 (any budget)",
                 fmt(r.perplexity),
-                fmt_pct(r.reduction),
+                pct(r.reduction),
                 ci,
             ]
         )
@@ -650,7 +642,7 @@ def _rates_section(doc: Doc, an: Analysis) -> None:
             why = "; ".join(f"{family_label(f)}: {n}" for f, n in c.notes.items()) or "no comparison"
             rows.append([c.axis, c.x_col, "–", "–", "–", "–", why])
             continue
-        relative = f"{fmt_pct(r.relative.value)} [{fmt_pct(r.relative.lo)}, {fmt_pct(r.relative.hi)}]"
+        relative = f"{pct(r.relative.value)} [{pct(r.relative.lo)}, {pct(r.relative.hi)}]"
         rows.append(
             [
                 c.axis,
@@ -697,9 +689,9 @@ def _view_row(c: AxisComparison) -> list[str]:
         label,
         c.x_col,
         fmt(c.gap.x),
-        f"{fmt_pct(g.value)} [{fmt_pct(g.lo)}, {fmt_pct(g.hi)}]",
+        f"{pct(g.value)} [{pct(g.lo)}, {pct(g.hi)}]",
         _ahead(c),
-        f"{fmt_pct(r.value)} [{fmt_pct(r.lo)}, {fmt_pct(r.hi)}]",
+        f"{pct(r.value)} [{pct(r.lo)}, {pct(r.hi)}]",
         "yes" if c.rate.significant else "no",
         flags,
     ]
@@ -765,7 +757,7 @@ def _backtest_section(doc: Doc, an: Analysis) -> None:
                     str(b.n_train),
                     fmt(b.observed),
                     f"{fmt(b.predicted.value)} {fmt_ci(b.predicted)}",
-                    f"{fmt_pct(b.error.value)} [{fmt_pct(b.error.lo)}, {fmt_pct(b.error.hi)}]",
+                    f"{pct(b.error.value)} [{pct(b.error.lo)}, {pct(b.error.hi)}]",
                     "FLAGGED" if b.flagged else "no",
                 ]
             )
@@ -781,7 +773,7 @@ def _backtest_section(doc: Doc, an: Analysis) -> None:
                     str(b.n_train),
                     fmt(b.observed),
                     f"{fmt(b.predicted.value)} {fmt_ci(b.predicted)}",
-                    f"{fmt_pct(b.error.value)} [{fmt_pct(b.error.lo)}, {fmt_pct(b.error.hi)}]",
+                    f"{pct(b.error.value)} [{pct(b.error.lo)}, {pct(b.error.hi)}]",
                     "FLAGGED" if b.flagged else "no",
                 ]
             )

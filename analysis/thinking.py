@@ -25,6 +25,7 @@ import pandas as pd
 
 from analysis.data import EBT, EBT_LABEL, TPP_LABEL, family_label
 from analysis.fit import DEFAULT_BOOTSTRAP, DEFAULT_LEVEL, ParamEstimate, Seed
+from analysis.text import pct, points
 
 SPLITS: tuple[str, ...] = ("val", "ood")
 SPLIT_LABELS: dict[str, str] = {"val": "validation", "ood": "out of distribution"}
@@ -153,16 +154,8 @@ def _interval(draws: np.ndarray | None, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:+.1f}%" if math.isfinite(v) else "–"
-
-
-def _pp(v: float) -> str:
-    return f"{100 * v:+.1f}" if math.isfinite(v) else "–"
-
-
 def _with_ci(est: ParamEstimate, unit: str, level: float) -> str:
-    fmt = _pct if unit == "%" else _pp
+    fmt = pct if unit == "%" else points
     text = fmt(est.value) + (" points" if unit == "pp" else "")
     if math.isfinite(est.lo) and math.isfinite(est.hi):
         text += f" ({level:.0%} CI {fmt(est.lo)} to {fmt(est.hi)})"
@@ -247,7 +240,7 @@ def _shifts(draws_by: dict, level: float) -> dict[str, OodShift]:
         elif math.isfinite(d.lo):
             tail = f"no significant difference out of distribution: {_with_ci(d, 'pp', level)} includes zero"
         else:
-            tail = f"difference {_pp(d.value)} points (no interval: no per-window losses)"
+            tail = f"difference {points(d.value)} points (no interval: no per-window losses)"
         shifts[mode] = OodShift(mode, fp, *ests, grows, f"{body}: {tail}.")
     return shifts
 

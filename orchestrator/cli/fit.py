@@ -15,6 +15,7 @@ from rich.table import Table
 from analysis.errors import AnalysisError
 from analysis.laws import FORMS
 from analysis.options import DEFAULT_OPTIONS
+from analysis.text import pct
 
 if TYPE_CHECKING:  # pandas and scipy load on first use: `ebtscale --help` should not pay for them
     import numpy as np
@@ -192,7 +193,7 @@ def _print_backtest(bt: Backtest, label: str) -> None:
             f"{p.observed:.4g}",
             f"{p.predicted.value:.4g}",
             interval,
-            f"{100 * p.error.value:+.2f}%",
+            pct(p.error.value, 2),
             inside,
         )
     console = Console(width=max(Console().width, 120))
