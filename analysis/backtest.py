@@ -177,7 +177,7 @@ def _holdout_rows(
     X: np.ndarray,
     x_names: tuple[str, ...],
     law_vars: tuple[str, ...],
-    key_name: str = "key",
+    key_name: str,
 ) -> tuple[np.ndarray, str]:
     """(mask of held-out rows, its description). None: the largest value of the first variable; a name (a law
     variable or an x column name): its largest value; a bool array: those rows; a number array (a key per row,

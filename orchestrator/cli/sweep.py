@@ -4,6 +4,8 @@ traceback)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -13,8 +15,10 @@ from rich.console import Console
 from orchestrator.cli.common import SpecArg, fail, print_status, print_tuning
 from orchestrator.config import ConfigError
 from orchestrator.sweep.expand import TuningState, expand
-from orchestrator.sweep.plan import check_budget, plan, render_plan
-from orchestrator.sweep.spec import load_spec
+from orchestrator.sweep.plan import Plan, check_budget, plan, render_plan
+from orchestrator.sweep.power import PowerInputs, plan_power, print_power, store_inputs
+from orchestrator.sweep.spec import SweepSpec, load_spec
+from orchestrator.tracking import resolve_tracking_uri
 
 sweep_app = typer.Typer(
     name="sweep",
@@ -81,6 +85,22 @@ def plan_command(
         bool, typer.Option("--tuning", help="plan the tuning stage's trials instead of the sweep's")
     ] = False,
     wide: Annotated[bool, typer.Option("--wide", help="every column, whatever the terminal's width")] = False,
+    power: Annotated[
+        bool,
+        typer.Option(
+            "--power/--no-power",
+            help="per axis, the verdict's expected interval width, power and smallest detectable difference, "
+            "simulated with the report's fitting code (a few seconds per axis)",
+        ),
+    ] = True,
+    effect: Annotated[
+        float | None,
+        typer.Option(
+            "--effect",
+            help="the relative EBT-vs-Transformer++ exponent difference to compute power for, e.g. 0.35 "
+            "(default: the paper's number per axis, where one is verified)",
+        ),
+    ] = None,
 ) -> None:
     """Validate SPEC and print its dry-run plan (help text: _PLAN_HELP)."""
     note = ""
@@ -101,8 +121,12 @@ def plan_command(
             result.notes.append(note)
     except (ConfigError, OSError, ImportError) as err:
         raise fail(err) from None
+    powers, inputs = ([], None) if tuning or not power else _power(sweep, result, effect)
     if as_json:
-        typer.echo(result.to_json())
+        out = result.to_dict()
+        if inputs is not None:
+            out["power"] = {"inputs": asdict(inputs), "axes": [d.to_dict() for d in powers]}
+        typer.echo(json.dumps(out, indent=2))
     else:
         console = Console()
         if wide or not console.is_terminal:  # every column; pipes and test runners are not squeezed
@@ -110,10 +134,24 @@ def plan_command(
             console.print(render_plan(result))
         else:  # the columns that fit, no number cut: the caption names those left out
             console.print(render_plan(result, width=console.width))
+        if inputs is not None:
+            print_power(console, powers, inputs)
     try:
         check_budget(result, max_flops=max_flops, max_trials=max_trials)
     except ConfigError as err:
         raise fail(err) from None
+
+
+def _power(sweep: SweepSpec, result: Plan, effect: float | None) -> tuple[list, PowerInputs]:
+    """The plan's power section: noise and exponents from earlier sweeps in the store, else defaults."""
+    from analysis.claims import PAPER_RATES
+
+    inputs = store_inputs(resolve_tracking_uri(sweep.output_dir))
+    axes = {r.trial.axis for r in result.rows}
+    effects = {
+        a: effect if effect is not None else PAPER_RATES[a].value if a in PAPER_RATES else None for a in axes
+    }
+    return plan_power(result, inputs, effects), inputs
 
 
 def _tuning_note(state: TuningState) -> str:

@@ -205,6 +205,8 @@ def test_a_one_point_backtest_states_its_error_and_interval():
         f"EBT's law predicts its held-out largest point (x = {bt.x_holdout:.4g}) within "
         f"{100 * e.value:+.1f}% (interval {100 * e.lo:+.1f}% to {100 * e.hi:+.1f}%)."
     )
+    few = backtest(X[:3], law(0.01, 0)[:3], bootstrap=100, seed=0, min_distinct=3)  # 2 left for 2 params
+    assert math.isnan(few.error.lo) and few.describe("EBT").endswith("(no interval).")
     bare = backtest(X, law(0.01, 0), bootstrap=0)
     assert bare.describe("EBT") == (
         f"EBT's backtest error at x = {bare.x_holdout:.4g} is {100 * bare.error.value:+.1f}% (no interval)."
@@ -216,3 +218,15 @@ def test_one_held_out_configuration_of_a_two_variable_law_is_described_as_a_conf
     last = np.isclose(N, N.max()) & np.isclose(D, D.max())
     bt = backtest(np.column_stack([N, D]), y, "shared", holdout=last, bootstrap=50, seed=0)
     assert len(bt.points) == 1 and "(1 configuration(s))" in bt.describe("EBT")
+
+
+def test_only_the_largest_x_is_held_out_even_on_a_small_integer_axis():
+    """Depth 1..8: the hold-out is the 8-layer point alone (an absolute tolerance would take 7 too)."""
+    layers = np.arange(1.0, 9.0)
+    bt = backtest(layers, 5.0 * layers**-0.1, bootstrap=0)
+    assert len(bt.points) == 1 and bt.x_holdout == 8.0
+
+
+def test_a_y_that_is_not_numbers_is_named_in_the_error():
+    with pytest.raises(FitError, match=r"^y must be numbers"):
+        backtest(X, ["a"] * X.size)

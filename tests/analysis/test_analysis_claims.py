@@ -14,6 +14,7 @@ from analysis.claims import (
     AGREES,
     CONTRADICTS,
     INCONCLUSIVE,
+    PAPER,
     PAPER_RATES,
     PAPER_SYSTEM2,
     WORDS,
@@ -135,11 +136,17 @@ def test_the_report_opens_with_the_first_screen_and_the_claims_table(tmp_path) -
     assert c["metrics"]["claims.data.paper"] == PAPER_DATA
     assert c["metrics"]["claims.data.x.word"] in (-1.0, 0.0, 1.0)
     assert c["system2"][1]["split"] == "ood" and c["system2"][1]["paper"] == PAPER_SYSTEM2["ood"].value
+    assert c["paper"] == PAPER and "2507.02092" in c["paper"]  # the citation travels with the numbers
 
 
 def test_the_learning_check_names_trials_near_the_uniform_guess() -> None:
     trials = data_axis(0.0, 0.002)
-    assert analyse(trials, OPTIONS).learning.all_learned
+    learned = analyse(trials, OPTIONS).learning
+    assert learned.all_learned
+    assert learned.verdict.startswith(
+        "Learning check: every one of the 16 fitted trial rows learned (val_loss at most 80% of the uniform "
+        "guess ln V; the worst: "
+    )
     worse = trials.assign(val_loss=np.where(trials["tokens"] < 2e6, 6.0, trials["val_loss"]))  # ln 512 = 6.24
     check = analyse(worse, OPTIONS).learning
     assert not check.all_learned and len(check.not_learned) == 2  # the smallest point of each family

@@ -37,7 +37,7 @@ def test_a_real_exponent_difference_is_flagged_with_its_size():
 def test_a_slower_ebt_is_called_slower():
     cmp = compare_rates(power_fit(60, 0.15, 0.01, 3), power_fit(40, 0.25, 0.01, 4))
     assert cmp.significant and cmp.relative.hi < 0
-    assert "slower" in cmp.verdict
+    assert cmp.verdict.startswith("EBT scales 40% slower than Transformer++ (alpha 0.15")  # no axis named
 
 
 @pytest.mark.parametrize("seed", [5, 6, 7])
@@ -57,6 +57,8 @@ def test_extrapolation_intervals_contain_the_true_values():
         assert p.lo < A * x**-alpha < p.hi
         assert p.value == pytest.approx(A * x**-alpha, rel=0.05)
     assert ex.difference.hi < 0  # EBT is lower there
+    e, t = ex.predictions["ebt"].value, ex.predictions["transformer_pp"].value
+    assert ex.difference.value == pytest.approx(e - t) and ex.relative.value == pytest.approx(e / t - 1)
 
 
 def test_crossover_is_found_where_the_true_curves_cross():
@@ -262,3 +264,22 @@ def test_without_a_bootstrap_the_comparison_has_point_estimates_and_no_interval(
     assert math.isnan(rate.relative.lo) and not rate.significant
     assert rate.verdict.endswith("; no bootstrap interval (too few distinct points, or no bootstrap).")
     assert "(no interval)" in cmp.gap_verdict and math.isnan(cmp.extrapolation.difference.lo)
+
+
+def test_a_crossing_between_grid_points_is_interpolated_in_log_x():
+    """Per bootstrap row, the last sign change of the log gap, linearly interpolated between its grid points
+    (here exactly halfway between log x = 1 and 2, and at 2.25 in the second row); no change: NaN."""
+    from analysis.compare import _last_crossing
+
+    logx = np.array([0.0, 1.0, 2.0, 3.0])
+    diff = np.array([[1.0, 0.5, -0.5, -1.0], [2.0, 1.0, 0.25, -0.75], [1.0, 1.0, 1.0, 1.0]])
+    out = _last_crossing(logx, diff)
+    assert out[:2] == pytest.approx([1.5, 2.25]) and math.isnan(out[2])
+
+
+def test_the_flops_axis_is_fitted_against_the_budget_not_each_trial_s_own_flops():
+    """An isoFLOP trial spends about its budget (its own count is a little off it): the point sits at C."""
+    trials = make_trials(axes=(), flops_axis=True, noise=0.01)
+    trials["flops"] = trials["flops_budget"] * 0.97
+    cmp = compare_axis(trials, "flops", AnalysisOptions(bootstrap=0))
+    assert sorted(set(cmp.points["x"])) == sorted(set(trials["flops_budget"]))

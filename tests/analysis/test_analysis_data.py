@@ -49,6 +49,11 @@ def test_non_numeric_values_are_rejected_naming_the_column():
     raw.loc[2, "val_loss"] = "oops"
     with pytest.raises(SchemaError, match=r"'val_loss'.*'oops'"):
         tidy_trials(raw)
+    many = make_trials(axes=("data",), n=5).astype(str)
+    many["val_loss"] = ["a", "b", "c", "d", "e"] * 2  # five bad values: the message shows three, not a dump
+    with pytest.raises(SchemaError) as err:
+        tidy_trials(many)
+    assert str(err.value) == "column 'val_loss' has non-numeric value(s): 'a', 'b', 'c'"
 
 
 def test_family_axis_status_are_normalised():

@@ -93,6 +93,17 @@ def test_chinchilla_law_recovers_parameters_and_allocation(noise):
     # predictions follow the true surface far better than the noise level at fresh points
     Nt, Dt = np.geomspace(2e7, 5e9, 9), np.geomspace(5e9, 5e11, 9)
     assert np.abs(np.log(fit.predict((Nt, Dt)) / loss(Nt, Dt))).max() < 2 * noise + 0.002
+    with pytest.raises(ValueError, match=r"law needs \(N, D\) pairs, got shape \(3, 3\)"):
+        fit.predict(np.ones((3, 3)))  # three columns for a law over two variables
+    with pytest.raises(FitError, match=r"takes 2 x column\(s\) \(N, D\), got names \['tokens'\]"):
+        fit_law(np.column_stack([N, D]), y, "chinchilla", x_names=("tokens",), bootstrap=0)
+
+
+def test_the_fit_carries_the_name_of_what_it_fitted():
+    """y is "y" unless named (errors and the report's labels use it)."""
+    x = np.geomspace(1e6, 1e9, 6)
+    assert fit_law(x, 3 * x**-0.2, "power", bootstrap=0).y_name == "y"
+    assert fit_law(x, 3 * x**-0.2, "power", y_name="val_loss", bootstrap=0).y_name == "val_loss"
 
 
 def test_huber_loss_shrugs_off_an_outlier_that_least_squares_does_not():

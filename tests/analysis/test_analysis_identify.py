@@ -69,6 +69,11 @@ def test_clean_draws_raise_no_flag_and_wide_draws_flag_the_exponent_only():
     assert "crosses zero" in flags["alpha"][0].detail
     # at a level so low that the interval no longer reaches zero, the same draws pass
     assert "alpha" not in identifiability(law, theta, loose, centre, y, 0.05)
+    # a coefficient the draws do not pin down (its log spread by 3): its term's size spans decades
+    coef = tight.copy()
+    coef[:, law.coef_names.index("A")] += 3 * rng.standard_normal(200)
+    (a_flag,) = identifiability(law, theta, coef, centre, y, 0.95)["A"]
+    assert a_flag.kind == "wide" and a_flag.detail.startswith("A's term (at the data's centre)'s interval [")
 
 
 def test_a_vanished_term_is_judged_at_the_data_s_centre():

@@ -34,3 +34,8 @@ def test_no_finite_draws_give_no_interval(draws):
 
 def test_one_draw_gives_a_zero_width_interval_at_it():
     assert percentile_interval(np.array([3.5]), 0.95) == (3.5, 3.5)
+
+
+def test_draws_given_as_python_numbers_with_none_for_failed_resamples():
+    """None (a resample whose fit failed, as a list may carry it) is left out like NaN."""
+    assert percentile_interval([1.0, None, 2.0, 3, None], 1.0) == (1.0, 3.0)

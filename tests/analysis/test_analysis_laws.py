@@ -152,6 +152,8 @@ def test_a_narrow_bound_holds_the_fit_inside_it():
     fit = fit_law(x, y, "saturating", bounds={"alpha": (0.25, 0.2504)}, bootstrap=0)
     assert 0.25 <= fit.params["alpha"].value <= 0.2504
     assert fit.params["alpha"].value == pytest.approx(0.2504, abs=1e-6)  # the data want 0.3
+    floor = fit_law(x, y, "saturating", bounds={"E": (1.0, 1.5)}, bootstrap=0)  # the data want E = 2
+    assert floor.params["E"].value == pytest.approx(1.5, rel=1e-4)
 
 
 def test_an_exponent_may_be_bounded_below_zero_but_the_floor_may_not():

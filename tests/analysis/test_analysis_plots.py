@@ -81,6 +81,9 @@ def test_excluded_points_are_drawn_apart_and_a_family_without_a_fit_says_so():
     crosses = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label() == "excluded"]
     assert np.array_equal(crosses[0].get_offsets(), [[3e6, 5.0], [4e7, 4.0]])
     assert not [c for c in ax.collections if isinstance(c, PolyCollection)]  # no bootstrap: no bands
+    (curve,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("Transformer++: α=")]
+    fit = cmp.fits["transformer_pp"]  # no comparison, so no extrapolation: the curve stops past its data
+    assert curve.get_xdata().max() == pytest.approx(fit.x_max[0] * 1.3)
     plots.close(fig)
 
 
@@ -107,6 +110,9 @@ def test_seeds_are_shown_faint_with_their_geometric_mean_and_range():
     spans = sorted((s[0][1], s[1][1]) for s in segs)
     want = sorted(zip(pts.groupby("config")["y"].min(), pts.groupby("config")["y"].max(), strict=True))
     assert np.allclose(spans, want)
+    faint = [c for c in ax.collections if isinstance(c, PathCollection)]
+    spread = bars[0].lines[2][1]  # the seeds' min-max bars
+    assert all(c.get_alpha() < 1 and c.get_zorder() < spread.get_zorder() for c in faint)  # seeds beneath
     plots.close(fig)
 
 
@@ -141,6 +147,7 @@ def test_the_isoflop_figure_marks_each_budget_s_minimum_and_the_n_star_law():
     assert legend == f"EBT: N* ∝ C^{a.value:.3g} [{a.lo:.3g}, {a.hi:.3g}]"
     law = next(ln for ln in right.get_lines() if len(ln.get_xdata()) == 50)
     assert np.allclose(law.get_ydata(), res.exponents["k_N"].value * law.get_xdata() ** a.value)
+    assert law.get_xdata()[[0, -1]] == pytest.approx([res.minima["C"].min() / 2, res.minima["C"].max() * 2])
     (errs,) = right.containers
     assert np.allclose(errs.lines[0].get_xdata(), res.minima["C"]) and np.allclose(
         errs.lines[0].get_ydata(), res.minima["N_opt"]
@@ -200,3 +207,35 @@ def test_a_split_and_a_family_the_figures_have_no_style_for_are_still_drawn_unde
     (line,) = [ln for ln in ax.get_lines() if ln.get_label().endswith("(cannot think)")]
     assert line.get_marker() == "o" and line.get_color() == "#555555"
     plots.close(fig)
+
+
+def test_each_family_has_its_own_marker_and_the_grid_is_faint(data_axis):
+    """EBT circles and Transformer++ squares (the residual figure's lines); faint grid lines in both."""
+    fig = plots.plot_residuals(data_axis)
+    ax = fig.axes[0]
+    markers = {
+        ln.get_label().split(" (")[0]: ln.get_marker() for ln in ax.get_lines() if "R²" in ln.get_label()
+    }
+    assert markers == {"EBT": "o", "Transformer++": "s"}
+    for fig_ in (fig, plots.plot_axis_fit(data_axis)):
+        gridlines = fig_.axes[0].xaxis.get_gridlines()
+        assert gridlines and all(g.get_alpha() == 0.25 for g in gridlines)
+        plots.close(fig_)
+
+
+def test_the_bands_are_named_by_the_fits_level():
+    cmp = compare_axis(
+        make_trials(axes=("data",), n=6, noise=0.01), "data", AnalysisOptions(bootstrap=30, level=0.8)
+    )
+    fig = plots.plot_axis_fit(cmp)
+    assert fig.axes[0].get_title() == "data axis: power law, 80% bootstrap bands"
+    plots.close(fig)
+
+
+def test_close_closes_the_figure_it_is_given_not_the_current_one():
+    import matplotlib.pyplot as plt
+
+    mine, current = plt.figure(), plt.figure()
+    plots.close(mine)
+    assert not plt.fignum_exists(mine.number) and plt.fignum_exists(current.number)
+    plt.close(current)

@@ -137,6 +137,7 @@ def test_a_grid_law_without_a_floor_is_flagged_and_gets_no_verdict(tmp_path):
     grid = summary["grid_rate"]
     assert grid["identified"] is False and grid["significant"] is False
     assert "not identified" in grid["verdict"] and "add points at" in grid["verdict"]
+    assert grid["verdict"].startswith("No verdict on the flops grid axis:")
     for fam in ("ebt", "transformer_pp"):
         fit = summary["compute_optimal"][fam]["chinchilla"]
         assert "E" in fit["flags"] and fit["identified"] is False
@@ -297,3 +298,28 @@ def test_markdown_cells_keep_a_table_one_row_per_record(tmp_path):
     md = paths["markdown"].read_text()
     assert "| failed: RuntimeError: a \\| b in step 3 |" in md
     assert "| note | x \\| y |" in md
+
+
+def test_a_fit_the_data_do_not_pin_down_gets_a_paragraph_and_an_identified_one_none(tmp_path):
+    """Transformer++'s loss flat in tokens: its exponent's interval crosses zero, so the axis section says
+    so for that family only (the study's params axis, 2026-12-07)."""
+    trials = make_trials(axes=("data",), n=6, noise=0.01)
+    tpp = trials["family"] == "transformer_pp"
+    flat = 4.0 * np.exp(0.01 * np.random.default_rng(3).standard_normal(int(tpp.sum())))
+    trials.loc[tpp, "val_loss"] = flat
+    md = write_report(trials, tmp_path, {}, options=AnalysisOptions(bootstrap=100, seed=0))["markdown"]
+    section = md.read_text().split("## Data axis")[1].split("\n## ")[0]
+    assert "Transformer++'s power law is not identified: alpha's interval" in section
+    assert "EBT's power law is" not in section
+
+
+def test_summary_json_writes_any_value_numpy_scalars_as_numbers_and_the_rest_as_text():
+    from analysis.report import _json_default
+
+    record = {"n": np.int64(3), "x": np.float32(0.5), "where": Path("/data/run"), "missing": pd.NA}
+    assert json.loads(json.dumps(record, default=_json_default)) == {
+        "n": 3,
+        "x": 0.5,
+        "where": "/data/run",
+        "missing": "<NA>",
+    }

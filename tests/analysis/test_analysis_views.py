@@ -94,3 +94,6 @@ def test_report_headline_and_summary_carry_the_three_views(trials, tmp_path):
     assert views["flops"]["gap"]["ahead"] == "Transformer++"
     assert summary["axes"]["data"]["gap"]["ahead"] == "EBT"
     assert views["time"]["gap"]["relative"]["lo"] > 0
+    rows = md.split("## Equal compute and equal time")[1].split("\n## ")[0]
+    for view in ("per axis x", "per training FLOP", "per device-second"):  # a row per view, named
+        assert f"| data | {view} |" in rows
