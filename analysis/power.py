@@ -68,7 +68,8 @@ class DesignPower:
         return text + f", smallest detectable difference ±{100 * self.detectable:.0f}%"
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        """JSON-ready: a number no simulated study could give (no interval at all) is null, not NaN."""
+        record = {
             "axis": self.axis,
             "n_x": self.n_x,
             "seeds": self.seeds,
@@ -83,6 +84,7 @@ class DesignPower:
             "detectable": self.detectable,
             "failed": self.failed,
         }
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def _z(level: float) -> float:

@@ -182,6 +182,11 @@ def store_inputs(uri: str) -> PowerInputs:
     return measured_inputs(trials)
 
 
+def _plus_minus(v: float) -> str:
+    """`±24%`, or the missing mark when no simulated study had an interval (e.g. two x per family)."""
+    return f"±{100 * v:.0f}%" if math.isfinite(v) else "–"
+
+
 def print_power(console: Console, powers: list, inputs: PowerInputs) -> None:
     """The power table under the plan: what each axis' verdict can tell, and what the numbers assume."""
     from rich.table import Table
@@ -207,10 +212,10 @@ def print_power(console: Console, powers: list, inputs: PowerInputs) -> None:
             ", ".join(str(n) for n in d.n_x.values()),
             str(d.seeds),
             f"{d.alpha:.3g}",
-            f"±{100 * d.median_width / 2:.0f}%",
+            _plus_minus(d.median_width / 2),
             pct(d.effect, 0) if d.effect is not None else "–",
-            f"{d.power:.0%}" if has_power else "–",
-            f"±{100 * d.detectable:.0f}%",
+            f"{d.power:.0%}" if has_power and math.isfinite(d.power) else "–",
+            _plus_minus(d.detectable),
         )
     first = powers[0] if powers else None
     runs = (

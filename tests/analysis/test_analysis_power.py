@@ -75,3 +75,13 @@ def test_a_design_with_one_x_cannot_be_simulated() -> None:
         design_power(
             "depth", {"ebt": np.array([4.0, 4.0]), "transformer_pp": X["ebt"]}, seeds=2, alpha=0.1, noise=0.02
         )
+
+
+def test_a_design_with_two_x_per_family_has_no_interval_and_says_so_in_its_record():
+    """Two x fit a power law exactly: no simulated study gets an interval, so the width, power and smallest
+    detectable difference are missing (null in JSON), not a number."""
+    two = {f: np.array([1e5, 1e6]) for f in X}
+    d = design_power("flops", two, seeds=1, alpha=0.1, noise=0.02, effect=0.3, replicates=5)
+    assert d.failed == 5 and math.isnan(d.median_width)
+    record = d.to_dict()
+    assert record["median_width"] is None and record["power"] is None and record["detectable"] is None
