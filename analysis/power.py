@@ -31,7 +31,7 @@ from analysis.data import EBT, TPP
 from analysis.errors import FitError
 from analysis.fit import Seed, fit_law, spawn_seeds
 from analysis.laws import DEFAULT_LEVEL
-from analysis.text import pct
+from analysis.text import pct, plus_minus
 
 Z80 = 0.8416  # the standard normal's 80% quantile: a test with this much margin beyond z detects 80%
 FIRST_LOSS = 5.0  # nats at each family's smallest x (the scale does not change a power law's exponent)
@@ -62,10 +62,10 @@ class DesignPower:
 
     def line(self) -> str:
         """`data: ±24% wide, +36% detected 64% of the time, smallest detectable ±17%`."""
-        text = f"{self.axis}: 95% interval ±{100 * self.median_width / 2:.0f}% wide"
+        text = f"{self.axis}: 95% interval {plus_minus(self.median_width / 2)} wide"
         if self.effect is not None and self.power is not None:
             text += f", {pct(self.effect, 0)} detected {self.power:.0%} of the time"
-        return text + f", smallest detectable difference ±{100 * self.detectable:.0f}%"
+        return text + f", smallest detectable difference {plus_minus(self.detectable)}"
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: a number no simulated study could give (no interval at all) is null, not NaN."""
@@ -113,8 +113,8 @@ def design_power(
     if min(v.size for v in xs.values()) < 2 or seeds < 1:
         raise FitError(f"{axis}: a design needs at least 2 distinct x per family and 1 seed")
     true_alpha = {TPP: alpha, EBT: alpha * (1 + (effect or 0.0))}
-    rng = np.random.default_rng(spawn_seeds(seed, 1)[0])
-    fit_seeds = spawn_seeds(seed, 2 * replicates + 1)[1:]
+    draws_seed, *fit_seeds = spawn_seeds(seed, 2 * replicates + 1)  # the losses', then each fit's
+    rng = np.random.default_rng(draws_seed)
     widths, hits, failed = [], 0, 0
     for r in range(replicates):
         fits = {}

@@ -18,6 +18,11 @@ def pct(v: float, digits: int = 1) -> str:
     return f"{100 * v:+.{digits}f}%" if math.isfinite(v) else MISSING
 
 
+def plus_minus(v: float) -> str:
+    """A half-width as an unsigned percentage: `plus_minus(0.24) == "±24%"` (a width has no sign)."""
+    return f"±{100 * v:.0f}%" if math.isfinite(v) else MISSING
+
+
 def points(v: float) -> str:
     """A difference of two fractions in signed percentage points, unit left to the sentence: `+15.0`."""
     return f"{100 * v:+.1f}" if math.isfinite(v) else MISSING

@@ -15,10 +15,9 @@ from rich.console import Console
 from orchestrator.cli.common import SpecArg, fail, print_status, print_tuning
 from orchestrator.config import ConfigError
 from orchestrator.sweep.expand import TuningState, expand
-from orchestrator.sweep.plan import Plan, check_budget, plan, render_plan
-from orchestrator.sweep.power import PowerInputs, plan_power, print_power, store_inputs
-from orchestrator.sweep.spec import SweepSpec, load_spec
-from orchestrator.tracking import resolve_tracking_uri
+from orchestrator.sweep.plan import check_budget, plan, render_plan
+from orchestrator.sweep.power import power_section, print_power
+from orchestrator.sweep.spec import load_spec
 
 sweep_app = typer.Typer(
     name="sweep",
@@ -121,7 +120,7 @@ def plan_command(
             result.notes.append(note)
     except (ConfigError, OSError, ImportError) as err:
         raise fail(err) from None
-    powers, inputs = ([], None) if tuning or not power else _power(sweep, result, effect)
+    powers, inputs = ([], None) if tuning or not power else power_section(sweep, result, effect)
     if as_json:
         out = result.to_dict()
         if inputs is not None:
@@ -140,18 +139,6 @@ def plan_command(
         check_budget(result, max_flops=max_flops, max_trials=max_trials)
     except ConfigError as err:
         raise fail(err) from None
-
-
-def _power(sweep: SweepSpec, result: Plan, effect: float | None) -> tuple[list, PowerInputs]:
-    """The plan's power section: noise and exponents from earlier sweeps in the store, else defaults."""
-    from analysis.claims import PAPER_RATES
-
-    inputs = store_inputs(resolve_tracking_uri(sweep.output_dir))
-    axes = {r.trial.axis for r in result.rows}
-    effects = {
-        a: effect if effect is not None else PAPER_RATES[a].value if a in PAPER_RATES else None for a in axes
-    }
-    return plan_power(result, inputs, effects), inputs
 
 
 def _tuning_note(state: TuningState) -> str:

@@ -30,7 +30,6 @@ Trials on GPUs get no time unless a GPU is present here or a throughput is given
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -186,9 +185,6 @@ class Plan:
             "notes": self.notes,
             "trials": [r.to_dict() for r in self.rows],
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 def model_state_bytes(n_params: int, zero_stage: int, num_workers: int, prec: str = "fp32") -> float:

@@ -18,9 +18,13 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.sweep.plan import Plan
+from orchestrator.tracking import resolve_tracking_uri
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from analysis.power import DesignPower
+    from orchestrator.sweep.spec import SweepSpec
 
 # sd of log final loss between seeds when no earlier sweep says: the demo design's in issue #26 (2%)
 DEFAULT_NOISE = 0.02
@@ -123,7 +127,7 @@ def plan_power(
     replicates: int = REPLICATES,
     bootstrap: int = BOOTSTRAP,
     seed: int = 0,
-) -> list:
+) -> list[DesignPower]:
     """A DesignPower per planned axis (see analysis.power), at `effects[axis]` (None: width only)."""
     from analysis.errors import FitError
     from analysis.power import design_power
@@ -182,16 +186,24 @@ def store_inputs(uri: str) -> PowerInputs:
     return measured_inputs(trials)
 
 
-def _plus_minus(v: float) -> str:
-    """`±24%`, or the missing mark when no simulated study had an interval (e.g. two x per family)."""
-    return f"±{100 * v:.0f}%" if math.isfinite(v) else "–"
+def power_section(
+    sweep: SweepSpec, p: Plan, effect: float | None = None
+) -> tuple[list[DesignPower], PowerInputs]:
+    """The plan's power section: noise and exponents from earlier sweeps in the sweep's store (else the
+    defaults), at `effect` on every axis, or the paper's verified number per axis (else width only)."""
+    from analysis.claims import PAPER_RATES
+
+    inputs = store_inputs(resolve_tracking_uri(sweep.output_dir))
+    paper = {axis: rate.value for axis, rate in PAPER_RATES.items()}
+    effects = {r.trial.axis: effect if effect is not None else paper.get(r.trial.axis) for r in p.rows}
+    return plan_power(p, inputs, effects), inputs
 
 
-def print_power(console: Console, powers: list, inputs: PowerInputs) -> None:
+def print_power(console: Console, powers: list[DesignPower], inputs: PowerInputs) -> None:
     """The power table under the plan: what each axis' verdict can tell, and what the numbers assume."""
     from rich.table import Table
 
-    from analysis.text import pct
+    from analysis.text import pct, plus_minus
 
     table = Table(title="power: what each axis can tell (simulated with the report's fitting code)")
     for col in (
@@ -212,10 +224,10 @@ def print_power(console: Console, powers: list, inputs: PowerInputs) -> None:
             ", ".join(str(n) for n in d.n_x.values()),
             str(d.seeds),
             f"{d.alpha:.3g}",
-            _plus_minus(d.median_width / 2),
+            plus_minus(d.median_width / 2),
             pct(d.effect, 0) if d.effect is not None else "–",
             f"{d.power:.0%}" if has_power and math.isfinite(d.power) else "–",
-            _plus_minus(d.detectable),
+            plus_minus(d.detectable),
         )
     first = powers[0] if powers else None
     runs = (

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from analysis.text import MISSING, fmt, pct, points
+from analysis.text import MISSING, fmt, pct, plus_minus, points
 
 
 @pytest.mark.parametrize(
@@ -25,12 +25,13 @@ def test_a_fraction_is_a_signed_percentage(value: float, digits: int, text: str)
 
 def test_the_defaults_are_one_decimal() -> None:
     assert (pct(0.11844), points(0.15), points(-0.004)) == ("+11.8%", "+15.0", "-0.4")
+    assert plus_minus(0.236) == "±24%"  # a half-width: unsigned, whole percent
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_number_that_does_not_exist_is_one_mark_everywhere(bad: float) -> None:
     assert MISSING == "–"
-    assert pct(bad) == pct(bad, 0) == points(bad) == fmt(bad) == fmt(None) == MISSING
+    assert pct(bad) == pct(bad, 0) == points(bad) == plus_minus(bad) == fmt(bad) == fmt(None) == MISSING
 
 
 def test_table_numbers_keep_four_significant_digits() -> None:

@@ -604,7 +604,7 @@ def test_plan_rows_and_totals() -> None:
     assert p.total_seconds == pytest.approx(p.total_flops / 1e10)
     assert p.max_memory_bytes == max(r.memory_bytes for r in p.rows)
     assert sum(r.duplicate for r in p.rows) == len(p.rows) - p.n_trials
-    d = json.loads(p.to_json())
+    d = json.loads(json.dumps(p.to_dict()))  # what `sweep plan --json` prints
     assert d["totals"]["trials"] == p.n_trials and len(d["trials"]) == len(p.rows)
 
 
