@@ -26,15 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.compare import compare_rates
 from analysis.data import EBT, TPP
+from analysis.design import draw_losses, measure
 from analysis.errors import FitError
-from analysis.fit import Seed, fit_law, spawn_seeds
+from analysis.fit import Seed, spawn_seeds
 from analysis.laws import DEFAULT_LEVEL
 from analysis.text import pct, plus_minus
 
 Z80 = 0.8416  # the standard normal's 80% quantile: a test with this much margin beyond z detects 80%
-FIRST_LOSS = 5.0  # nats at each family's smallest x (the scale does not change a power law's exponent)
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,8 @@ def design_power(
     alpha: float,
     noise: float,
     effect: float | None = None,
-    replicates: int = 100,
-    bootstrap: int = 100,
+    replicates: int,
+    bootstrap: int,
     level: float = DEFAULT_LEVEL,
     seed: Seed = 0,
 ) -> DesignPower:
@@ -113,21 +112,14 @@ def design_power(
     if min(v.size for v in xs.values()) < 2 or seeds < 1:
         raise FitError(f"{axis}: a design needs at least 2 distinct x per family and 1 seed")
     true_alpha = {TPP: alpha, EBT: alpha * (1 + (effect or 0.0))}
-    draws_seed, *fit_seeds = spawn_seeds(seed, 2 * replicates + 1)  # the losses', then each fit's
+    draws_seed, *fit_seeds = spawn_seeds(seed, replicates + 1)  # the losses', then each study's fits
     rng = np.random.default_rng(draws_seed)
+    x_trials = {fam: np.repeat(xs[fam], seeds) for fam in (EBT, TPP)}  # each x, `seeds` times
     widths, hits, failed = [], 0, 0
     for r in range(replicates):
-        fits = {}
+        y = {fam: draw_losses(x_trials[fam], true_alpha[fam], noise, rng, xs[fam][0]) for fam in (EBT, TPP)}
         try:
-            for k, fam in enumerate((EBT, TPP)):
-                xr = np.repeat(xs[fam], seeds)  # each x, `seeds` times: one configuration per x
-                mean = FIRST_LOSS * (xr / xs[fam][0]) ** -true_alpha[fam]
-                y = mean * np.exp(noise * rng.standard_normal(xr.size))
-                groups = np.repeat(np.arange(xs[fam].size), seeds)
-                fits[fam] = fit_law(
-                    xr, y, "power", groups=groups, bootstrap=bootstrap, level=level, seed=fit_seeds[2 * r + k]
-                )
-            rel = compare_rates(fits[EBT], fits[TPP], level=level).relative
+            rel = measure(x_trials, y, bootstrap=bootstrap, level=level, seed=fit_seeds[r]).relative
         except FitError:
             failed += 1
             continue

@@ -73,6 +73,11 @@ class SweepDir:
         return self.root / "tuning.json"
 
     @property
+    def extend_file(self) -> Path:
+        """`sweep extend`'s rounds (orchestrator/sweep/extend.py)."""
+        return self.root / "extend.json"
+
+    @property
     def tuning_trials(self) -> Path:
         return self.root / "tuning"
 

@@ -19,6 +19,9 @@ STATUS_REASON = f"{PREFIX}status_reason"
 ROWS = f"{PREFIX}rows"  # JSON: every plan row (axis membership) a trial's run stands for
 STAGE = f"{PREFIX}stage"  # "tuning" on a tuning-stage trial's run (orchestrator/sweep/tuning.py)
 
+EXTEND_ROUND = f"{PREFIX}extend_round"  # on a trial's run that `sweep extend` added: its round
+EXTEND_STOP = f"{PREFIX}extend_stop"  # on the sweep's parent run: why `sweep extend` stopped
+
 ROLE_SWEEP = "sweep"
 STAGE_TUNING = "tuning"
 
@@ -27,6 +30,7 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 THINKING_ARTIFACT = "thinking.json"  # System-2 curves, on the EBT trial's run and the sweep's parent run
+EXTEND_ARTIFACT_DIR = "extend"  # on the sweep's parent run: round-<n>.json, each round of `sweep extend`
 ERROR_ARTIFACT = "error/traceback.txt"  # on a failed trial's run: what its last attempt raised
 
 

@@ -236,6 +236,50 @@ def run_command(
         raise typer.Exit(1)
 
 
+@sweep_app.command("extend")
+def extend_command(
+    spec: SpecArg,
+    target_width: Annotated[
+        float | None,
+        typer.Option(
+            "--target-width",
+            help="stop once the 95% interval of EBT's relative scaling-rate difference is this wide "
+            "(0.2: about ±10%); default: the spec's adaptive.target_width, else only the budget stops it",
+        ),
+    ] = None,
+    budget_flops: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-flops", help="training FLOPs all rounds together may add (or adaptive.budget_flops)"
+        ),
+    ] = None,
+    axis: Annotated[
+        str | None, typer.Option(help="data or batch (default: adaptive.axis, else data when present)")
+    ] = None,
+    batch: Annotated[int | None, typer.Option(help="trials per round (default: adaptive.batch, 4)")] = None,
+    address: AddressOption = None,
+    max_failures: Annotated[int, typer.Option(help="retries per trial after a crash")] = 2,
+    launcher: LauncherOption = "auto",
+) -> None:
+    """Adaptive rounds on one axis of SPEC after it has run: each round fits the finished trials as the report
+    does, adds the trials that narrow the EBT vs Transformer++ verdict's interval most per training FLOP
+    (new axis values within the adaptive range, or another seed, for either family), trains them on Ray
+    through a Tune Searcher, and refits. Stops at the target width, at the FLOP budget, or when no candidate
+    helps, and says which. Rounds are kept in <output_dir>/<sweep>/extend.json and on the sweep's MLflow
+    run; safe to re-run after a kill: an unfinished round resumes and nothing is trained twice."""
+    from orchestrator.sweep.extend import ExtendSettings, run_extend
+
+    try:
+        sweep = load_spec(spec)
+        settings = ExtendSettings.of(
+            sweep, axis=axis, target_width=target_width, budget_flops=budget_flops, batch=batch
+        )
+        state = run_extend(sweep, settings, address=address, max_failures=max_failures, launcher=launcher)
+    except (ConfigError, OSError) as err:
+        raise fail(err) from None
+    typer.echo(f"{sweep.name}: {len(state.rounds)} round(s) on the {state.axis} axis; stopped: {state.stop}")
+
+
 @sweep_app.command("status")
 def status_command(spec: SpecArg) -> None:
     """Show each trial of SPEC: finished, running, interrupted, pending, failed or diverged."""

@@ -332,6 +332,25 @@ def _expand(spec: SweepSpec, tuned: TunedValues | None) -> list[PlannedTrial]:
     return _place(spec, trials)
 
 
+AXIS_FIELDS: dict[str, str] = {"data": "tokens", "batch": "global_batch_size"}  # what an extra x sets
+
+
+def extra_trial(
+    spec: SweepSpec, family: str, axis: str, value: int, seed: int, tuned: TunedValues | None
+) -> PlannedTrial:
+    """A trial the spec does not plan, planned as `expand` plans its own (name, id, tuned values, folder):
+    one more value on the data or batch axis, or another seed (`sweep extend`). Raises SpecError if the
+    value gives an invalid trial."""
+    ax = getattr(spec.axes, axis)
+    one = ax.model_copy(update={AXIS_FIELDS[axis]: [int(value)]})
+    point = axis_points(
+        spec.model_copy(update={"axes": spec.axes.model_copy(update={axis: one})}), family, axis
+    )[0]
+    point = replace(point, loc=("adaptive", axis, AXIS_FIELDS[axis]))
+    cfg, got = _resolve(spec, family, point, seed, tuned=tuned)
+    return _place(spec, [_planned(spec, cfg, point, None, got)])[0]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the tuning stage's sizes and state (the search: tuning.py)
 

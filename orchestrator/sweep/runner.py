@@ -550,10 +550,14 @@ def run_on_ray(
     launcher: str,
     scheduler: Any = None,
     label: str = "tune",
+    searcher: Any = None,
 ) -> Any:
     """One Tune experiment over the pending units; returns its ResultGrid. With a `scheduler` (the tuning
-    stage's ASHA) the trials report every validation loss and may be stopped early."""
+    stage's ASHA) the trials report every validation loss and may be stopped early. With a `searcher` (a
+    Tune Searcher built from the jobs: `sweep extend`'s rounds) Tune asks it for each trial's job, in
+    batches of the concurrent slots, instead of walking a grid."""
     from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
     ray_dir = stage.folder.ray
     attempt = time.strftime("%Y%m%d-%H%M%S")  # names this invocation's Tune experiment and Train runs
@@ -581,11 +585,18 @@ def run_on_ray(
     # finished, resume interrupted) lives in the trial folders and verified checkpoints, which survive any
     # crash; restoring Tune's own state after a driver kill was seen to strand later trials waiting for
     # resources held by the dead run.
+    slots = max_concurrent or concurrent_slots(pending)
+    search: dict[str, Any] = {"max_concurrent_trials": slots}
+    if searcher is not None:
+        search = {
+            "search_alg": ConcurrencyLimiter(searcher(jobs), max_concurrent=slots, batch=True),
+            "num_samples": len(jobs),
+        }
     tuner = tune.Tuner(
         trainable,
-        param_space={"job": tune.grid_search(jobs)},
+        param_space={} if searcher is not None else {"job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent or concurrent_slots(pending),
+            **search,
             # A finished trial's actor trains the next trial of the same resource shape: imports, the first
             # deepspeed.initialize and the process group are paid once per slot, not once per trial.
             reuse_actors=True,

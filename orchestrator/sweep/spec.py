@@ -301,6 +301,31 @@ class Rules(_SpecModel):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# adaptive rounds (`sweep extend`, orchestrator/sweep/extend.py)
+
+
+class AdaptiveSpec(_SpecModel):
+    """Adaptive rounds on one axis after the sweep has run: each round adds the trials that narrow the EBT
+    vs Transformer++ verdict's interval most per training FLOP, until `target_width`, `budget_flops` or no
+    candidate helps. Candidates: `points` log-spaced axis values over `range` (default: the axis' own span),
+    and another seed at a value a family has once it has `min_distinct` of them."""
+
+    axis: Literal["data", "batch"]  # the axes whose new x keep every model size (so its tuning holds)
+    budget_flops: PosFloat  # training FLOPs all rounds together may add
+    target_width: PosFloat | None = None  # of the relative exponent difference's 95% interval (0.2: ±10%)
+    batch: Annotated[int, Field(ge=1, le=64)] = 4  # trials per round
+    points: Annotated[int, Field(ge=2, le=256)] = 21
+    range: tuple[PosFloat, PosFloat] | None = None
+    min_distinct: Annotated[int, Field(ge=2)] | None = None  # None: analysis.design.MIN_DISTINCT
+
+    @model_validator(mode="after")
+    def _check_range(self) -> AdaptiveSpec:
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise _Problems([(("range",), f"needs low < high, got {list(self.range)}")])
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the spec
 
 
@@ -317,6 +342,7 @@ class SweepSpec(_SpecModel):
     rules: Rules = Rules()
     axes: Axes
     tune: TuneSpec | None = None  # a search per family and size before the sweep (tune_space.py)
+    adaptive: AdaptiveSpec | None = None  # rounds that narrow a verdict after the sweep (`sweep extend`)
     output_dir: str = DEFAULT_OUTPUT_DIR
 
     @property
@@ -333,6 +359,8 @@ class SweepSpec(_SpecModel):
             problems = _check_points(self)
         if not problems and self.tune is not None:
             problems = _check_tune(self, self.tune)
+        if not problems and self.adaptive is not None and getattr(self.axes, self.adaptive.axis) is None:
+            problems = [(("adaptive", "axis"), f"{self.adaptive.axis!r} is not one of this sweep's axes")]
         if problems:
             raise _Problems(_unique(problems))
         return self

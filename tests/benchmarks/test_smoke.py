@@ -140,3 +140,17 @@ def test_orchestration_smoke(tmp_path: Path) -> None:
     assert {"ensure_runs", "init_ray", "tune_fit"} <= set(result["driver"])
     assert finite(result["occupancy"]["mean_concurrency"])
     assert "orchestration efficiency" in stdout
+
+
+def test_adaptive_smoke_simulates_every_design_and_truth_and_judges_the_targets(tmp_path: Path) -> None:
+    result, stdout = smoke_json("bench_adaptive", tmp_path)
+    designs = {r["design"] for r in result["rows"]}
+    assert designs == {"uniform", "random", "adaptive", "adaptive to the grid's width"}
+    assert {r["effect"] for r in result["rows"]} == {0.0, 0.3598, -0.2}
+    for row in result["rows"]:
+        assert row["studies"] == result["replicates"] and 0 <= row["coverage"] <= 1
+        assert row["flops_share"] <= 1.0 + 1e-9  # no design spends more than the uniform grid's FLOPs
+    assert [r["width_ratio"] for r in result["rows"] if r["design"] == "uniform"] == [1.0, 1.0, 1.0]
+    printed = " ".join(stdout.split())  # rich wraps long lines
+    assert len(result["targets"]) == 3 and all(" ".join(t.split()) in printed for t in result["targets"])
+    assert result["smoke"] is True
