@@ -39,6 +39,7 @@ from analysis.isoflop import IsoFlopResult, flops_per_token_from_trials, isoflop
 from analysis.laws import grid_design, resolve_law
 from analysis.learning import LearningCheck, learning_check
 from analysis.options import DEFAULT_OPTIONS, AnalysisOptions
+from analysis.rounds import check_round_frame, plot_rounds, round_rows
 from analysis.text import fmt, pct
 from analysis.thinking import MODE_LABELS, SPLIT_LABELS, System2, system2
 from analysis.tuning import check_tuning_frame, plot_tuning, tuning_rows
@@ -816,6 +817,42 @@ def _seed_noise_section(doc: Doc, an: Analysis) -> None:
     )
 
 
+def _design_section(doc: Doc, rounds: pd.DataFrame, plot_dir: Path) -> None:
+    check_round_frame(rounds)
+    doc.h(2, "Design: adaptive rounds")
+    stop = next((s for s in reversed(rounds["stop"].tolist()) if s), "")
+    doc.p(
+        "After the sweep, `sweep extend` added trials in rounds: each round measured the verdict's interval, "
+        "then added the trials expected to narrow it most per training FLOP (new axis values or another "
+        f"seed, either family). Stopped: {stop or 'not yet (rounds still to run)'}."
+    )
+    _figure(doc, plot_rounds(rounds), plot_dir / "design.png", "design: interval width against FLOPs added")
+    rows = [
+        [
+            r["axis"],
+            str(r["round"]),
+            fmt(r["flops_before"]),
+            fmt(r["width"]),
+            r["added"] or "–",
+            fmt(r["expected_width"]),
+            fmt(r["flops"]),
+        ]
+        for r in rounds.to_dict("records")
+    ]
+    doc.table(
+        [
+            "axis",
+            "round",
+            "FLOPs added before",
+            "width",
+            "trials added (why)",
+            "expected width after",
+            "their FLOPs",
+        ],
+        rows,
+    )
+
+
 def _tuning_section(doc: Doc, tuning: pd.DataFrame, plot_dir: Path) -> None:
     check_tuning_frame(tuning)
     doc.h(2, "Tuning")
@@ -952,13 +989,15 @@ def write_report(
     options: AnalysisOptions = DEFAULT_OPTIONS,
     *,
     tuning: pd.DataFrame | None = None,
+    rounds: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Analyse a trials table and write report.html (self-contained), report.md, summary.json and
     plots/*.png under out_dir. Returns {"html", "markdown", "summary", "plots_dir"}.
 
     `options.form` is the per-axis law whose exponent is compared ('power', as the EBT paper's scaling
     rates, or 'saturating'); axes with too few usable points are reported as such, never raised. `tuning`:
-    the tuning stage's table (analysis/tuning.py), reported in a section of its own."""
+    the tuning stage's table (analysis/tuning.py), `rounds` the adaptive rounds' (analysis/rounds.py), each
+    reported in a section of its own."""
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -987,6 +1026,8 @@ def write_report(
         _seed_noise_section(doc, an)
     if tuning is not None and not tuning.empty:
         _tuning_section(doc, tuning, plot_dir)
+    if rounds is not None and not rounds.empty:
+        _design_section(doc, rounds, plot_dir)
     _excluded_section(doc, an.excluded)
     _provenance_section(doc, provenance)
 
@@ -1001,5 +1042,7 @@ def write_report(
     summary = _summary(an)
     if tuning is not None and not tuning.empty:
         summary["tuning"] = tuning_rows(tuning)
+    if rounds is not None and not rounds.empty:
+        summary["design"] = round_rows(rounds)
     paths["summary"].write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
     return paths

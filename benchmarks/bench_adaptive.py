@@ -166,7 +166,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.add_argument("--seed", type=int, default=0, help="the simulation's root seed")
     args = parse_bench_args(p, SMOKE)
-    console = Console()
+    console = Console(width=160)
     seeds = iter(spawn_seeds(args.seed, len(DESIGNS) * len(EFFECTS)))
     t0 = time.perf_counter()
     rows, uniform_width = [], {}

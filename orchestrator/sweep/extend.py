@@ -370,3 +370,28 @@ def _log_stop(uri: str, spec: SweepSpec, state: ExtendState) -> None:
     if state.final_width is not None and math.isfinite(state.final_width):
         client.log_metric(parent, "extend_width", state.final_width, step=len(state.rounds) + 1)
     client.set_tag(parent, tags.EXTEND_STOP, state.stop or "")
+
+
+def rounds_frame(spec: SweepSpec) -> Any:
+    """extend.json as the report's rounds table (analysis/rounds.py: ROUND_COLUMNS), or None if none."""
+    import pandas as pd
+
+    if not spec.folder.extend_file.exists():
+        return None
+    data = json.loads(spec.folder.extend_file.read_text())
+    rows, before = [], 0.0
+    for r in data.get("rounds", []):
+        added = ", ".join(f"{t['name']} ({t['kind']})" for t in r["trials"])
+        rows.append(
+            [r["number"], data["axis"], before, r["width"], r["expected_width"], r["flops"], added, ""]
+        )
+        before += r["flops"]
+    if data.get("stop"):
+        final = data.get("final_width")
+        width = final if final is not None else math.nan
+        rows.append([len(rows) + 1, data["axis"], before, width, math.nan, 0.0, "", data["stop"]])
+    if not rows:
+        return None
+    from analysis.rounds import ROUND_COLUMNS
+
+    return pd.DataFrame(rows, columns=list(ROUND_COLUMNS))

@@ -105,7 +105,10 @@ def build_report(
     thinking = load_thinking_curves(ref.tracking_uri, ref.name)
     provenance = provenance_of(ref.tracking_uri, ref.name, sweep)
     tuning = _tuning_table(ref.spec) if ref.spec is not None else None
-    paths = write_report(trials, out or ref.folder.report, provenance, thinking, options, tuning=tuning)
+    rounds = _rounds_table(ref.spec) if ref.spec is not None else None
+    paths = write_report(
+        trials, out or ref.folder.report, provenance, thinking, options, tuning=tuning, rounds=rounds
+    )
     publish_report(ref.tracking_uri, ref.name, paths)
     return paths
 
@@ -116,3 +119,10 @@ def _tuning_table(spec: SweepSpec) -> Any:
 
     payload = read_tuning_file(spec) if spec.tune is not None else None
     return tuning_frame(payload) if payload and payload["sizes"] else None
+
+
+def _rounds_table(spec: SweepSpec) -> Any:
+    """`sweep extend`'s rounds (extend.json), or None."""
+    from orchestrator.sweep.extend import rounds_frame
+
+    return rounds_frame(spec)

@@ -63,7 +63,7 @@ def test_extend_adds_rounds_records_them_and_resumes_a_killed_round_without_dupl
     # the driver killed once the first round is chosen (written) and before it has all trained
     proc = start_cli(*args)
     try:
-        wait_for(lambda: state_file.exists() and json.loads(state_file.read_text())["rounds"], 300, "a round")
+        wait_for(lambda: state_file.exists() and json.loads(state_file.read_text())["rounds"], 600, "a round")
     finally:
         kill_session(proc.pid)
         proc.wait()
@@ -97,6 +97,14 @@ def test_extend_adds_rounds_records_them_and_resumes_a_killed_round_without_dupl
     assert client.get_run(parent).data.tags[tags.EXTEND_STOP] == state["stop"]
     logged = {a.path for a in client.list_artifacts(parent, tags.EXTEND_ARTIFACT_DIR)}
     assert logged == {f"{tags.EXTEND_ARTIFACT_DIR}/round-{r['number']}.json" for r in rounds}
+
+    # the report shows the rounds (its Design section) and why they stopped
+    report = cli("report", str(spec), "--bootstrap", "50")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "## Design: adaptive rounds" in (out / SWEEP / "report" / "report.md").read_text()
+    summary = json.loads((out / SWEEP / "report" / "summary.json").read_text())
+    assert [r["round"] for r in summary["design"]] == list(range(1, len(rounds) + 2))
+    assert summary["design"][-1]["stop"] == state["stop"]
 
     # run again: the same stop, nothing trained twice, no new run
     before = result_mtimes(out)
