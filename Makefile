@@ -61,7 +61,8 @@ chaos: $(STAMP)
 # mutant of the small files; every function's first mutant (_1) and then every 5th (numbers ending in 1 or 6)
 # of the cheap files; every 10th (ending in 1), 20th (ending in 01, 21, 41, 61, 81), 3 in 100 (01, 41, 81)
 # or 1 in 100 (01) of the costly ones, whose tests write reports or reach every fit; 1 in 50 (01, 51) of
-# analysis/power.py, whose tests simulate whole studies. MUTANTS='analysis.compare.*' runs every
+# analysis/power.py and analysis/design.py, whose tests simulate whole studies; every 5th of analysis/rounds.py.
+# MUTANTS='analysis.compare.*' runs every
 # mutant of one file (docs/testing.md).
 MUTANTS ?= 'analysis.x_*' 'analysis.intervals.*' 'analysis.text.*' 'model.thinking.*' \
   'model.flops.*[16]' 'analysis.tuning.*[16]' 'analysis.data.*1' 'analysis.identify.*1' \
@@ -71,7 +72,8 @@ MUTANTS ?= 'analysis.x_*' 'analysis.intervals.*' 'analysis.text.*' 'model.thinki
   'analysis.backtest.*_1' 'analysis.backtest.*[02468]1' 'analysis.fit.*_1' 'analysis.fit.*[048]1' \
   'analysis.compare.*_1' 'analysis.compare.*[048]1' 'analysis.claims.*_1' 'analysis.claims.*[048]1' \
   'analysis.plots.*_1' 'analysis.plots.*[05]1' 'analysis.report.*_1' 'analysis.report.*01' \
-  'analysis.power.*_1' 'analysis.power.*[05]1'
+  'analysis.power.*_1' 'analysis.power.*[05]1' 'analysis.design.*_1' 'analysis.design.*[05]1' \
+  'analysis.rounds.*_1' 'analysis.rounds.*[16]'
 mutation: $(STAMP)
 	$(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/python tests/mutation/score.py
