@@ -113,6 +113,13 @@ def test_a_round_stops_at_the_target_width_and_says_so() -> None:
     assert done.relative is not None and done.relative.lo < done.relative.value < done.relative.hi
     more = next_round(x, y, [16.0], tokens, batch=2, budget_left=1e9, target_width=1e-6, bootstrap=100)
     assert more.stop is None and more.chosen and more.width > 1e-6
+    # the expected widths are in the measured width's units: the first choice starts from it
+    assert more.chosen[0].width_before == pytest.approx(more.width)
+    assert more.chosen[-1].width_after < more.width
+    unmeasured = next_round(x, y, [16.0], tokens, batch=2, budget_left=1e9)
+    assert unmeasured.chosen[0].width_before == pytest.approx(
+        expected_width(x, unmeasured.alphas, unmeasured.noise)
+    )
     assert more.cost == sum(c.candidate.cost for c in more.chosen)
 
 
