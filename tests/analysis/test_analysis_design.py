@@ -129,3 +129,10 @@ def test_a_round_says_whether_the_budget_or_the_candidates_ran_out() -> None:
     assert broke.stop == STOP_BUDGET and broke.chosen == [] and math.isnan(broke.width)
     nothing = next_round(x, y, [], tokens, batch=2, budget_left=1e9)
     assert nothing.stop == STOP_NO_GAIN and nothing.chosen == []
+
+
+def test_an_interval_at_level_zero_has_zero_width_and_a_higher_level_a_wider_one() -> None:
+    """The width is between the (1 - level)/2 and (1 + level)/2 percentiles of the simulated draws."""
+    x = {f: np.geomspace(1.0, 8.0, 6) for f in (EBT, TPP)}
+    assert expected_width(x, ALPHA, 0.02, level=1e-9) == pytest.approx(0.0, abs=1e-6)
+    assert expected_width(x, ALPHA, 0.02, level=0.5) < expected_width(x, ALPHA, 0.02, level=0.95)

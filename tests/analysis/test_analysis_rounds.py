@@ -50,3 +50,23 @@ def test_the_report_has_a_design_section_with_the_stop_and_a_summary_key(tmp_pat
     assert summary["design"][-1]["expected_width"] is None and summary["design"][-1]["stop"]
     plain = write_report(trials, tmp_path / "plain", {}, options=AnalysisOptions(bootstrap=20))
     assert "## Design" not in plain["markdown"].read_text()
+
+
+def test_the_plot_labels_its_axes_and_orders_each_extended_axis_by_name() -> None:
+    """Two axes extended: their curves and legend entries in name order; the measured widths drawn as
+    points joined by a line, the expectations as points."""
+    two = pd.concat(
+        [rounds_table().assign(axis="data"), rounds_table().assign(axis="batch")], ignore_index=True
+    )
+    fig = plot_rounds(two)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "batch: measured",
+        "batch: expected after the round",
+        "data: measured",
+        "data: expected after the round",
+    ]
+    assert all(line.get_marker() == "o" and line.get_linestyle() == "-" for line in ax.get_lines())
+    assert ax.get_xlabel() == "training FLOPs added by the rounds"
+    assert ax.get_ylabel() == "95% interval width (relative difference)"
+    plt.close(fig)

@@ -26,6 +26,7 @@ def test_a_fraction_is_a_signed_percentage(value: float, digits: int, text: str)
 def test_the_defaults_are_one_decimal() -> None:
     assert (pct(0.11844), points(0.15), points(-0.004)) == ("+11.8%", "+15.0", "-0.4")
     assert plus_minus(0.236) == "±24%"  # a half-width: unsigned, whole percent
+    assert plus_minus(0.7) == "±70%"
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
