@@ -82,6 +82,7 @@ class RoundRecord:
     flops: float  # the round's trials' training FLOPs
     trials: list[dict[str, Any]] = field(default_factory=list)  # name, id, family, x, seed, kind, cost...
     trained: bool = False
+    logged: bool = False  # on the sweep's MLflow run (after training: a kill before it logs on resume)
 
 
 @dataclass
@@ -290,9 +291,13 @@ def run_extend(
                 )
         record.trained = True
         state.save(spec)
+        if not record.logged:
+            _log_round(uri, spec, state, record)
+            record.logged = True
+            state.save(spec)
 
     for record in state.rounds:
-        if not record.trained:  # killed during this round: finish it before choosing anew
+        if not (record.trained and record.logged):  # killed during this round: finish it first
             echo(f"round {record.number}: resuming its {len(record.trials)} trials")
             train(record)
     while True:
@@ -345,7 +350,6 @@ def run_extend(
         record = RoundRecord(number, r.width, rel, r.chosen[-1].width_after, r.cost, picked)
         state.rounds.append(record)
         state.save(spec)  # before anything trains: a kill now resumes this very round
-        _log_round(uri, spec, state, record)
         echo(
             f"round {number}: width {r.width:.3g}, adding {len(picked)} trial(s) "
             f"({', '.join(p['name'] for p in picked)}), expected width after {record.expected_width:.3g}"
@@ -360,7 +364,8 @@ def _log_round(uri: str, spec: SweepSpec, state: ExtendState, record: RoundRecor
     if math.isfinite(record.width):
         client.log_metric(parent, "extend_width", record.width, step=step)
     client.log_metric(parent, "extend_expected_width", record.expected_width, step=step)
-    client.log_metric(parent, "extend_flops", state.spent, step=step)
+    spent = sum(r.flops for r in state.rounds if r.number <= step)
+    client.log_metric(parent, "extend_flops", spent, step=step)
     client.log_dict(parent, asdict(record), f"{tags.EXTEND_ARTIFACT_DIR}/round-{step}.json")
 
 
