@@ -31,7 +31,7 @@ from analysis.compare import RateComparison, compare_rates
 from analysis.data import EBT, TPP
 from analysis.errors import FitError
 from analysis.fit import ParamEstimate, Seed, fit_law, spawn_seeds
-from analysis.laws import DEFAULT_LEVEL
+from analysis.laws import DEFAULT_HUBER_DELTA, DEFAULT_LEVEL
 
 FAMILIES: tuple[str, str] = (EBT, TPP)
 MIN_DISTINCT = 8  # distinct x per family before another seed is offered (see the module docstring)
@@ -201,14 +201,25 @@ def measure(
     bootstrap: int,
     level: float = DEFAULT_LEVEL,
     seed: Seed = 0,
+    huber_delta: float = DEFAULT_HUBER_DELTA,
 ) -> RateComparison:
     """The verdict as the report computes it: a power law per family (the cluster bootstrap over each x's
-    seeds) and the paired-bootstrap relative exponent difference. Raises FitError when a fit fails."""
+    seeds) and the paired-bootstrap relative exponent difference. Raises FitError when a fit fails.
+    `huber_delta`: the fit's loss, the report's by default (benchmarks/bench_calibration.py compares)."""
     fit_seeds = spawn_seeds(seed, len(FAMILIES))
     fits = {}
     for fam, fit_seed in zip(FAMILIES, fit_seeds, strict=True):
         xf, yf = np.asarray(x[fam], float), np.asarray(y[fam], float)
-        fits[fam] = fit_law(xf, yf, "power", groups=xf, bootstrap=bootstrap, level=level, seed=fit_seed)
+        fits[fam] = fit_law(
+            xf,
+            yf,
+            "power",
+            groups=xf,
+            bootstrap=bootstrap,
+            level=level,
+            seed=fit_seed,
+            huber_delta=huber_delta,
+        )
     return compare_rates(fits[EBT], fits[TPP], level=level)
 
 

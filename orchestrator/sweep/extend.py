@@ -20,6 +20,7 @@ reason as a tag. Each added trial's own run carries its round as a tag.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -98,9 +99,6 @@ class ExtendState:
     def spent(self) -> float:
         return sum(r.flops for r in self.rounds)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def load(cls, spec: SweepSpec, axis: str) -> ExtendState:
         path = spec.folder.extend_file
@@ -118,12 +116,15 @@ class ExtendState:
     def save(self, spec: SweepSpec) -> None:
         path = spec.folder.extend_file
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_float))
+        tmp.write_text(json.dumps(asdict(self), indent=1, default=_json_number))
         tmp.replace(path)
 
 
-def _json_float(value: Any) -> Any:
-    return float(value) if isinstance(value, np.floating) else str(value)
+def _json_number(value: Any) -> Any:
+    """numpy scalars (the design's widths and x) as plain numbers; anything else is a bug, not a string."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"extend.json cannot hold {type(value).__name__}: {value!r}")
 
 
 def round_searcher(known: dict[str, float]) -> Callable[[list[dict[str, Any]]], Any]:
@@ -175,7 +176,7 @@ class AxisTrials:
 def finished_trials(spec: SweepSpec, axis: str) -> AxisTrials:
     """What the store holds for the axis (every child run of the sweep's parent, the extended ones too)."""
     from analysis.compare import axis_points
-    from analysis.data import EBT, TPP, split_trials, tidy_trials
+    from analysis.data import AXIS_X, EBT, TPP, split_trials, tidy_trials
     from orchestrator.sweep.results import load_sweep_trials
 
     raw = load_sweep_trials(resolve_tracking_uri(spec.output_dir), spec.name)
@@ -183,18 +184,12 @@ def finished_trials(spec: SweepSpec, axis: str) -> AxisTrials:
     pts = axis_points(ok, axis)
     rows = ok[ok["axis"] == axis]
     seeds: dict[tuple[str, float], list[int]] = {}
-    for fam, x, seed in zip(rows["family"], rows[_analysis_x(axis)], rows["seed"], strict=True):
+    for fam, x, seed in zip(rows["family"], rows[AXIS_X[axis]], rows["seed"], strict=True):
         seeds.setdefault((str(fam), float(x)), []).append(int(seed))
     x = {f: pts.loc[pts["family"] == f, "x"].to_numpy(float) for f in (EBT, TPP)}
     y = {f: pts.loc[pts["family"] == f, "y"].to_numpy(float) for f in (EBT, TPP)}
     losses = dict(zip(ok["trial_id"], ok["val_loss"].astype(float), strict=True))
     return AxisTrials(x, y, seeds, losses)
-
-
-def _analysis_x(axis: str) -> str:
-    from analysis.data import AXIS_X
-
-    return AXIS_X[axis]
 
 
 def trial_x(trial: PlannedTrial, axis: str) -> float:
@@ -237,12 +232,10 @@ class Planner:
         return extra_trial(self.spec, family, self.axis, self.by_x[(family, x)], seed, self.tuned)
 
 
-def next_seed(
-    trials: AxisTrials, spec: SweepSpec, family: str, x: float, taken: set[tuple[str, float, int]]
-) -> int:
+def next_seed(trials: AxisTrials, family: str, x: float, taken: set[tuple[str, float, int]]) -> int:
     """The smallest seed not yet trained (or chosen this round) at (family, x)."""
     used = set(trials.seeds.get((family, x), [])) | {s for f, v, s in taken if f == family and v == x}
-    return next(s for s in range(max(spec.seeds) + 1 + len(used) + 1) if s not in used)
+    return next(s for s in itertools.count() if s not in used)
 
 
 def run_extend(
@@ -266,9 +259,9 @@ def run_extend(
         raise ConfigError(f"sweep {spec.name}: no valid {s.axis} value in the adaptive range to add")
     uri = resolve_tracking_uri(spec.output_dir)
 
-    def train(record: RoundRecord) -> None:
+    def train(record: RoundRecord, known: dict[str, float]) -> None:
+        """Trains the round's trials (`known`: the store's finished trials, the Searcher's warm start)."""
         trials = [planner.trial(t["family"], t["x"], t["seed"]) for t in record.trials]
-        known = finished_trials(spec, s.axis).losses
         with start_stage(
             spec,
             trials,
@@ -299,7 +292,7 @@ def run_extend(
     for record in state.rounds:
         if not (record.trained and record.logged):  # killed during this round: finish it first
             echo(f"round {record.number}: resuming its {len(record.trials)} trials")
-            train(record)
+            train(record, finished_trials(spec, s.axis).losses)
     while True:
         have = finished_trials(spec, s.axis)
         if any(have.x[f].size < 3 for f in FAMILIES):
@@ -331,7 +324,7 @@ def run_extend(
         picked = []
         for c in r.chosen:
             cand = c.candidate
-            seed = next_seed(have, spec, cand.family, cand.x, taken)
+            seed = next_seed(have, cand.family, cand.x, taken)
             taken.add((cand.family, cand.x, seed))
             t = planner.trial(cand.family, cand.x, seed)
             picked.append(
@@ -354,7 +347,7 @@ def run_extend(
             f"round {number}: width {r.width:.3g}, adding {len(picked)} trial(s) "
             f"({', '.join(p['name'] for p in picked)}), expected width after {record.expected_width:.3g}"
         )
-        train(record)
+        train(record, have.losses)
 
 
 def _log_round(uri: str, spec: SweepSpec, state: ExtendState, record: RoundRecord) -> None:
