@@ -160,8 +160,8 @@ def _config_noise(residuals: np.ndarray, codes: np.ndarray, n_params: int, n: in
     """n draws of how far one configuration's mean log y sits from the law, as a classical prediction
     interval has it: s * t(G - p), s the residual standard error of the G training configurations' mean
     residuals (seeds of a config share its deviation, so they are averaged first). Not a resample of the
-    residuals: a Huber (near least-absolute) fit passes through some points, so their residuals understate
-    the scatter."""
+    residuals: a fit bends toward its own points (least squares by their leverage, least absolute deviations
+    through some), so their residuals understate the scatter."""
     sums = np.bincount(codes, weights=residuals)
     counts = np.bincount(codes)
     means = sums[counts > 0] / counts[counts > 0]

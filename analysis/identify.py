@@ -6,6 +6,9 @@ such a fit reads as evidence. A parameter is flagged when
 
 - it sits at a bound: a stated bound of the law (within 1e-6), or the implicit bound 0 of a positive
   quantity (E, or a term's size at the data's centre, below 1e-6 of the typical y: the term has vanished);
+- it is a floor (E) whose interval reaches below 1% of the typical y: the data do not tell it from no floor
+  (a least-squares fit to data with none puts a small E on the noise, and the bootstrap, which is not
+  reliable next to a bound, can give it an interval that excludes 0);
 - its interval spans more than two orders of magnitude: hi/lo > 100 for a one-signed interval; one that
   crosses zero spans every order of magnitude (an exponent whose sign the data do not give);
 - its interval is degenerate: zero width (below 1e-6 of the value) although resamples were drawn: every
@@ -29,6 +32,7 @@ from analysis.laws import Law
 
 BOUND_TOL = 1e-6  # relative distance to a stated bound that counts as "at" it
 VANISHED = 1e-6  # a positive quantity below this fraction of the typical y is at its bound 0
+NO_FLOOR = 0.01  # a floor (E) whose interval reaches below this fraction of the typical y: no floor shown
 MAX_SPAN = 100.0  # hi / lo beyond this: more than two orders of magnitude
 DEGENERATE = 1e-6  # interval width below this fraction of the value: zero width
 
@@ -90,12 +94,16 @@ def identifiability(
                 if math.isfinite(b) and abs(value - b) <= BOUND_TOL * max(1.0, abs(b)):
                     detail = f"{name} = {value:.3g} sits at its {side} bound {b:g}"
                     add(Flag(name, "at_bound", detail, stated=True))
-        if name == law.constant_name and value < VANISHED * typical and 0.0 not in bounds.get(name, ()):
-            add(
-                Flag(
-                    name, "at_bound", f"{name} = {value:.3g} sits at its lower bound 0 (no floor in the data)"
+        if name == law.constant_name and 0.0 not in bounds.get(name, ()):
+            if value < VANISHED * typical:
+                detail = f"{name} = {value:.3g} sits at its lower bound 0 (no floor in the data)"
+                add(Flag(name, "at_bound", detail))
+            elif name in draws and (lo := percentile_interval(draws[name], level)[0]) < NO_FLOOR * typical:
+                detail = (
+                    f"{name}'s interval reaches down to {lo:.3g}, under {NO_FLOOR:.0%} of the typical y "
+                    f"{typical:.3g}: the data do not show a floor"
                 )
-            )
+                add(Flag(name, "at_bound", detail))
         if name in law.coef_names:
             k = law.coef_names.index(name)
             size = float(np.exp(a_c[0, k]))

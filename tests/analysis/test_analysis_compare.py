@@ -35,9 +35,15 @@ def test_a_real_exponent_difference_is_flagged_with_its_size():
 
 
 def test_a_slower_ebt_is_called_slower():
-    cmp = compare_rates(power_fit(60, 0.15, 0.01, 3), power_fit(40, 0.25, 0.01, 4))
+    ebt, tpp = power_fit(60, 0.15, 0.01, 3), power_fit(40, 0.25, 0.01, 4)
+    cmp = compare_rates(ebt, tpp)
     assert cmp.significant and cmp.relative.hi < 0
-    assert cmp.verdict.startswith("EBT scales 40% slower than Transformer++ (alpha 0.15")  # no axis named
+    assert cmp.relative.lo < -0.4 < cmp.relative.hi  # the true relative difference is -40%
+    a_e, a_t = ebt.params["alpha"].value, tpp.params["alpha"].value
+    slower = (
+        f"EBT scales {100 * (a_t - a_e) / a_t:.0f}% slower than Transformer++ (alpha {a_e:.3g} vs {a_t:.3g}"
+    )
+    assert cmp.verdict.startswith(slower)  # no axis named
 
 
 @pytest.mark.parametrize("seed", [5, 6, 7])
@@ -49,13 +55,23 @@ def test_a_null_difference_is_not_flagged(seed):
 
 
 def test_extrapolation_intervals_contain_the_true_values():
-    ebt, tpp = power_fit(60, 0.28, 0.01, 8), power_fit(40, 0.20, 0.01, 9)
+    """10x beyond the data the 95% intervals hold the true losses in most of 30 simulated studies (a 95%
+    interval misses one study in 20; 26 of 30 or fewer happens 6% of the time at 95% coverage, 68% at 85%)."""
     x = 10 * X.max()
+    truth = {"ebt": (60, 0.28), "transformer_pp": (40, 0.20)}
+    held = dict.fromkeys(truth, 0)
+    for seed in range(30):
+        fits = {
+            fam: power_fit(A, alpha, 0.01, 2 * seed + j) for j, (fam, (A, alpha)) in enumerate(truth.items())
+        }
+        ex = extrapolate(fits, x)
+        for fam, (A, alpha) in truth.items():
+            p = ex.predictions[fam]
+            held[fam] += p.lo < A * x**-alpha < p.hi
+            assert p.value == pytest.approx(A * x**-alpha, rel=0.1)
+    assert min(held.values()) >= 27, held
+    ebt, tpp = power_fit(60, 0.28, 0.01, 8), power_fit(40, 0.20, 0.01, 9)
     ex = extrapolate({"ebt": ebt, "transformer_pp": tpp}, x)
-    for fam, (A, alpha) in {"ebt": (60, 0.28), "transformer_pp": (40, 0.20)}.items():
-        p = ex.predictions[fam]
-        assert p.lo < A * x**-alpha < p.hi
-        assert p.value == pytest.approx(A * x**-alpha, rel=0.05)
     assert ex.difference.hi < 0  # EBT is lower there
     e, t = ex.predictions["ebt"].value, ex.predictions["transformer_pp"].value
     assert ex.difference.value == pytest.approx(e - t) and ex.relative.value == pytest.approx(e / t - 1)

@@ -18,6 +18,7 @@ from analysis.fit import (
     fit_saturating,
 )
 from analysis.isoflop import isoflop_allocation
+from analysis.laws import DEFAULT_HUBER_DELTA
 from analysis.optim import minimize_batched
 from tests.analysis.synthetic_scaling import CHINCHILLA, SHARED, chinchilla_loss, random_grid, shared_loss
 
@@ -132,7 +133,7 @@ def test_reported_objective_is_the_huber_loss_at_a_true_minimum(form):
         y = (2.0 + 30 * X**-0.25) * np.exp(0.01 * rng.standard_normal(30))
     fit = fit_law(X, y, form, bootstrap=0)
     params = {k: v.value for k, v in fit.params.items()}
-    ref = huber_objective(params, X, y, 1e-3)
+    ref = huber_objective(params, X, y, DEFAULT_HUBER_DELTA)
     assert fit.objective == pytest.approx(ref, rel=1e-9)
     # no perturbation of the parameters (in the log parameterisation) lowers the reference objective
     names = list(params)
@@ -140,7 +141,7 @@ def test_reported_objective_is_the_huber_loss_at_a_true_minimum(form):
 
     def f(v: np.ndarray) -> float:
         p = {n: (math.exp(x) if n in log_names else x) for n, x in zip(names, v, strict=True)}
-        return huber_objective(p, X, y, 1e-3)
+        return huber_objective(p, X, y, DEFAULT_HUBER_DELTA)
 
     v0 = np.array([math.log(params[n]) if n in log_names else params[n] for n in names])
     best = min(

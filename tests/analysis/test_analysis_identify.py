@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.identify import MAX_SPAN, Flag, _span_flag, advice, identifiability
+from analysis.identify import MAX_SPAN, NO_FLOOR, Flag, _span_flag, advice, identifiability
 from analysis.laws import FORMS
 
 
@@ -52,6 +52,27 @@ def test_a_floor_the_data_do_not_show_and_a_stated_bound_are_flagged_as_at_bound
     assert e.kind == "at_bound" and not e.stated and "sits at its lower bound 0" in e.detail
     (a,) = flags["alpha"]
     assert a.kind == "at_bound" and a.stated and a.detail == "alpha = 0.5 sits at its upper bound 0.5"
+
+
+@pytest.mark.parametrize(("lowest", "flagged"), [(0.5 * NO_FLOOR, True), (2 * NO_FLOOR, False)])
+def test_a_floor_whose_interval_reaches_near_zero_is_not_shown_by_the_data(lowest, flagged):
+    """E = 2% of the typical loss, its draws spread down to `lowest` x the typical loss: a floor whose
+    interval reaches under 1% of the loss is not told from no floor; one whose interval stays above it is."""
+    law = FORMS["saturating"]
+    y = np.array([4.0, 2.0, 1.0])  # typical (geometric mean) 2.0
+    theta = _theta(law, E=0.04, A=50.0, alpha=0.3)
+    draws = np.repeat(theta[None, :], 200, axis=0)
+    e = 1  # the layout is log A, log E, alpha
+    assert np.exp(theta[e]) == pytest.approx(0.04)
+    draws[:, e] = np.log(np.linspace(lowest * 2.0 * 0.9, 0.08, 200))  # the 2.5th percentile below `lowest`
+    draws[:, 2] += np.linspace(-0.01, 0.01, 200)  # alpha pinned, not degenerate
+    draws[:, 0] += np.linspace(-0.01, 0.01, 200)
+    flags = identifiability(law, theta, draws, np.array([np.log(1e4)]), y, 0.95)
+    if flagged:
+        (f,) = flags["E"]
+        assert f.kind == "at_bound" and not f.stated and "the data do not show a floor" in f.detail
+    else:
+        assert "E" not in flags
 
 
 def test_clean_draws_raise_no_flag_and_wide_draws_flag_the_exponent_only():
