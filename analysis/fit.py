@@ -1,11 +1,10 @@
 """Scaling-law fits with bootstrap confidence intervals.
 
-Method (Hoffmann et al. 2022; Besiroglu et al. 2024): Huber loss on log residuals (delta 0.05, see
-analysis.laws), log-sum-exp parameterisation, L-BFGS from a grid of starts, the best start polished with
-scipy's L-BFGS-B. Uncertainty: a nonparametric bootstrap over points (rows resampled with replacement, as
-integer weight vectors), every resample warm-started from the full-data optimum and all of them minimised
-together by the batched L-BFGS of analysis.optim; percentile intervals for every parameter and derived
-quantity.
+Method (Hoffmann et al. 2022; Besiroglu et al. 2024): Huber loss (delta 1e-3) on log residuals, log-sum-exp
+parameterisation (see analysis.laws), L-BFGS from a grid of starts, the best start polished with scipy's
+L-BFGS-B. Uncertainty: a nonparametric bootstrap over points (rows resampled with replacement, as integer
+weight vectors), every resample warm-started from the full-data optimum and all of them minimised together
+by the batched L-BFGS of analysis.optim; percentile intervals for every parameter and derived quantity.
 """
 
 from __future__ import annotations
@@ -384,13 +383,13 @@ def configuration_means(lx: np.ndarray, ly: np.ndarray, groups: Any) -> tuple[np
     """Each group's mean log x (per variable) and mean log y, one row per group in order of first
     appearance; the points themselves when `groups` is None or every group has one point.
 
-    Why a law is fitted to configuration means, not to every seed: with a Huber delta of 1e-3 (least absolute
-    deviations at these residuals; the default until 2026-12-07) two seeds at one x left the objective flat
-    between them; each warm-started bootstrap resample then stayed near the full fit, and the intervals
-    undercovered. On simulated studies of 6 x with 2 seeds each (log-noise 0.02), the 95% interval of the
-    relative exponent difference held the truth 85% of the time fitted to every seed, 96.7% fitted to the
-    means (150 studies each; benchmarks/bench_calibration.py measures the current fit). The bootstrap
-    resamples configurations either way."""
+    Why a law is fitted to configuration means, not to every seed: the Huber loss at delta 1e-3 is least
+    absolute deviations at these residuals, and two seeds at one x leave its objective flat between them;
+    each warm-started bootstrap resample then stayed near the full fit, and the intervals undercovered. On
+    simulated studies of 6 x with 2 seeds each (log-noise 0.02), the 95% interval of the relative exponent
+    difference held the truth 85% of the time fitted to every seed, 96.7% fitted to the means (150 studies
+    each, 2026-12-07; benchmarks/bench_adaptive.py measures it for every design). The bootstrap resamples
+    configurations either way."""
     if groups is None:
         return lx, ly
     codes = cluster_codes(groups, ly.size)

@@ -7,8 +7,8 @@ such a fit reads as evidence. A parameter is flagged when
 - it sits at a bound: a stated bound of the law (within 1e-6), or the implicit bound 0 of a positive
   quantity (E, or a term's size at the data's centre, below 1e-6 of the typical y: the term has vanished);
 - it is a floor (E) whose interval reaches below 1% of the typical y: the data do not tell it from no floor
-  (a least-squares fit to data with none puts a small E on the noise, and the bootstrap, which is not
-  reliable next to a bound, can give it an interval that excludes 0);
+  (a fit to data without one can put a small E on the noise, as least squares does, and the bootstrap,
+  which is not reliable next to a bound, can give it an interval that excludes 0);
 - its interval spans more than two orders of magnitude: hi/lo > 100 for a one-signed interval; one that
   crosses zero spans every order of magnitude (an exponent whose sign the data do not give);
 - its interval is degenerate: zero width (below 1e-6 of the value) although resamples were drawn: every

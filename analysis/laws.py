@@ -35,11 +35,7 @@ import numpy as np
 from analysis.errors import FitError
 
 # Fitting conventions shared by the fits and the CLI (kept here, numpy-only, so the CLI imports fast).
-# Huber delta of the log residuals: least squares within 5% of a point's loss, linear beyond (one diverged
-# trial does not drag a law). Hoffmann et al. used 1e-3, least absolute deviations at these residuals: on
-# simulated studies its 95% intervals of the relative exponent difference held the truth 97-99% of the time,
-# 0.05's 94-96%, 25% narrower (docs/analysis.md "Calibration"; benchmarks/bench_calibration.py).
-DEFAULT_HUBER_DELTA = 0.05
+DEFAULT_HUBER_DELTA = 1e-3  # Hoffmann et al.: residuals in log loss beyond 1e-3 count linearly
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import REPO
 
-# The six smoke runs take about 3 min together on the loaded 2-core test machine: start them early
+# The smoke runs take about 3 min together on the loaded 2-core test machine: start them early
 pytestmark = pytest.mark.slow
 
 
@@ -153,4 +153,22 @@ def test_adaptive_smoke_simulates_every_design_and_truth_and_judges_the_targets(
     assert [r["width_ratio"] for r in result["rows"] if r["design"] == "uniform"] == [1.0, 1.0, 1.0]
     printed = " ".join(stdout.split())  # rich wraps long lines
     assert len(result["targets"]) == 3 and all(" ".join(t.split()) in printed for t in result["targets"])
+    assert result["smoke"] is True
+
+
+def test_calibration_smoke_fits_every_design_at_every_delta(tmp_path: Path) -> None:
+    result, stdout = smoke_json("bench_calibration", tmp_path)
+    assert {r["design"] for r in result["rows"]} == {
+        "4 x, 1 seed (the demo)",
+        "6 x, 1 seed",
+        "6 x, 2 seeds (the study)",
+        "6 x, 3 seeds",
+    }
+    deltas = {r["delta"] for r in result["rows"]}
+    assert len(deltas) == 2 and 1e-3 in deltas  # Hoffmann's delta beside the report's, by default
+    for row in result["rows"]:
+        assert row["studies"] == result["replicates"] and row["failed"] == 0
+        assert 0 <= row["coverage"] <= 1 and 0 <= row["coverage_alpha_tpp"] <= 1 and row["median_width"] > 0
+    printed = " ".join(stdout.split())
+    assert all(f"delta {d:g}: relative difference's coverage" in printed for d in deltas)
     assert result["smoke"] is True
