@@ -10,7 +10,7 @@ raise `SpecError` naming the field path (`axes.flops.budgets.0: must be > 0`) be
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -179,9 +179,11 @@ class BatchAxis(_SpecModel):
 
 
 class DepthAxis(_SpecModel):
-    """Sweep the number of layers at the base width."""
+    """Sweep the number of layers at the base width; with `tokens`, every point trains that many tokens
+    instead of the base's (a depth or width effect can hide under a budget too small to use it)."""
 
     n_layers: IntPoints
+    tokens: PosInt | None = None
 
     @property
     def size(self) -> int:
@@ -222,7 +224,10 @@ class _Ladder(_SpecModel):
 
 
 class ParamsAxis(_Ladder):
-    """Sweep model size N along a width (or size-table) ladder; everything else at base."""
+    """Sweep model size N along a width (or size-table) ladder; everything else at base, but the training
+    tokens with `tokens` (as on the depth axis)."""
+
+    tokens: PosInt | None = None
 
 
 class FlopsAxis(_Ladder):
@@ -527,11 +532,15 @@ def axis_points(spec: SweepSpec, family: str, axis: str) -> list[AxisPoint]:
             for i, v in enumerate(ax.global_batch_size)
         ]
     if axis == "depth":
-        return [
+        points = [
             AxisPoint(axis, ("axes", axis, "n_layers", i), v, {"model": {"n_layers": v}})
             for i, v in enumerate(ax.n_layers)
         ]
-    return _ladder_points(spec, family, axis, ax)
+    else:
+        points = _ladder_points(spec, family, axis, ax)
+    if isinstance(ax, ParamsAxis | DepthAxis) and ax.tokens is not None:  # every size at these tokens
+        points = [replace(p, patch={**p.patch, "train": {"tokens": ax.tokens}}) for p in points]
+    return points
 
 
 def _check_points(spec: SweepSpec) -> list[tuple[Loc, str]]:

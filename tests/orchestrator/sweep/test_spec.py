@@ -158,6 +158,26 @@ def test_a_batch_axis_with_steps_trains_that_many_steps_at_every_batch() -> None
     assert len({t.name for t in trials}) == len(trials)  # D in the name tells the points apart
 
 
+def test_params_and_depth_axes_with_tokens_train_every_size_at_those_tokens() -> None:
+    """`tokens` on the params or depth axis replaces the base's D for that axis only; the other axes and the
+    model sizes are untouched, and a size at other tokens is another trial (not the shared base point)."""
+    spec = with_value(GOOD, "axes.params.tokens", 600_000)
+    spec = with_value(spec, "axes.depth.tokens", 300_000)
+    trials = [t for t in parse_and_expand(spec) if t.seed == 0]
+    check_expansion(trials)
+    base_tokens = GOOD["base"]["train"]["tokens"]
+    by_axis = {a: [t.config for t in trials if t.axis == a] for a in ("params", "depth", "batch")}
+    assert {c.train.tokens for c in by_axis["params"]} == {600_000}
+    assert sorted({c.model.d_model for c in by_axis["params"]}) == [64, 96, 128]
+    assert {c.train.tokens for c in by_axis["depth"]} == {300_000}
+    assert sorted({c.model.n_layers for c in by_axis["depth"]}) == [2, 4]
+    assert {c.train.tokens for c in by_axis["batch"]} == {base_tokens}
+    unchanged = [t for t in parse_and_expand(GOOD) if t.seed == 0 and t.axis == "params"]
+    assert {t.id for t in unchanged}.isdisjoint({t.id for t in trials if t.axis == "params"})
+    with pytest.raises(ConfigError, match=r"axes\.params\.tokens"):
+        parse_and_expand(with_value(GOOD, "axes.params.tokens", 0))
+
+
 def test_base_point_shares_its_id_across_axes_and_is_trained_once() -> None:
     trials = parse_and_expand(GOOD)
     base = [
