@@ -24,16 +24,14 @@ report's own (analysis.design.measure: fit_law's cluster bootstrap, compare_rate
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from _bench import bench_parser, parse_bench_args, table
+from _bench import bench_parser, machine_info, parse_bench_args, table, write_json
 from rich.console import Console
 
 from analysis.design import FAMILIES, STOP_TARGET, draw_losses, measure, next_round
@@ -207,8 +205,7 @@ def main() -> int:
     for line in verdicts:
         console.print(line)
     out = {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_info(),  # the time, the commit, the CPU
         "smoke": args.smoke,
         "replicates": args.replicates,
         "bootstrap": args.bootstrap,
@@ -219,10 +216,8 @@ def main() -> int:
         "rows": rows,
         "targets": verdicts,
     }
-    path = args.json_out
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    console.print(f"wrote {path}")
+    write_json(args.json_out, out)
+    console.print(f"wrote {args.json_out}")
     return 0
 
 

@@ -165,7 +165,7 @@ def test_calibration_smoke_fits_every_design_at_every_delta(tmp_path: Path) -> N
         "6 x, 3 seeds",
     }
     deltas = {r["delta"] for r in result["rows"]}
-    assert len(deltas) == 2 and 1e-3 in deltas  # Hoffmann's delta beside the report's, by default
+    assert deltas == {1e-3, 0.05}  # by default the report's delta (Hoffmann's) beside least squares'
     for row in result["rows"]:
         assert row["studies"] == result["replicates"] and row["failed"] == 0
         assert 0 <= row["coverage"] <= 1 and 0 <= row["coverage_alpha_tpp"] <= 1 and row["median_width"] > 0
