@@ -97,7 +97,11 @@ class ExtendState:
 
     @property
     def spent(self) -> float:
-        return sum(r.flops for r in self.rounds)
+        return self.spent_through(len(self.rounds))
+
+    def spent_through(self, number: int) -> float:
+        """The training FLOPs the rounds up to and including round `number` added."""
+        return sum(r.flops for r in self.rounds if r.number <= number)
 
     @classmethod
     def load(cls, spec: SweepSpec, axis: str) -> ExtendState:
@@ -357,8 +361,7 @@ def _log_round(uri: str, spec: SweepSpec, state: ExtendState, record: RoundRecor
     if math.isfinite(record.width):
         client.log_metric(parent, "extend_width", record.width, step=step)
     client.log_metric(parent, "extend_expected_width", record.expected_width, step=step)
-    spent = sum(r.flops for r in state.rounds if r.number <= step)
-    client.log_metric(parent, "extend_flops", spent, step=step)
+    client.log_metric(parent, "extend_flops", state.spent_through(step), step=step)
     client.log_dict(parent, asdict(record), f"{tags.EXTEND_ARTIFACT_DIR}/round-{step}.json")
 
 
